@@ -1,0 +1,33 @@
+# Two front-door commands: `make demo` and `make test`. Each builds .venv from scratch if needed.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qrobust-installed
+
+.PHONY: venv demo demo-quick test test-fast bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/qrobust demo --out demo-out
+
+demo-quick: venv
+	$(BIN)/qrobust demo --quick --out demo-out-quick
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: venv
+	$(BIN)/python bench/bench_demo.py
+
+clean:
+	rm -rf $(VENV) demo-out demo-out-quick

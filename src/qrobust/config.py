@@ -1,0 +1,199 @@
+"""Typed, validated configuration for training and sweeps.
+
+Every config is a pydantic model with ``extra="forbid"``: an unknown key or a wrong type becomes one
+:class:`~qrobust.errors.ConfigError` line naming the key, never a traceback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    """Where text comes from and how it becomes token blocks."""
+
+    corpus: str = "builtin"
+    field: str | None = None  # text field for jsonl / HF datasets (default "text")
+    max_chars: int | None = Field(default=4_000_000, gt=0)
+    val_fraction: float = Field(default=0.05, gt=0.0, lt=1.0)
+    seq_len: int = Field(default=128, ge=8)
+    tokenizer: str = "bpe"  # "bpe", "byte", or a path to an HF tokenizer folder
+    vocab_size: int = Field(default=2048, ge=258)
+    seed: int = 0
+
+
+class ModelConfig(Strict):
+    arch: Literal["gpt_neox", "llama"] = "gpt_neox"
+    preset: str = "tiny"
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(Strict):
+    """AdamW with the paper's defaults."""
+
+    lr: float = Field(default=3e-3, gt=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+
+class ScheduleConfig(Strict):
+    """LR schedule of the main run. ``wsd`` without ``decay_steps`` is warmup-then-constant."""
+
+    kind: Literal["constant", "cosine", "wsd"] = "constant"
+    warmup_steps: int = Field(default=100, ge=0)
+    final_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    decay_steps: int = Field(default=0, ge=0)  # wsd: length of the final decay
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+
+
+class BranchConfig(Strict):
+    """A cooldown branch: start at a stable-phase checkpoint, decay over ``decay_steps``."""
+
+    from_step: int = Field(ge=1)
+    decay_steps: int = Field(ge=1)
+    shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    final_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    name: str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return self.name or f"decay{self.from_step}"
+
+
+class TrainConfig(Strict):
+    name: str = "run"
+    out: str = "runs/run"
+    seed: int = 0
+    steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    checkpoint_every: int = Field(default=100, ge=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    branches: list[BranchConfig] = Field(default_factory=list)
+    threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.schedule.kind == "wsd" and self.schedule.decay_steps > self.steps - self.schedule.warmup_steps:
+            raise ValueError("schedule.decay_steps must fit after warmup within steps")
+        for b in self.branches:
+            if b.from_step % self.checkpoint_every and b.from_step != self.steps:
+                raise ValueError(
+                    f"branch from_step {b.from_step} is not a checkpoint step (checkpoint_every={self.checkpoint_every})")
+            if b.from_step > self.steps:
+                raise ValueError(f"branch from_step {b.from_step} is beyond steps={self.steps}")
+        return self
+
+
+class EvalConfig(Strict):
+    corpus: str | None = None  # default: the trajectory's training corpus (validation split)
+    field: str | None = None
+    split: Literal["val", "train", "all"] = "val"
+    n_blocks: int = Field(default=64, ge=1)
+    seq_len: int | None = Field(default=None, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class CalibrationConfig(Strict):
+    corpus: str | None = None
+    field: str | None = None
+    n_samples: int = Field(default=128, ge=1)
+    seq_len: int | None = Field(default=None, ge=8)
+    seed: int = 0
+
+
+class SweepConfig(Strict):
+    trajectory: str
+    out: str = "results"
+    methods: list[str] = Field(default_factory=lambda: ["rtn"])
+    bits: list[int] = Field(default_factory=lambda: [3, 4])
+    group_sizes: list[int] = Field(default_factory=lambda: [128])
+    sym: bool = True
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: list[int]) -> list[int]:
+        for b in v:
+            if not 2 <= b <= 8:
+                raise ValueError(f"bits must be between 2 and 8, got {b}")
+        return v
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _groups(cls, v: list[int]) -> list[int]:
+        for g in v:
+            if g == 0 or g < -1:
+                raise ValueError(f"group size must be -1 (per output channel) or a positive integer, got {g}")
+        return v
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, what: str) -> str:
+    """Turn pydantic's multi-line report into one line naming the first offending key."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        msg = f"unknown key '{loc}' in {what}; check the spelling against the documented keys"
+    elif kind == "missing":
+        msg = f"missing required key '{loc}' in {what}"
+    else:
+        got = first.get("input")
+        got_s = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+        msg = f"invalid value for '{loc}' in {what}: {first['msg']}{got_s}"
+    n = len(err.errors())
+    if n > 1:
+        msg += f" [+{n - 1} more problem(s)]"
+    return msg
+
+
+def parse_config(cls: type[M], data: Any, what: str = "config") -> M:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, what)) from None
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return data if data is not None else {}
+
+
+def load_config(cls: type[M], path: str | Path, overrides: dict[str, Any] | None = None) -> M:
+    data = load_yaml(path)
+    if overrides:
+        data = {**data, **overrides}
+    return parse_config(cls, data, what=f"config {path}")

@@ -1,0 +1,44 @@
+"""Document splits, fixed-length block packing and the seeded calibration sampler."""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..errors import DataError
+
+
+def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split by document (never inside one): a seeded shuffle, the first ``ceil``-ish share to validation."""
+    if len(docs) < 2:
+        raise DataError(f"corpus has {len(docs)} document(s); at least 2 are needed to split train/validation "
+                        "by document (a single text file is split at blank lines)")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(docs) - 1, max(1, round(val_fraction * len(docs))))
+    val = [docs[i] for i in order[:n_val]]
+    train = [docs[i] for i in order[n_val:]]
+    return train, val
+
+
+def pack_blocks(stream: torch.Tensor, seq_len: int, what: str = "corpus") -> torch.Tensor:
+    """Non-overlapping ``[n, seq_len]`` blocks from a token stream; the incomplete tail is dropped."""
+    n = stream.numel() // seq_len
+    if n == 0:
+        raise DataError(f"{what} has {stream.numel()} tokens, shorter than one block of {seq_len}; "
+                        "use more text or a smaller seq_len")
+    return stream[: n * seq_len].view(n, seq_len).clone()
+
+
+def take_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """The first ``n`` blocks (all if fewer): evaluation sets are prefixes, so they nest as n grows."""
+    return blocks[: min(n, blocks.shape[0])]
+
+
+def calibration_blocks(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """``n_samples`` windows of ``seq_len`` tokens at seeded random offsets (as GPTQ's reference sampler)."""
+    if stream.numel() <= seq_len:
+        raise DataError(f"calibration corpus has {stream.numel()} tokens, not more than one window of {seq_len}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seq_len, (n_samples,), generator=g)
+    return torch.stack([stream[s: s + seq_len] for s in starts.tolist()])

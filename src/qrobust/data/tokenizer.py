@@ -1,0 +1,65 @@
+"""Tokenizers saved in Hugging Face format, so ``AutoTokenizer.from_pretrained(checkpoint)`` works offline.
+
+``byte``: the 256 byte-level symbols plus one end-of-text token, no merges.
+``bpe``:  a byte-level BPE trained on the training documents with ``tokenizers`` (deterministic).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from ..errors import DataError
+
+EOS = "<|endoftext|>"
+
+
+def _train(docs: list[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return tok
+
+
+def build_tokenizer(kind: str, docs: list[str], vocab_size: int = 2048, max_length: int = 2048) -> PreTrainedTokenizerFast:
+    """Build a tokenizer of ``kind`` ("bpe", "byte") from ``docs``, or load one from a folder path."""
+    if kind == "byte":
+        tok = _train([], 257)
+    elif kind == "bpe":
+        tok = _train(docs, vocab_size)
+    else:
+        return load_tokenizer(kind)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None,
+                                   model_max_length=max_length)
+    return fast
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+    p = Path(path)
+    if not p.is_dir():
+        raise DataError(f"tokenizer folder not found: '{p}'; use 'bpe', 'byte' or a folder with tokenizer.json")
+    try:
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load a tokenizer from '{p}': {str(e).splitlines()[0]}") from None
+
+
+def encode_documents(tokenizer, docs: list[str]) -> torch.Tensor:
+    """Concatenate documents into one int64 stream, each followed by the end-of-text token."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("tokenizer has no end-of-text token; set eos_token in its tokenizer_config.json")
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    flat: list[int] = []
+    for seq in ids:
+        flat.extend(seq)
+        flat.append(eos)
+    return torch.tensor(flat, dtype=torch.int64)

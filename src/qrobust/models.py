@@ -1,0 +1,187 @@
+"""Architecture presets (GPT-NeoX/Pythia and Llama) and safe load/save of Hugging Face checkpoints.
+
+Loading is safe by default: safetensors only; pickle weights (``*.bin``/``*.pt``) are refused unless the
+caller opts in, and then transformers reads them with ``torch.load(weights_only=True)``. Remote code
+runs only when ``trust_remote_code`` is asked for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-file progress bars and length warnings; qrobust shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+quiet_transformers()
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+# Pythia sizes follow the Pythia suite's configs; "tiny"/"small" are CPU demo sizes.
+PRESETS: dict[str, SizePreset] = {
+    "micro": SizePreset(32, 2, 2, 128),
+    "tiny": SizePreset(128, 4, 4, 512),
+    "small": SizePreset(256, 4, 4, 1024),
+    "pythia-14m": SizePreset(128, 6, 4, 512),
+    "pythia-31m": SizePreset(256, 6, 8, 1024),
+    "pythia-70m": SizePreset(512, 6, 8, 2048),
+    "pythia-160m": SizePreset(768, 12, 12, 3072),
+}
+
+
+def build_model(arch: str, preset: str, vocab_size: int, max_positions: int, seed: int = 0,
+                overrides: dict[str, Any] | None = None) -> nn.Module:
+    """A freshly initialised causal LM (fp32, dropout off) from a size preset."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset '{preset}'; known: {', '.join(PRESETS)}")
+    s = PRESETS[preset]
+    if arch == "gpt_neox":
+        kw: dict[str, Any] = dict(
+            vocab_size=vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
+            num_attention_heads=s.heads, intermediate_size=s.intermediate, max_position_embeddings=max_positions,
+            rotary_pct=0.25, use_parallel_residual=True, tie_word_embeddings=False,
+            attention_dropout=0.0, hidden_dropout=0.0, bos_token_id=0, eos_token_id=0,
+        )
+        cls, cfg_cls = GPTNeoXForCausalLM, GPTNeoXConfig
+    elif arch == "llama":
+        kw = dict(
+            vocab_size=vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
+            num_attention_heads=s.heads, num_key_value_heads=s.heads, intermediate_size=s.intermediate,
+            max_position_embeddings=max_positions, tie_word_embeddings=False, attention_dropout=0.0,
+            bos_token_id=0, eos_token_id=0,
+        )
+        cls, cfg_cls = LlamaForCausalLM, LlamaConfig
+    else:
+        raise ConfigError(f"unknown architecture '{arch}'; use 'gpt_neox' or 'llama'")
+    kw.update(overrides or {})
+    try:
+        config = cfg_cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid model overrides: {e}") from None
+    torch.manual_seed(seed)
+    model = cls(config)
+    model.eval()
+    return model
+
+
+def _weight_files(p: Path) -> tuple[list[Path], list[Path]]:
+    safe = sorted(p.glob("*.safetensors"))
+    pickle = sorted(list(p.glob("*.bin")) + list(p.glob("*.pt")) + list(p.glob("*.pth")))
+    return safe, [f for f in pickle if f.name not in ("training_args.bin",)]
+
+
+def check_finite(model: nn.Module, where: str) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"checkpoint '{where}' has NaN/Inf values in '{name}'; it cannot be evaluated")
+
+
+def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
+                    dtype: torch.dtype = torch.float32, revision: str | None = None) -> nn.Module:
+    """Load a causal LM from a local ``save_pretrained`` folder, safely."""
+    from transformers import AutoModelForCausalLM
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: '{p}'")
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise CheckpointError(f"'{p}' is not a model folder: expected config.json and *.safetensors "
+                              "(a Hugging Face save_pretrained folder)")
+    safe, pickled = _weight_files(p)
+    if not safe and not pickled:
+        raise CheckpointError(f"'{p}' has config.json but no weight files (*.safetensors)")
+    if not safe and not allow_pickle:
+        raise CheckpointError(f"'{p}' holds pickle weights ({pickled[0].name}), which can run code when loaded; "
+                              "re-save as safetensors or pass --allow-pickle to load them with weights_only=True")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(p), dtype=dtype, local_files_only=True, use_safetensors=bool(safe),
+            trust_remote_code=trust_remote_code, revision=revision,
+        )
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "trust_remote_code" in msg:
+            raise CheckpointError(f"'{p}' needs custom code; pass --trust-remote-code if you trust it") from None
+        raise CheckpointError(f"cannot load '{p}': {msg}") from None
+    except (OSError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"cannot load '{p}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    model.eval()
+    check_finite(model, str(p))
+    return model
+
+
+def check_vocab(model: nn.Module, tokenizer, where: str) -> None:
+    """Every id the tokenizer can emit must index the model's embedding."""
+    n_model = model.get_input_embeddings().weight.shape[0]
+    n_tok = len(tokenizer)
+    if n_tok > n_model:
+        raise CheckpointError(f"tokenizer/model vocab mismatch at '{where}': tokenizer has {n_tok} tokens, "
+                              f"model embeds {n_model}; use the tokenizer saved with the checkpoint")
+
+
+def atomic_dir(final: Path) -> "_AtomicDir":
+    return _AtomicDir(final)
+
+
+class _AtomicDir:
+    """Write a folder under a temporary name, then rename it into place: a kill never leaves half a folder."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.final.exists():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+            os.replace(self.tmp, self.final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.final)
+
+
+def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer + optional JSON/tensor side files, atomically."""
+    from safetensors.torch import save_file
+
+    final = Path(path)
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        if extra is not None:
+            (tmp / "qrobust_state.json").write_text(json.dumps(extra, indent=1, sort_keys=True))
+        if extra_tensors:
+            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / "optimizer.safetensors"))
+    return final

@@ -1,0 +1,111 @@
+"""Apply a quantizer to a model without ever silently changing the FP model.
+
+``quantized(model, spec)`` is a context manager: it keeps the original weights of the selected linears,
+quantizes them in place, and restores them on exit (memory: one copy of the linear weights).
+``quantize(model, ...)`` returns a quantized deep copy and leaves ``model`` untouched.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import QrobustError
+from .registry import QuantSpec, get_quantizer
+
+
+@dataclass
+class QuantResult:
+    spec: QuantSpec
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {rel_err, mse, numel, ...}
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, float]:
+        if not self.layers:
+            return {"n_layers": 0}
+        rel = [v["rel_err"] for v in self.layers.values()]
+        num = sum(v["numel"] for v in self.layers.values())
+        sq = sum(v["mse"] * v["numel"] for v in self.layers.values())
+        return {"n_layers": len(rel), "rel_err_mean": sum(rel) / len(rel), "rel_err_max": max(rel),
+                "weight_mse": sq / num}
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` except the LM head (output embeddings), filtered by glob patterns on the name.
+
+    ``include`` (if given) keeps only matching names; ``exclude`` then drops matching ones.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out: dict[str, nn.Linear] = {}
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or mod is head:
+            continue
+        if include and not _matches(name, include):
+            continue
+        if exclude and _matches(name, exclude):
+            continue
+        out[name] = mod
+    if not out:
+        raise QrobustError("no linear layers selected for quantization; check the include/exclude patterns")
+    return out
+
+
+def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None
+           ) -> tuple[QuantResult, dict[str, torch.Tensor], dict[str, nn.Linear]]:
+    """Quantize the selected linears in place; return the result and the original weights."""
+    quantizer = get_quantizer(spec.method)
+    if quantizer.needs_calibration and calibration is None:
+        raise QrobustError(f"method '{spec.method}' needs calibration data; pass calibration blocks")
+    layers = select_linears(model, spec.include, spec.exclude)
+    originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad():
+            info = quantizer.quantize_layers(model, layers, spec, calibration)
+    except BaseException:
+        _restore(layers, originals)
+        raise
+    result = QuantResult(spec=spec, seconds=time.perf_counter() - t0)
+    for n, lin in layers.items():
+        w0 = originals[n].float()
+        d = lin.weight.detach().float() - w0
+        result.layers[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)),
+                            "mse": float(d.pow(2).mean()), "numel": w0.numel(), **info.get(n, {})}
+    return result, originals, layers
+
+
+def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, lin in layers.items():
+            lin.weight.copy_(originals[n])
+
+
+@contextmanager
+def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None) -> Iterator[QuantResult]:
+    """Quantize ``model`` in place for the duration of the block; the FP weights come back on exit."""
+    result, originals, layers = _apply(model, spec, calibration)
+    try:
+        yield result
+    finally:
+        _restore(layers, originals)
+
+
+def quantize(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 128, sym: bool = True,
+             calibration: torch.Tensor | None = None, include: tuple[str, ...] | list[str] = (),
+             exclude: tuple[str, ...] | list[str] = (), **options) -> tuple[nn.Module, QuantResult]:
+    """A fake-quantized copy of ``model`` and its per-layer weight errors; ``model`` itself is unchanged."""
+    spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
+                     exclude=tuple(exclude), options=tuple(sorted(options.items())))
+    qmodel = copy.deepcopy(model)
+    result, _, _ = _apply(qmodel, spec, calibration)
+    return qmodel, result

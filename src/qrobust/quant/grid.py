@@ -1,0 +1,71 @@
+"""The quantizer grid of the reference GPTQ implementation (IST-DASLab ``quant.py``), shared by all methods.
+
+For a group of weights ``x`` (one row of one column group):
+    xmin = min(min(x), 0), xmax = max(max(x), 0)
+    symmetric: xmax = max(|xmin|, xmax); xmin = -xmax where xmin < 0
+    xmin == xmax == 0  ->  xmin, xmax = -1, +1
+    scale = (xmax - xmin) / (2^b - 1)
+    zero  = round(-xmin / scale)            (symmetric: (2^b - 1 + 1) / 2 = 2^(b-1))
+    q     = clamp(round(w / scale) + zero, 0, 2^b - 1);   w_hat = scale * (q - zero)
+Note the reference's symmetric quirk, kept on purpose: a row with no negative value keeps xmin = 0, so
+its scale spans [0, xmax] while the zero point sits mid-grid (values above ~xmax/2 clip).
+
+Groups run along the input dimension (columns). ``group_size = -1`` (or >= in_features) gives one
+group per output channel. When in_features is not a multiple of group_size, the last group holds the
+remaining ``in_features % group_size`` columns (the reference GPTQ's column loop does the same).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def maxq_for(bits: int) -> int:
+    if not 2 <= bits <= 8:
+        raise ValueError(f"bits must be between 2 and 8, got {bits}")
+    return 2 ** bits - 1
+
+
+def find_params(x: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row (scale, zero) for a 2-D tensor ``x`` of shape [rows, cols]; both shaped [rows, 1]."""
+    maxq = maxq_for(bits)
+    x = x.float()
+    zeros = torch.zeros(x.shape[0], device=x.device)
+    xmin = torch.minimum(x.min(dim=1).values, zeros)
+    xmax = torch.maximum(x.max(dim=1).values, zeros)
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        neg = xmin < 0
+        xmin = torch.where(neg, -xmax, xmin)
+    dead = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
+    xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
+    scale = (xmax - xmin) / maxq
+    if sym:
+        zero = torch.full_like(scale, (maxq + 1) / 2)
+    else:
+        zero = torch.round(-xmin / scale)
+    return scale.unsqueeze(1), zero.unsqueeze(1)
+
+
+def quantize_dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    maxq = maxq_for(bits)
+    q = torch.clamp(torch.round(w.float() / scale) + zero, 0, maxq)
+    return scale * (q - zero)
+
+
+def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
+    """Column ranges of the groups: size ``group_size``, the last one holding the remainder."""
+    if group_size == 0 or group_size < -1:
+        raise ValueError(f"group size must be -1 or positive, got {group_size}")
+    g = in_features if group_size == -1 else min(group_size, in_features)
+    return [(i, min(i + g, in_features)) for i in range(0, in_features, g)]
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
+    """Round-to-nearest quantize + dequantize a [out, in] weight with per-group parameters (fp32 math)."""
+    out = torch.empty_like(w, dtype=torch.float32)
+    for a, b in group_bounds(w.shape[1], group_size):
+        chunk = w[:, a:b].float()
+        scale, zero = find_params(chunk, bits, sym)
+        out[:, a:b] = quantize_dequantize(chunk, scale, zero, bits)
+    return out.to(w.dtype)

@@ -1,0 +1,70 @@
+"""Quantizer registry: adding a method is one new module with one ``@register_quantizer`` class."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantization variant. ``options`` holds method-specific settings (e.g. GPTQ damping)."""
+
+    method: str = "rtn"
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        if not isinstance(self.group_size, int) or self.group_size == 0 or self.group_size < -1:
+            raise ConfigError(f"group size must be -1 (per output channel) or a positive integer, got {self.group_size!r}")
+        if self.method not in QUANTIZERS:
+            raise ConfigError(f"unknown quantization method '{self.method}'; known: {', '.join(sorted(QUANTIZERS))}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["options"] = dict(self.options)
+        return d
+
+    @property
+    def label(self) -> str:
+        g = "ch" if self.group_size == -1 else f"g{self.group_size}"
+        return f"{self.method}-w{self.bits}{g}{'' if self.sym else '-asym'}"
+
+
+class Quantizer:
+    """Base class. ``quantize_layers`` replaces each selected weight in place with its fake-quantized value."""
+
+    name: ClassVar[str] = ""
+    needs_calibration: ClassVar[bool] = False
+
+    def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
+                        calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
+        """Return per-layer info (at least nothing); weight errors are measured by the caller."""
+        raise NotImplementedError
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {}
+
+
+def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
+    QUANTIZERS[cls.name] = cls
+    return cls
+
+
+def get_quantizer(name: str) -> Quantizer:
+    if name not in QUANTIZERS:
+        raise ConfigError(f"unknown quantization method '{name}'; known: {', '.join(sorted(QUANTIZERS))}")
+    return QUANTIZERS[name]()
+
+

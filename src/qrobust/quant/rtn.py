@@ -1,0 +1,21 @@
+"""Round-to-nearest (RTN): each weight group rounded on the shared grid; no calibration data."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .grid import fake_quantize
+from .registry import Quantizer, QuantSpec, register_quantizer
+
+
+@register_quantizer
+class RTN(Quantizer):
+    name = "rtn"
+    needs_calibration = False
+
+    @torch.no_grad()
+    def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
+                        calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
+        for lin in layers.values():
+            lin.weight.copy_(fake_quantize(lin.weight, spec.bits, spec.group_size, spec.sym))
+        return {}

@@ -1,0 +1,79 @@
+"""Evaluation and calibration sets, identified by everything that determines their tokens.
+
+Defaults come from the trajectory's own data config, so a sweep evaluates on the validation split the
+model never trained on, packed at the training sequence length.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import CalibrationConfig, DataConfig, EvalConfig
+from ..data.blocks import calibration_blocks, pack_blocks, take_blocks
+from ..data.prepare import eval_stream
+from .store import record_key
+
+
+def file_fingerprint(paths: list[Path], chunk: int = 4 << 20) -> str:
+    """sha1 over size + first and last ``chunk`` bytes of each file: cheap, and tells retrained weights apart."""
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with p.open("rb") as f:
+            h.update(f.read(chunk))
+            if size > 2 * chunk:
+                f.seek(size - chunk)
+                h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(folder: str | Path) -> str:
+    files = [p for p in Path(folder).glob("tokenizer*.json")] + list(Path(folder).glob("*.model"))
+    files += list(Path(folder).glob("vocab.json")) + list(Path(folder).glob("merges.txt"))
+    return file_fingerprint(files) if files else "none"
+
+
+@dataclass
+class EvalSet:
+    id: str
+    blocks: torch.Tensor
+    info: dict[str, Any]
+
+
+def _source(corpus: str | None, field: str | None, data_cfg: DataConfig | None) -> tuple[str, str | None, int | None]:
+    """Corpus spec, field and char cap: the trajectory's own corpus unless another is named."""
+    if corpus is None or (data_cfg is not None and corpus == data_cfg.corpus):
+        if data_cfg is None:
+            return "builtin", field, DataConfig().max_chars
+        return data_cfg.corpus, field or data_cfg.field, data_cfg.max_chars
+    return corpus, field, None
+
+
+def build_eval_set(cfg: EvalConfig, data_cfg: DataConfig | None, tokenizer, tok_fp: str) -> EvalSet:
+    corpus, field, max_chars = _source(cfg.corpus, cfg.field, data_cfg)
+    seq_len = cfg.seq_len or (data_cfg.seq_len if data_cfg else 128)
+    stream = eval_stream(corpus, field, cfg.split, data_cfg, tokenizer, max_chars)
+    blocks = take_blocks(pack_blocks(stream, seq_len, f"evaluation split '{cfg.split}' of '{corpus}'"), cfg.n_blocks)
+    split_by = {"val_fraction": data_cfg.val_fraction, "seed": data_cfg.seed} if data_cfg else {}
+    info = {"corpus": corpus, "field": field, "max_chars": max_chars, "split": cfg.split, "split_by": split_by,
+            "n_blocks": int(blocks.shape[0]), "seq_len": seq_len, "tokenizer": tok_fp,
+            "n_tokens": int(blocks.shape[0] * (seq_len - 1))}
+    return EvalSet(id=record_key(info), blocks=blocks, info=info)
+
+
+def build_calibration(cfg: CalibrationConfig, data_cfg: DataConfig | None, tokenizer, tok_fp: str,
+                      default_seq_len: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Calibration windows from the *training* split (never the evaluation blocks)."""
+    corpus, field, max_chars = _source(cfg.corpus, cfg.field, data_cfg)
+    seq_len = cfg.seq_len or default_seq_len
+    split = "train" if data_cfg is not None else "all"
+    stream = eval_stream(corpus, field, split, data_cfg, tokenizer, max_chars)
+    blocks = calibration_blocks(stream, cfg.n_samples, seq_len, cfg.seed)
+    info = {"corpus": corpus, "field": field, "split": split, "n_samples": cfg.n_samples, "seq_len": seq_len,
+            "seed": cfg.seed, "tokenizer": tok_fp}
+    return blocks, info

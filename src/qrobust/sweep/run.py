@@ -1,0 +1,167 @@
+"""Run a sweep: for each checkpoint, load once, evaluate FP once, then quantize + evaluate every variant.
+
+This is the local executor. The plan is grouped per checkpoint so the expensive, shared work (load, FP
+loss, calibration) happens once per checkpoint whatever the number of variants, and a checkpoint whose
+records all exist is never loaded at all.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import DataConfig, SweepConfig, parse_config
+from ..data.tokenizer import load_tokenizer
+from ..evaluate import degradation, evaluate_loss
+from ..models import check_vocab, load_checkpoint
+from ..quant import QuantSpec, get_quantizer, quantized
+from ..trajectory import Checkpoint, Trajectory, load_trajectory
+from .evalset import EvalSet, build_calibration, build_eval_set, file_fingerprint, tokenizer_fingerprint
+from .store import Store, record_key
+
+
+@dataclass
+class SweepSummary:
+    out: Path
+    checkpoints: int = 0
+    records_written: int = 0
+    records_skipped: int = 0
+    model_loads: int = 0
+    fp_evals: int = 0
+    seconds: float = 0.0
+    new_keys: list[str] = field(default_factory=list)
+
+
+def variants(cfg: SweepConfig) -> list[QuantSpec]:
+    return [QuantSpec(method=m, bits=b, group_size=g, sym=cfg.sym, include=tuple(cfg.include),
+                      exclude=tuple(cfg.exclude))
+            for m in cfg.methods for b in cfg.bits for g in cfg.group_sizes]
+
+
+def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
+    if traj.data:
+        return DataConfig.model_validate(traj.data)
+    st = Path(ck.path) / "qrobust_state.json"
+    if st.is_file():
+        d = json.loads(st.read_text()).get("data")
+        if d:
+            return DataConfig.model_validate(d)
+    return None
+
+
+def _ck_identity(ck: Checkpoint) -> dict[str, Any]:
+    weights = sorted(Path(ck.path).glob("*.safetensors"))
+    weights = [w for w in weights if w.name != "optimizer.safetensors"] or sorted(Path(ck.path).glob("*.bin"))
+    return {"name": ck.name, "step": ck.step, "weights": file_fingerprint(weights) if weights else ck.path}
+
+
+class _Sets:
+    """Evaluation / calibration sets cached per tokenizer: checkpoints of one run share them."""
+
+    def __init__(self, cfg: SweepConfig):
+        self.cfg = cfg
+        self.evals: dict[str, EvalSet] = {}
+        self.calibs: dict[str, tuple[torch.Tensor, dict]] = {}
+
+    @staticmethod
+    def _k(data_cfg: DataConfig | None, tok_fp: str) -> str:
+        return f"{tok_fp}:{data_cfg.model_dump_json() if data_cfg else ''}"
+
+    def known_id(self, data_cfg: DataConfig | None, tok_fp: str) -> str | None:
+        es = self.evals.get(self._k(data_cfg, tok_fp))
+        return es.id if es else None
+
+    def eval_set(self, data_cfg: DataConfig | None, tok, tok_fp: str) -> EvalSet:
+        k = self._k(data_cfg, tok_fp)
+        if k not in self.evals:
+            self.evals[k] = build_eval_set(self.cfg.eval, data_cfg, tok, tok_fp)
+        return self.evals[k]
+
+    def calibration(self, data_cfg: DataConfig | None, tok, tok_fp: str, seq_len: int) -> tuple[torch.Tensor, dict]:
+        k = self._k(data_cfg, tok_fp)
+        if k not in self.calibs:
+            self.calibs[k] = build_calibration(self.cfg.calibration, data_cfg, tok, tok_fp, seq_len)
+        return self.calibs[k]
+
+
+def _calib_identity(cfg: SweepConfig, spec: QuantSpec) -> dict[str, Any] | None:
+    if not get_quantizer(spec.method).needs_calibration:
+        return None
+    return cfg.calibration.model_dump()
+
+
+def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepSummary:
+    """Quantize and evaluate every checkpoint of a trajectory for every variant; resumable."""
+    cfg = config if isinstance(config, SweepConfig) else parse_config(SweepConfig, config, "sweep config")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    traj = load_trajectory(cfg.trajectory)
+    store = Store(cfg.out)
+    store.save_trajectory(traj)
+    specs = variants(cfg)
+    sets = _Sets(cfg)
+    summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
+    overall = tqdm(total=len(traj) * len(specs), desc="sweep", disable=not progress, unit="job")
+    for ck in traj:
+        ident = _ck_identity(ck)
+        data_cfg = _data_config(traj, ck)
+        tok_fp = tokenizer_fingerprint(ck.path)
+        # record keys include the eval-set id, which depends on the tokenizer: build the set once per
+        # tokenizer (cached), then decide from the keys whether this checkpoint needs loading at all.
+        tok = None
+        es_id = sets.known_id(data_cfg, tok_fp)
+        if es_id is None:
+            tok = load_tokenizer(ck.path)
+            es_id = sets.eval_set(data_cfg, tok, tok_fp).id
+        keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
+                                  "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
+        todo = [s for s in specs if not store.has(keys[s])]
+        summary.records_skipped += len(specs) - len(todo)
+        overall.update(len(specs) - len(todo))
+        if not todo:
+            continue
+        tok = tok or load_tokenizer(ck.path)
+        es = sets.eval_set(data_cfg, tok, tok_fp)
+        t0 = time.perf_counter()
+        model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+        check_vocab(model, tok, ck.path)
+        load_s = time.perf_counter() - t0
+        summary.model_loads += 1
+        fp_key = record_key({"checkpoint": ident, "eval": es.id})
+        fp = store.get(fp_key, kind="fp")
+        if fp is None:
+            r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}")
+            summary.fp_evals += 1
+            fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
+                  "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
+            store.put(fp_key, fp, kind="fp")
+        for spec in todo:
+            calib, calib_info = None, None
+            if get_quantizer(spec.method).needs_calibration:
+                calib, calib_info = sets.calibration(data_cfg, tok, tok_fp, es.info["seq_len"])
+            with quantized(model, spec, calib) as qr:
+                rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
+            rec = {
+                "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
+                "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
+                "eval_set": {"id": es.id, **es.info}, "metrics": degradation(fp["loss"], rq.loss),
+                "weight_error": qr.summary(), "layers": qr.layers,
+                "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
+                "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds,
+                            "eval_s": rq.seconds},
+            }
+            store.put(keys[spec], rec)
+            summary.records_written += 1
+            summary.new_keys.append(keys[spec])
+            overall.update(1)
+        del model
+    overall.close()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+

@@ -1,0 +1,235 @@
+"""The training loop: main run + cooldown branches, checkpoints, manifest, exact resume.
+
+Resume is exact because everything a step depends on is either in the checkpoint (weights, AdamW
+state, step) or a pure function of the step (the LR from :class:`Schedule`, the batch from the seeded
+per-epoch permutation of training blocks). A killed run restarts from its last checkpoint folder;
+checkpoint folders are written atomically, so the last one present is complete.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig
+from ..data.blocks import pack_blocks
+from ..data.prepare import PreparedData, prepare_data
+from ..errors import ConfigError, QrobustError
+from ..models import build_model, load_checkpoint, save_checkpoint
+from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
+from .schedule import Schedule
+from .state import flatten_optimizer, restore_optimizer
+
+
+def main_schedule(cfg: TrainConfig) -> Schedule:
+    s = cfg.schedule
+    return Schedule(peak_lr=cfg.optim.lr, total_steps=cfg.steps, warmup_steps=s.warmup_steps, kind=s.kind,
+                    decay_steps=s.decay_steps, decay_shape=s.decay_shape, final_lr_ratio=s.final_lr_ratio)
+
+
+def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
+    for b in cfg.branches:
+        if sched.phase(b.from_step - 1) != "stable":
+            raise ConfigError(f"branch from_step {b.from_step} is not in the stable phase of the main schedule "
+                              f"({sched.phase(b.from_step - 1)}); branch from a constant-LR checkpoint")
+    names = [b.run_name for b in cfg.branches]
+    if len(set(names)) != len(names) or "main" in names:
+        raise ConfigError(f"branch names must be unique and not 'main': {names}")
+
+
+@dataclass
+class _Batches:
+    """Batch for step s = samples [s*B, (s+1)*B) of an endless stream of seeded per-epoch permutations."""
+
+    blocks: torch.Tensor
+    batch_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms[epoch] = torch.randperm(self.blocks.shape[0], generator=g)
+        return self._perms[epoch]
+
+    def at(self, step: int) -> torch.Tensor:
+        n = self.blocks.shape[0]
+        idx = []
+        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
+            idx.append(int(self._perm(i // n)[i % n]))
+        return self.blocks[idx]
+
+
+def _ckpt_dir(out: Path, run: str, step: int) -> Path:
+    return out / "checkpoints" / run / f"step-{step:07d}"
+
+
+def _latest(out: Path, run: str) -> Path | None:
+    d = out / "checkpoints" / run
+    if not d.is_dir():
+        return None
+    done = sorted(p for p in d.iterdir() if p.name.startswith("step-") and (p / "qrobust_state.json").is_file())
+    return done[-1] if done else None
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    o = cfg.optim
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+
+
+def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step: int) -> Trajectory:
+    """Rebuild the manifest from the checkpoint folders on disk (the manifest is derived, never edited)."""
+    runs: dict[str, dict] = {"main": {"schedule": sched.to_dict(), "parent": None, "from_step": None}}
+    for b in cfg.branches:
+        bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
+        runs[b.run_name] = {"schedule": bs.to_dict(), "parent": "main", "from_step": b.from_step}
+    for name, r in runs.items():
+        s = Schedule(**r["schedule"])
+        lo = r["from_step"] or 0
+        r["lr_curve"] = [[st, st * tokens_per_step, lr] for st, lr in s.curve() if st >= lo]
+        r["tokens_per_step"] = tokens_per_step
+    cks: list[Checkpoint] = []
+    for run in runs:
+        d = out / "checkpoints" / run
+        if not d.is_dir():
+            continue
+        for p in sorted(d.iterdir()):
+            st_file = p / "qrobust_state.json"
+            if not p.name.startswith("step-") or not st_file.is_file():
+                continue
+            st = json.loads(st_file.read_text())
+            cks.append(Checkpoint(name=f"{run}/{p.name}", path=str(p.resolve()), step=st["step"],
+                                  tokens=st["tokens"], lr=st["lr"], phase=st["phase"], run=run,
+                                  parent=runs[run]["parent"], parent_step=runs[run]["from_step"]))
+    traj = Trajectory(name=cfg.name, checkpoints=cks, runs=runs, data=cfg.data.model_dump(), source=str(out))
+    traj.save(out / MANIFEST)
+    return traj
+
+
+def _run_segment(cfg: TrainConfig, out: Path, data: PreparedData, batches: _Batches, run: str, sched: Schedule,
+                 start_dir: Path | None, first_step: int, last_step: int, progress: bool,
+                 on_step: Callable[[str, int], None] | None, tokens_per_step: int) -> None:
+    """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
+    resume = _latest(out, run)
+    if resume is not None:
+        start_dir = resume
+    if start_dir is not None:
+        state = json.loads((start_dir / "qrobust_state.json").read_text())
+        if state["step"] >= last_step:
+            return
+        model = load_checkpoint(start_dir)
+        opt = _make_optimizer(model, cfg)
+        restore_optimizer(opt, start_dir / "optimizer.safetensors", state["optimizer_groups"])
+        step = state["step"]
+    else:
+        model = build_model(cfg.model.arch, cfg.model.preset, len(data.tokenizer), cfg.data.seq_len,
+                            seed=cfg.seed, overrides=cfg.model.overrides)
+        opt = _make_optimizer(model, cfg)
+        step = first_step
+    for g in opt.param_groups:
+        g["lr"] = sched.lr(step)
+        g["initial_lr"] = cfg.optim.lr
+    model.train()
+    log = out / "logs" / f"{run}.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    _truncate_log(log, step)
+    bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not progress, leave=False)
+    ema_loss = None
+    with log.open("a") as logf:
+        while step < last_step:
+            lr = sched.lr(step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = batches.at(step)
+            loss = model(input_ids=x, labels=x).loss
+            if not torch.isfinite(loss):
+                raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {loss.item()}); "
+                                   "lower optim.lr or raise warmup_steps")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            step += 1
+            lv = loss.item()
+            ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
+            logf.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
+            if step % cfg.checkpoint_every == 0 or step == last_step:
+                logf.flush()
+                tensors, groups = flatten_optimizer(opt)
+                prev = max(step - 1, 0)
+                state = {"step": step, "tokens": step * tokens_per_step, "run": run, "lr": sched.lr(prev),
+                         "phase": sched.phase(prev), "samples_seen": step * cfg.batch_size,
+                         "train_loss_ema": ema_loss, "optimizer_groups": _jsonable_groups(groups),
+                         "schedule": sched.to_dict(), "data": cfg.data.model_dump(), "time": time.time()}
+                model.eval()
+                save_checkpoint(model, data.tokenizer, _ckpt_dir(out, run, step), extra=state, extra_tensors=tensors)
+                model.train()
+                write_manifest(cfg, out, main_schedule(cfg), tokens_per_step)
+            if on_step is not None:
+                on_step(run, step)
+    bar.close()
+
+
+def _jsonable_groups(groups: list[dict]) -> list[dict]:
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in groups]
+
+
+def _truncate_log(log: Path, step: int) -> None:
+    """Drop log lines past the resume point so a resumed run's log equals an uninterrupted one's."""
+    if not log.exists():
+        return
+    keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    atomic_write_text(log, "".join(k + "\n" for k in keep))
+
+
+def _check_out(cfg: TrainConfig, out: Path) -> None:
+    cfg_file = out / "train_config.json"
+    mine = cfg.model_dump(exclude={"out", "threads"})
+    if cfg_file.is_file():
+        theirs = json.loads(cfg_file.read_text())
+        # branches may be added to a finished run; everything else must match
+        a = {k: v for k, v in mine.items() if k != "branches"}
+        b = {k: v for k, v in theirs.items() if k != "branches"}
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ConfigError(f"'{out}' holds a run with a different config (differs in: {', '.join(diff)}); "
+                              "use another --out or the original config")
+    try:
+        atomic_write_text(cfg_file, json.dumps(mine, indent=1, sort_keys=True))
+    except OSError as e:
+        raise QrobustError(f"cannot write to output folder '{out}': {e.strerror}") from None
+
+
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None) -> Trajectory:
+    """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    _check_out(cfg, out)
+    sched = main_schedule(cfg)
+    _check_branches(cfg, sched)
+    data = prepare_data(cfg.data, out / "data")
+    blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
+    batches = _Batches(blocks, cfg.batch_size, cfg.seed)
+    tps = cfg.batch_size * cfg.data.seq_len
+    _run_segment(cfg, out, data, batches, "main", sched, None, 0, cfg.steps, progress, on_step, tps)
+    for b in cfg.branches:
+        start = _ckpt_dir(out, "main", b.from_step)
+        bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
+        _run_segment(cfg, out, data, batches, b.run_name, bs, start, b.from_step, b.from_step + b.decay_steps,
+                     progress, on_step, tps)
+    return write_manifest(cfg, out, sched, tps)
+

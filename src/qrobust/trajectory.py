@@ -1,0 +1,119 @@
+"""The ``Trajectory``: ordered checkpoints with step, tokens, LR and phase — all that downstream code sees.
+
+Sources here: a qrobust training manifest (``trajectory.json`` in a run folder) and a single checkpoint
+folder. Everything is resolved to absolute paths on load.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+MANIFEST = "trajectory.json"
+FORMAT = "qrobust.trajectory/1"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    path: str
+    step: int
+    tokens: int | None = None
+    lr: float | None = None
+    phase: str | None = None  # warmup | stable | decay | None (unknown)
+    run: str = "main"
+    parent: str | None = None  # run this one branched from
+    parent_step: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Trajectory:
+    name: str
+    checkpoints: list[Checkpoint]
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> {schedule, lr_curve, parent, ...}
+    data: dict[str, Any] | None = None  # the DataConfig the run was trained with
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def __iter__(self):
+        return iter(self.checkpoints)
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        cks = []
+        for c in self.checkpoints:
+            d = c.to_dict()
+            if relative_to is not None:
+                d["path"] = os.path.relpath(d["path"], relative_to)
+            cks.append(d)
+        return {"format": FORMAT, "name": self.name, "data": self.data, "runs": self.runs, "checkpoints": cks}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], base: Path, source: str = "") -> "Trajectory":
+        cks = []
+        for c in d.get("checkpoints", []):
+            c = dict(c)
+            c["path"] = str((base / c["path"]).resolve())
+            cks.append(Checkpoint(**c))
+        return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
+                   data=d.get("data"), source=source)
+
+    def save(self, path: str | Path) -> Path:
+        p = Path(path)
+        atomic_write_text(p, json.dumps(self.to_dict(relative_to=p.parent), indent=1))
+        return p
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder + ``os.replace``: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_trajectory(source: str | Path) -> Trajectory:
+    """A run folder / manifest file, or one checkpoint folder (a trajectory of one)."""
+    p = Path(source)
+    if p.is_dir() and (p / MANIFEST).is_file():
+        p = p / MANIFEST
+    if p.is_file() and p.suffix == ".json":
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"trajectory manifest '{p}' is not valid JSON ({e.msg})") from None
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"'{p}' is not a qrobust trajectory manifest (format {d.get('format')!r})")
+        return Trajectory.from_dict(d, p.parent, source=str(source))
+    if p.is_dir() and (p / "config.json").is_file():
+        ck = Checkpoint(name=p.name, path=str(p.resolve()), step=_state_step(p))
+        return Trajectory(name=p.name, checkpoints=[ck], source=str(source))
+    if not p.exists():
+        raise CheckpointError(f"trajectory source not found: '{source}'")
+    raise CheckpointError(f"'{source}' is neither a run folder with {MANIFEST} nor a model folder with config.json")
+
+
+def _state_step(p: Path) -> int:
+    st = p / "qrobust_state.json"
+    if st.is_file():
+        return int(json.loads(st.read_text()).get("step", 0))
+    return 0
