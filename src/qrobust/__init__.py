@@ -1,2 +1,21 @@
-"""qrobust: how robust are language-model checkpoints to post-training quantization, along training?"""
+"""qrobust: how robust are language-model checkpoints to post-training quantization, along training?
+
+Python API (see README): ``train``, ``quantize``, ``quantized``, ``evaluate_loss``, ``eval_blocks``,
+``sweep``, ``report``, ``load_checkpoint``, ``load_trajectory``. Names load lazily so the CLI starts fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+__all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+           "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "SweepSummary", "Trajectory",
+           "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return getattr(importlib.import_module(".api", __name__), name)
+    raise AttributeError(f"module 'qrobust' has no attribute {name!r}")

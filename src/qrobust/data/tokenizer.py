@@ -12,6 +12,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import DataError
+from ..models import quiet_transformers
+
+quiet_transformers()
 
 EOS = "<|endoftext|>"
 

@@ -1,0 +1,72 @@
+"""The public Python API: small functions over the modules, each documented in the README."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DataConfig, EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
+from .evaluate import LossResult, degradation, evaluate_loss
+from .models import load_checkpoint
+from .quant import QuantResult, quantize, quantized
+from .sweep.run import SweepSummary
+from .trajectory import Trajectory, load_trajectory
+
+
+def _config(cls, config: Any, kwargs: dict[str, Any], what: str):
+    if isinstance(config, cls):
+        data = config.model_dump()
+    elif isinstance(config, (str, Path)):
+        data = load_yaml(config)
+    else:
+        data = dict(config or {})
+    data.update(kwargs)
+    return parse_config(cls, data, what)
+
+
+def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True, **kwargs: Any) -> Trajectory:
+    """Train a run (+ cooldown branches) from a config object, dict or YAML path; keyword args override keys.
+
+    Returns the :class:`Trajectory` of every checkpoint written. Re-running resumes where it stopped.
+    """
+    from .train.loop import train as _train
+    return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress)
+
+
+def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, **kwargs: Any) -> SweepSummary:
+    """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size)."""
+    from .sweep.run import sweep as _sweep
+    return _sweep(_config(SweepConfig, config, kwargs, "sweep config"), progress=progress)
+
+
+def report(results: str | Path, out: str | Path | None = None) -> Path:
+    """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
+    from .report import write_report
+    return write_report(results, out)
+
+
+def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = "val", n_blocks: int = 64,
+                seq_len: int | None = None, field: str | None = None) -> torch.Tensor:
+    """Held-out token blocks for ``checkpoint``, tokenized with its own tokenizer.
+
+    Defaults follow the checkpoint's training data config (its validation split) when it has one.
+    """
+    import json
+
+    from .data.tokenizer import load_tokenizer
+    from .sweep.evalset import build_eval_set, tokenizer_fingerprint
+
+    p = Path(checkpoint)
+    tok = load_tokenizer(p)
+    data_cfg = None
+    st = p / "qrobust_state.json"
+    if st.is_file() and json.loads(st.read_text()).get("data"):
+        data_cfg = DataConfig.model_validate(json.loads(st.read_text())["data"])
+    ecfg = parse_config(EvalConfig, {"corpus": corpus, "split": split, "n_blocks": n_blocks, "seq_len": seq_len,
+                                     "field": field}, "eval settings")
+    return build_eval_set(ecfg, data_cfg, tok, tokenizer_fingerprint(p)).blocks
+
+
+__all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+           "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "SweepSummary", "Trajectory"]

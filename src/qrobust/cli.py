@@ -1,0 +1,283 @@
+"""Command line: argument parsing and one-line errors only; all work is done through the API."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import QrobustError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _bits(v: str) -> int:
+    try:
+        b = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got '{v}'") from None
+    if not 2 <= b <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got {b}")
+    return b
+
+
+def _group(v: str) -> int:
+    try:
+        g = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"group size must be -1 or a positive integer, got '{v}'") from None
+    if g == 0 or g < -1:
+        raise argparse.ArgumentTypeError(f"group size must be -1 (per output channel) or a positive integer, got {g}")
+    return g
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{v}'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
+    p.add_argument("--method", default="rtn", help="quantization method (registry name; default: rtn)")
+    p.add_argument("--bits", type=_bits, required=bits_required, default=None, help="weight bits, 2..8")
+    p.add_argument("--group-size", type=_group, default=128,
+                   help="columns per quantization group; -1 = one group per output channel (default 128)")
+    p.add_argument("--asym", action="store_true", help="asymmetric grid (default: symmetric, as GPTQModel)")
+    p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only quantize matching linears")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching linears")
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow pickle weight files (*.bin), read with torch.load(weights_only=True)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a checkpoint's custom model code")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="qrobust", description="Measure how robust LM checkpoints are to post-training quantization "
+                                             "along their training trajectory.")
+    ap.add_argument("--version", action="version", version=_version())
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo: train, branch, quantize, evaluate, report")
+    p.add_argument("--quick", action="store_true", help="a ~1 minute version (micro model, few steps)")
+    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="train a trajectory (main run + cooldown branches) from a YAML config")
+    p.add_argument("config", help="YAML training config (see experiments/)")
+    p.add_argument("--out", default=None, help="run folder (overrides the config's 'out')")
+    p.add_argument("--steps", type=_positive, default=None, help="override 'steps'")
+    p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("quantize", help="fake-quantize one checkpoint and save it (dequantized weights)")
+    p.add_argument("checkpoint", help="Hugging Face model folder")
+    p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
+    _add_quant_args(p, bits_required=True)
+    _add_load_args(p)
+    p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
+
+    p = sub.add_parser("eval", help="validation loss of a checkpoint, FP and (with --bits) quantized")
+    p.add_argument("checkpoint")
+    p.add_argument("--corpus", default=None, help="corpus spec (default: the checkpoint's training corpus)")
+    p.add_argument("--field", default=None, help="text field for jsonl / HF datasets")
+    p.add_argument("--split", choices=["val", "train", "all"], default="val")
+    p.add_argument("--n-blocks", type=_positive, default=64)
+    p.add_argument("--seq-len", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=8)
+    _add_quant_args(p, bits_required=False)
+    _add_load_args(p)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder")
+    p.add_argument("config", help="YAML sweep config")
+    p.add_argument("--out", default=None, help="results folder (overrides the config's 'out')")
+    p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="figures + self-contained HTML for a results folder")
+    p.add_argument("results")
+    p.add_argument("--out", default=None, help="report folder (default: RESULTS/report)")
+
+    p = sub.add_parser("results", help="print or export the records of a results folder")
+    p.add_argument("results")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--out", default=None, help="write to this file instead of stdout")
+    return ap
+
+
+def _version() -> str:
+    from . import __version__
+    return f"qrobust {__version__}"
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    run_demo(out=a.out, quick=a.quick, threads=a.threads, progress=not a.quiet)
+    return 0
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from . import api
+    over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
+    traj = api.train(a.config, progress=not a.quiet, **over)
+    print(f"trained '{traj.name}': {len(traj)} checkpoints in {traj.source} (manifest: trajectory.json)")
+    return 0
+
+
+def _spec_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    return dict(method=a.method, bits=a.bits, group_size=a.group_size, sym=not a.asym,
+                include=tuple(a.include), exclude=tuple(a.exclude))
+
+
+def _calibration_for(a: argparse.Namespace, checkpoint: str):
+    from .quant import get_quantizer
+    if not get_quantizer(a.method).needs_calibration:
+        return None
+    from .api import eval_blocks
+    return eval_blocks(checkpoint, split="train", n_blocks=128)
+
+
+def _cmd_quantize(a: argparse.Namespace) -> int:
+    from .data.tokenizer import load_tokenizer
+    from .models import load_checkpoint, save_checkpoint
+    from .quant import QuantSpec, quantized
+    from .trajectory import atomic_write_text
+
+    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    tok = load_tokenizer(a.checkpoint)
+    spec = QuantSpec(**_spec_kwargs(a))
+    out = Path(a.out)
+    if out.resolve() == Path(a.checkpoint).resolve():
+        raise QrobustError("--out must differ from the checkpoint folder; the FP checkpoint is never overwritten")
+    with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
+        save_checkpoint(model, tok, out)
+    report = {"source": str(Path(a.checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
+              "summary": res.summary(), "layers": res.layers, "seconds": res.seconds}
+    atomic_write_text(out / "quantization.json", json.dumps(report, indent=1))
+    if a.json:
+        print(json.dumps(report, indent=1))
+    else:
+        s = res.summary()
+        print(f"{spec.label}: {s['n_layers']} linears quantized, mean relative weight error "
+              f"{s['rel_err_mean']:.4f} (max {s['rel_err_max']:.4f}) -> {out}")
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from .api import eval_blocks
+    from .evaluate import degradation, evaluate_loss
+    from .data.tokenizer import load_tokenizer
+    from .models import check_vocab, load_checkpoint
+    from .quant import QuantSpec, quantized
+
+    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    check_vocab(model, load_tokenizer(a.checkpoint), a.checkpoint)
+    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
+    progress = not a.json
+    fp = evaluate_loss(model, blocks, a.batch_size, progress, desc="FP")
+    out: dict[str, Any] = {"checkpoint": str(a.checkpoint), "n_blocks": int(blocks.shape[0]),
+                           "seq_len": int(blocks.shape[1]), "n_tokens": fp.n_tokens, "loss_fp": fp.loss,
+                           "ppl_fp": fp.ppl}
+    if a.bits is not None:
+        spec = QuantSpec(**_spec_kwargs(a))
+        with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
+            q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
+        out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
+    if a.json:
+        print(json.dumps(out, indent=1))
+    else:
+        line = f"loss_fp {fp.loss:.4f} (ppl {fp.ppl:.2f}) over {fp.n_tokens} tokens"
+        if a.bits is not None:
+            line += f" | {out['variant']}: loss_q {out['loss_q']:.4f}, ΔQ L {100 * out['dq_rel']:+.3f}%"
+        print(line)
+    return 0
+
+
+def _cmd_sweep(a: argparse.Namespace) -> int:
+    from . import api
+    over = {k: v for k, v in (("out", a.out), ("threads", a.threads)) if v}
+    s = api.sweep(a.config, progress=not a.quiet, **over)
+    print(f"sweep: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already done, "
+          f"{s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from . import api
+    print(f"report: {api.report(a.results, a.out)}")
+    return 0
+
+
+def _cmd_results(a: argparse.Namespace) -> int:
+    from .sweep.store import Store
+    from .trajectory import atomic_write_text
+    store = Store(a.results, create=False)
+    text = format_table(store.rows()) if a.format == "table" else store.export(a.format)
+    if a.out:
+        atomic_write_text(Path(a.out), text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no records\n"
+    head = ["checkpoint", "step", "tokens", "phase", "variant", "loss_fp", "loss_q", "ΔQ L %"]
+    body = []
+    for r in rows:
+        g = r["variant.group_size"]
+        variant = f"{r['variant.method']}-w{r['variant.bits']}{'ch' if g == -1 else f'g{g}'}"
+        body.append([str(r["checkpoint.name"]), str(r["checkpoint.step"]), str(r["checkpoint.tokens"] or ""),
+                     str(r["checkpoint.phase"] or ""), variant, f"{r['metrics.loss_fp']:.4f}",
+                     f"{r['metrics.loss_q']:.4f}", f"{100 * r['metrics.dq_rel']:+.3f}"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]) + "\n"
+
+
+COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
+            "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not a.cmd:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[a.cmd](a)
+    except QrobustError as e:
+        print(f"qrobust {a.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"qrobust {a.cmd}: interrupted; finished checkpoints and records are kept, re-run to resume",
+              file=sys.stderr)
+        return 130
+    except PermissionError as e:
+        print(f"qrobust {a.cmd}: error: permission denied: '{e.filename}'; choose a writable location",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"qrobust {a.cmd}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Sweeps: work grouped per checkpoint, resumable, never overwriting, numbers equal to a direct computation."""
+from __future__ import annotations
+
+import pytest
+
+from qrobust.api import eval_blocks
+from qrobust.evaluate import evaluate_loss
+from qrobust.models import load_checkpoint
+from qrobust.quant import quantize
+from qrobust.sweep import Store, sweep
+import qrobust.sweep.run as run_mod
+
+
+def _cfg(tiny_run, out, **kw):
+    return {"trajectory": str(tiny_run), "out": str(out), "bits": [3, 4], "group_sizes": [16],
+            "eval": {"n_blocks": 6, "batch_size": 4}, **kw}
+
+
+def test_one_load_and_one_fp_eval_per_checkpoint(tiny_run, tmp_path):
+    s = sweep(_cfg(tiny_run, tmp_path / "res"), progress=False)
+    assert s.checkpoints == 4
+    assert s.model_loads == 4 and s.fp_evals == 4
+    assert s.records_written == 8 and s.records_skipped == 0
+    again = sweep(_cfg(tiny_run, tmp_path / "res"), progress=False)
+    assert again.model_loads == 0 and again.fp_evals == 0 and again.records_written == 0
+    assert again.records_skipped == 8
+
+
+def test_new_setting_adds_records_and_never_overwrites(tiny_run, tmp_path):
+    res = tmp_path / "res"
+    sweep(_cfg(tiny_run, res), progress=False)
+    before = {p.name: p.read_bytes() for p in (res / "records").glob("*.json")}
+    s = sweep(_cfg(tiny_run, res, bits=[3, 4, 8]), progress=False)
+    assert s.records_written == 4 and s.records_skipped == 8
+    assert s.fp_evals == 0  # FP loss reused from the store
+    after = {p.name: p.read_bytes() for p in (res / "records").glob("*.json")}
+    assert len(after) == 12
+    assert all(after[k] == v for k, v in before.items())
+    s2 = sweep(_cfg(tiny_run, res, sym=False), progress=False)
+    assert s2.records_written == 8  # asymmetric is a different variant
+
+
+def test_record_numbers_equal_a_direct_computation(tiny_run, tmp_path):
+    sweep(_cfg(tiny_run, tmp_path / "res"), progress=False)
+    recs = Store(tmp_path / "res", create=False).records()
+    r = next(x for x in recs if x["checkpoint"]["run"] == "decay8" and x["variant"]["bits"] == 3)
+    ck = r["checkpoint"]["path"]
+    model = load_checkpoint(ck)
+    blocks = eval_blocks(ck, n_blocks=6)
+    fp = evaluate_loss(model, blocks).loss
+    qmodel, _ = quantize(model, method="rtn", bits=3, group_size=16, sym=True)
+    q = evaluate_loss(qmodel, blocks).loss
+    m = r["metrics"]
+    assert m["loss_fp"] == pytest.approx(fp, rel=1e-9)
+    assert m["loss_q"] == pytest.approx(q, rel=1e-9)
+    assert m["dq_rel"] == pytest.approx(q / fp - 1, rel=1e-6)
+    assert r["eval_set"]["n_tokens"] == 6 * 31
+    assert r["checkpoint"]["phase"] == "decay" and r["checkpoint"]["tokens"] == 12 * 4 * 32
+
+
+def test_crash_mid_sweep_then_resume_equals_uninterrupted(tiny_run, tmp_path, monkeypatch):
+    clean = tmp_path / "clean"
+    sweep(_cfg(tiny_run, clean), progress=False)
+    real = run_mod.evaluate_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_mod, "evaluate_loss", flaky)
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        sweep(_cfg(tiny_run, crashed), progress=False)
+    n_before = len(list((crashed / "records").glob("*.json")))
+    assert 0 < n_before < 8
+    monkeypatch.setattr(run_mod, "evaluate_loss", real)
+    s = sweep(_cfg(tiny_run, crashed), progress=False)
+    assert s.records_written == 8 - n_before
+    a = {r["key"]: r["metrics"] for r in Store(clean, create=False).records()}
+    b = {r["key"]: r["metrics"] for r in Store(crashed, create=False).records()}
+    assert a == b
