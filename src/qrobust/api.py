@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .config import DataConfig, EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
+from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
 from .quant import QuantResult, quantize, quantized
@@ -16,13 +17,14 @@ from .trajectory import Trajectory, load_trajectory
 
 def _config(cls, config: Any, kwargs: dict[str, Any], what: str):
     if isinstance(config, cls):
-        data = config.model_dump()
+        data: Any = config.model_dump()
     elif isinstance(config, (str, Path)):
-        data = load_yaml(config)
+        data, what = load_yaml(config), f"{what} file {config}"
     else:
-        data = dict(config or {})
-    data.update(kwargs)
-    return parse_config(cls, data, what)
+        data = config if config is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of keys to values, got {type(data).__name__}")
+    return parse_config(cls, {**data, **kwargs}, what)
 
 
 def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True, **kwargs: Any) -> Trajectory:
@@ -52,20 +54,30 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
 
     Defaults follow the checkpoint's training data config (its validation split) when it has one.
     """
-    import json
-
     from .data.tokenizer import load_tokenizer
     from .sweep.evalset import build_eval_set, tokenizer_fingerprint
 
     p = Path(checkpoint)
     tok = load_tokenizer(p)
-    data_cfg = None
-    st = p / "qrobust_state.json"
-    if st.is_file() and json.loads(st.read_text()).get("data"):
-        data_cfg = DataConfig.model_validate(json.loads(st.read_text())["data"])
+    data_cfg = checkpoint_data_config(p)
     ecfg = parse_config(EvalConfig, {"corpus": corpus, "split": split, "n_blocks": n_blocks, "seq_len": seq_len,
                                      "field": field}, "eval settings")
     return build_eval_set(ecfg, data_cfg, tok, tokenizer_fingerprint(p)).blocks
+
+
+def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
+    """The data config a qrobust checkpoint was trained with (from ``qrobust_state.json``), if any."""
+    import json
+
+    st = Path(folder) / "qrobust_state.json"
+    if not st.is_file():
+        return None
+    try:
+        data = json.loads(st.read_text()).get("data")
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"'{st}' is damaged (not a JSON object); delete it to evaluate without the "
+                          "training data config, or restore it") from None
+    return parse_config(DataConfig, data, f"'data' in {st}") if data else None
 
 
 __all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",

@@ -150,23 +150,35 @@ def _calibration_for(a: argparse.Namespace, checkpoint: str):
     return eval_blocks(checkpoint, split="train", n_blocks=128)
 
 
+def _check_quant_out(out: Path, checkpoint: Path) -> None:
+    """Refuse any --out that would overwrite the FP checkpoint or unrelated data."""
+    o, c = out.resolve(), checkpoint.resolve()
+    if o == c or c in o.parents:
+        raise QrobustError(f"--out '{out}' is the checkpoint folder or inside it; choose a separate folder")
+    if o.exists() and not o.is_dir():
+        raise QrobustError(f"--out '{out}' is an existing file; choose a new folder")
+    if o.is_dir() and any(o.iterdir()) and not (o / "quantization.json").is_file():
+        raise QrobustError(f"--out '{out}' already holds other files; choose a new or empty folder "
+                           "(only an earlier 'qrobust quantize' output is replaced)")
+
+
 def _cmd_quantize(a: argparse.Namespace) -> int:
     from .data.tokenizer import load_tokenizer
     from .models import load_checkpoint, save_checkpoint
     from .quant import QuantSpec, quantized
-    from .trajectory import atomic_write_text
 
+    out = Path(a.out)
+    _check_quant_out(out, Path(a.checkpoint))
+    spec = QuantSpec(**_spec_kwargs(a))
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     tok = load_tokenizer(a.checkpoint)
-    spec = QuantSpec(**_spec_kwargs(a))
-    out = Path(a.out)
-    if out.resolve() == Path(a.checkpoint).resolve():
-        raise QrobustError("--out must differ from the checkpoint folder; the FP checkpoint is never overwritten")
     with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
-        save_checkpoint(model, tok, out)
-    report = {"source": str(Path(a.checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
-              "summary": res.summary(), "layers": res.layers, "seconds": res.seconds}
-    atomic_write_text(out / "quantization.json", json.dumps(report, indent=1))
+        report = {"source": str(Path(a.checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
+                  "summary": res.summary(), "layers": res.layers, "seconds": res.seconds}
+        try:
+            save_checkpoint(model, tok, out, files={"quantization.json": json.dumps(report, indent=1)})
+        except OSError as e:
+            raise QrobustError(f"cannot write the quantized checkpoint to '{out}': {e.strerror or e}") from None
     if a.json:
         print(json.dumps(report, indent=1))
     else:
@@ -227,7 +239,10 @@ def _cmd_results(a: argparse.Namespace) -> int:
     store = Store(a.results, create=False)
     text = format_table(store.rows()) if a.format == "table" else store.export(a.format)
     if a.out:
-        atomic_write_text(Path(a.out), text)
+        try:
+            atomic_write_text(Path(a.out), text)
+        except OSError as e:
+            raise QrobustError(f"cannot write '{a.out}': {e.strerror or e}; choose a writable path") from None
         print(f"wrote {a.out}")
     else:
         sys.stdout.write(text)

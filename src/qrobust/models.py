@@ -127,8 +127,9 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
         if "trust_remote_code" in msg:
             raise CheckpointError(f"'{p}' needs custom code; pass --trust-remote-code if you trust it") from None
         raise CheckpointError(f"cannot load '{p}': {msg}") from None
-    except (OSError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"cannot load '{p}': {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:  # corrupt/truncated safetensors, missing keys, bad config: all one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"cannot load '{p}': {first}") from None
     model.eval()
     check_finite(model, str(p))
     return model
@@ -156,6 +157,9 @@ class _AtomicDir:
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints on shared disks must stay readable
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -172,8 +176,8 @@ class _AtomicDir:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
-                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
-    """``save_pretrained`` (safetensors) + tokenizer + optional JSON/tensor side files, atomically."""
+                    extra_tensors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer + optional state/optimizer/text side files, atomically."""
     from safetensors.torch import save_file
 
     final = Path(path)
@@ -184,4 +188,6 @@ def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[s
             (tmp / "qrobust_state.json").write_text(json.dumps(extra, indent=1, sort_keys=True))
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / "optimizer.safetensors"))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
     return final

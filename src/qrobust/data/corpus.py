@@ -6,7 +6,8 @@ Spec strings:
                                       (one document per file, sorted by path)
 - ``jsonl:PATH``                      one JSON object per line, text in ``field`` (default ``text``)
 - ``hf:NAME[:CONFIG][:SPLIT]``        a Hugging Face hub dataset (network; split default ``train``)
-- ``hf-disk:PATH``                    a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
+- ``hf-disk:PATH[#SPLIT]``            a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``
+                                      (split default ``train``, else the first split)
 - ``parquet:PATH``                    a parquet file, folder or glob
 A bare path is recognised by its shape (folder with ``dataset_info.json`` / ``dataset_dict.json`` ->
 hf-disk, ``.jsonl`` -> jsonl, ``.parquet`` -> parquet, anything else -> text).
@@ -74,6 +75,9 @@ def parse_corpus_spec(spec: str, field: str | None = None, max_chars: int | None
         name, _, tail = rest.partition(":")
         config, _, split = tail.partition(":")
         return CorpusSpec("hf", name, config or None, split or None, field, max_chars)
+    if kind == "hf-disk" and "#" in rest:
+        path, _, split = rest.rpartition("#")
+        return CorpusSpec(kind, path, split=split or None, field=field, max_chars=max_chars)
     return CorpusSpec(kind, rest, field=field, max_chars=max_chars)
 
 

@@ -49,6 +49,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     p = Path(path)
     if not p.is_dir():
         raise DataError(f"tokenizer folder not found: '{p}'; use 'bpe', 'byte' or a folder with tokenizer.json")
+    known = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "spiece.model")
+    if not any((p / f).is_file() for f in known):
+        raise DataError(f"no tokenizer in '{p}' (expected tokenizer.json or tokenizer_config.json); "
+                        "save the tokenizer next to the model with save_pretrained")
     try:
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     except (OSError, ValueError) as e:
