@@ -1,0 +1,55 @@
+"""The demo end to end (--quick), and its stable-vs-decay summary on hand-built records."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qrobust.cli import main
+from qrobust.demo import stable_vs_decay, verdict
+
+
+def _rec(run, step, bits, dq, loss_fp, parent_step=None):
+    return {"checkpoint": {"run": run, "step": step, "parent_step": parent_step},
+            "variant": {"label": f"rtn-w{bits}g128", "bits": bits},
+            "metrics": {"dq_rel": dq, "loss_fp": loss_fp}}
+
+
+def test_stable_vs_decay_pairs_branch_end_with_control_at_same_step():
+    recs = [_rec("main", 100, 3, 0.010, 3.0), _rec("main", 200, 3, 0.020, 2.9),
+            _rec("b", 150, 3, 0.050, 2.95, 100), _rec("b", 200, 3, 0.030, 2.8, 100),
+            _rec("c", 300, 3, 0.1, 2.7, 200)]  # no control at 300 -> skipped
+    rows = stable_vs_decay(recs)
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["branch"], r["step"], r["from_step"]) == ("b", 200, 100)
+    assert r["dq_decay"] == 0.030 and r["dq_control"] == 0.020 and r["dq_branch_start"] == 0.010
+    v = verdict(rows)
+    assert "1 of 1" in v and "1.50x" in v and "is visible" in v
+
+
+def test_verdict_says_not_visible_when_decay_never_raises():
+    rows = [{"dq_decay": 0.01, "dq_control": 0.02, "loss_fp_decay": 2.0, "loss_fp_control": 2.1}]
+    assert "NOT visible" in verdict(rows) and "0 of 1" in verdict(rows)
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoints"] == 5  # main 20/40/60 + two branch endpoints
+    assert summary["records"] == 10  # 5 checkpoints x {3, 4} bits
+    assert len(summary["rows"]) == 4  # 2 branches x 2 bit-widths with a control at the same step
+    assert summary["verdict"] in printed
+    assert (out / "results" / "report" / "index.html").is_file()
+    # numbers in the summary are the store's numbers
+    recs = {(r["checkpoint"]["run"], r["checkpoint"]["step"], r["variant"]["bits"]): r
+            for r in map(json.loads, (p.read_text() for p in (out / "results" / "records").glob("*.json")))}
+    for row in summary["rows"]:
+        assert row["dq_decay"] == recs[(row["branch"], row["step"], row["bits"])]["metrics"]["dq_rel"]
+        assert row["dq_control"] == recs[("main", row["step"], row["bits"])]["metrics"]["dq_rel"]
+    # a second run resumes: nothing retrained, nothing re-evaluated
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]
