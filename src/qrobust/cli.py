@@ -64,8 +64,10 @@ def _add_load_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="qrobust", description="Measure how robust LM checkpoints are to post-training quantization "
-                                             "along their training trajectory.")
+    ap = _Parser(prog="qrobust", formatter_class=argparse.RawDescriptionHelpFormatter,
+                 description="Measure how robust LM checkpoints are to post-training quantization along their "
+                             "training trajectory.\nΔQ L = L(quantized) / L(full precision) - 1.",
+                 epilog=_EXAMPLES)
     ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
 
@@ -75,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("train", help="train a trajectory (main run + cooldown branches) from a YAML config")
-    p.add_argument("config", help="YAML training config (see experiments/)")
+    p = sub.add_parser("train", help="train a trajectory (main run + cooldown branches) from a YAML config",
+                       description="Train the main run and its cooldown branches; re-running resumes exactly. "
+                                   "Config keys: name, out, seed, steps, batch_size, checkpoint_every, data.*, "
+                                   "model.*, optim.*, schedule.*, branches[] (see README / experiments/).")
+    p.add_argument("config", help="YAML training config (e.g. experiments/cooldown_tiny.yaml)")
     p.add_argument("--out", default=None, help="run folder (overrides the config's 'out')")
     p.add_argument("--steps", type=_positive, default=None, help="override 'steps'")
     p.add_argument("--threads", type=_positive, default=None)
@@ -101,8 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder")
-    p.add_argument("config", help="YAML sweep config")
+    p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder",
+                       description="Load each checkpoint once, evaluate FP once, then quantize + evaluate every "
+                                   "variant; finished records are skipped. Config keys: trajectory, out, methods, "
+                                   "bits, group_sizes, sym, include, exclude, eval.*, calibration.* "
+                                   "(see experiments/sweep_rtn.yaml).")
+    p.add_argument("config", help="YAML sweep config (e.g. experiments/sweep_rtn.yaml)")
     p.add_argument("--out", default=None, help="results folder (overrides the config's 'out')")
     p.add_argument("--threads", type=_positive, default=None)
     p.add_argument("--quiet", action="store_true")
@@ -116,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
     return ap
+
+
+_EXAMPLES = """examples:
+  qrobust demo --quick                              # ~15 s offline end-to-end run
+  qrobust train experiments/cooldown_tiny.yaml      # checkpoints + trajectory.json in runs/cooldown_tiny
+  qrobust sweep experiments/sweep_rtn.yaml          # RTN 3/4-bit on every checkpoint -> results/
+  qrobust report results/cooldown_tiny              # figures + index.html
+  qrobust results results/cooldown_tiny --format csv
+  qrobust eval runs/cooldown_tiny/checkpoints/main/step-0001200 --bits 3
+"""
 
 
 def _version() -> str:
