@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .config import DataConfig, EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
+from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
@@ -55,7 +55,7 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     Defaults follow the checkpoint's training data config (its validation split) when it has one.
     """
     from .data.tokenizer import load_tokenizer
-    from .sweep.evalset import build_eval_set, tokenizer_fingerprint
+    from .sweep.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     p = Path(checkpoint)
     tok = load_tokenizer(p)
@@ -63,21 +63,6 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     ecfg = parse_config(EvalConfig, {"corpus": corpus, "split": split, "n_blocks": n_blocks, "seq_len": seq_len,
                                      "field": field}, "eval settings")
     return build_eval_set(ecfg, data_cfg, tok, tokenizer_fingerprint(p)).blocks
-
-
-def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
-    """The data config a qrobust checkpoint was trained with (from ``qrobust_state.json``), if any."""
-    import json
-
-    st = Path(folder) / "qrobust_state.json"
-    if not st.is_file():
-        return None
-    try:
-        data = json.loads(st.read_text()).get("data")
-    except (json.JSONDecodeError, AttributeError):
-        raise ConfigError(f"'{st}' is damaged (not a JSON object); delete it to evaluate without the "
-                          "training data config, or restore it") from None
-    return parse_config(DataConfig, data, f"'data' in {st}") if data else None
 
 
 __all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from ..config import CalibrationConfig, DataConfig, EvalConfig
+from ..config import CalibrationConfig, DataConfig, EvalConfig, parse_config
+from ..errors import ConfigError
 from ..data.blocks import calibration_blocks, pack_blocks, take_blocks
 from ..data.prepare import eval_stream
 from .store import record_key
@@ -36,6 +37,21 @@ def tokenizer_fingerprint(folder: str | Path) -> str:
     files = [p for p in Path(folder).glob("tokenizer*.json")] + list(Path(folder).glob("*.model"))
     files += list(Path(folder).glob("vocab.json")) + list(Path(folder).glob("merges.txt"))
     return file_fingerprint(files) if files else "none"
+
+
+def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
+    """The data config a qrobust checkpoint was trained with (from ``qrobust_state.json``), if any."""
+    import json
+
+    st = Path(folder) / "qrobust_state.json"
+    if not st.is_file():
+        return None
+    try:
+        data = json.loads(st.read_text()).get("data")
+    except (json.JSONDecodeError, AttributeError):
+        raise ConfigError(f"'{st}' is damaged (not a JSON object); delete it to evaluate without the "
+                          "training data config, or restore it") from None
+    return parse_config(DataConfig, data, f"'data' in {st}") if data else None
 
 
 @dataclass

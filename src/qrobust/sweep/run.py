@@ -6,7 +6,6 @@ records all exist is never loaded at all.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from ..evaluate import degradation, evaluate_loss
 from ..models import check_vocab, load_checkpoint
 from ..quant import QuantSpec, get_quantizer, quantized
 from ..trajectory import Checkpoint, Trajectory, load_trajectory
-from .evalset import EvalSet, build_calibration, build_eval_set, file_fingerprint, tokenizer_fingerprint
+from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, file_fingerprint,
+                      tokenizer_fingerprint)
 from .store import Store, record_key
 
 
@@ -44,14 +44,10 @@ def variants(cfg: SweepConfig) -> list[QuantSpec]:
 
 
 def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
+    """The training data config: from the trajectory manifest, else from the checkpoint's own state."""
     if traj.data:
-        return DataConfig.model_validate(traj.data)
-    st = Path(ck.path) / "qrobust_state.json"
-    if st.is_file():
-        d = json.loads(st.read_text()).get("data")
-        if d:
-            return DataConfig.model_validate(d)
-    return None
+        return parse_config(DataConfig, traj.data, f"'data' in the manifest of {traj.source}")
+    return checkpoint_data_config(ck.path)
 
 
 def _ck_identity(ck: Checkpoint) -> dict[str, Any]:
@@ -126,42 +122,46 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
         overall.update(len(specs) - len(todo))
         if not todo:
             continue
-        tok = tok or load_tokenizer(ck.path)
-        es = sets.eval_set(data_cfg, tok, tok_fp)
-        t0 = time.perf_counter()
-        model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
-        check_vocab(model, tok, ck.path)
-        load_s = time.perf_counter() - t0
-        summary.model_loads += 1
-        fp_key = record_key({"checkpoint": ident, "eval": es.id})
-        fp = store.get(fp_key, kind="fp")
-        if fp is None:
-            r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}")
-            summary.fp_evals += 1
-            fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
-                  "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
-            store.put(fp_key, fp, kind="fp")
-        for spec in todo:
-            calib, calib_info = None, None
-            if get_quantizer(spec.method).needs_calibration:
-                calib, calib_info = sets.calibration(data_cfg, tok, tok_fp, es.info["seq_len"])
-            with quantized(model, spec, calib) as qr:
-                rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
-            rec = {
-                "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
-                "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
-                "eval_set": {"id": es.id, **es.info}, "metrics": degradation(fp["loss"], rq.loss),
-                "weight_error": qr.summary(), "layers": qr.layers,
-                "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
-                "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds,
-                            "eval_s": rq.seconds},
-            }
-            store.put(keys[spec], rec)
-            summary.records_written += 1
-            summary.new_keys.append(keys[spec])
-            overall.update(1)
-        del model
+        _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
+                        todo, keys, summary, progress, overall)
     overall.close()
     summary.seconds = time.perf_counter() - t_start
     return summary
 
+
+def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
+                    data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store, todo: list[QuantSpec],
+                    keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool, bar: tqdm) -> None:
+    """One checkpoint group: load once, FP loss once (or from the store), then every missing variant."""
+    es = sets.eval_set(data_cfg, tok, tok_fp)
+    t0 = time.perf_counter()
+    model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    check_vocab(model, tok, ck.path)
+    load_s = time.perf_counter() - t0
+    summary.model_loads += 1
+    fp_key = record_key({"checkpoint": ident, "eval": es.id})
+    fp = store.get(fp_key, kind="fp")
+    if fp is None:
+        r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}")
+        summary.fp_evals += 1
+        fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
+              "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
+        store.put(fp_key, fp, kind="fp")
+    for spec in todo:
+        calib, calib_info = None, None
+        if get_quantizer(spec.method).needs_calibration:
+            calib, calib_info = sets.calibration(data_cfg, tok, tok_fp, es.info["seq_len"])
+        with quantized(model, spec, calib) as qr:
+            rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
+        rec = {
+            "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
+            "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
+            "eval_set": {"id": es.id, **es.info}, "metrics": degradation(fp["loss"], rq.loss),
+            "weight_error": qr.summary(), "layers": qr.layers,
+            "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
+            "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds, "eval_s": rq.seconds},
+        }
+        store.put(keys[spec], rec)
+        summary.records_written += 1
+        summary.new_keys.append(keys[spec])
+        bar.update(1)

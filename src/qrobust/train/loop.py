@@ -116,71 +116,93 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
     return traj
 
 
-def _run_segment(cfg: TrainConfig, out: Path, data: PreparedData, batches: _Batches, run: str, sched: Schedule,
-                 start_dir: Path | None, first_step: int, last_step: int, progress: bool,
-                 on_step: Callable[[str, int], None] | None, tokens_per_step: int) -> None:
-    """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
-    resume = _latest(out, run)
-    if resume is not None:
-        start_dir = resume
-    if start_dir is not None:
-        state = json.loads((start_dir / "qrobust_state.json").read_text())
-        if state["step"] >= last_step:
-            return
-        model = load_checkpoint(start_dir)
-        opt = _make_optimizer(model, cfg)
-        restore_optimizer(opt, start_dir / "optimizer.safetensors", state["optimizer_groups"])
-        step = state["step"]
-    else:
-        model = build_model(cfg.model.arch, cfg.model.preset, len(data.tokenizer), cfg.data.seq_len,
-                            seed=cfg.seed, overrides=cfg.model.overrides)
-        opt = _make_optimizer(model, cfg)
-        step = first_step
-    for g in opt.param_groups:
-        g["lr"] = sched.lr(step)
-        g["initial_lr"] = cfg.optim.lr
-    model.train()
-    log = out / "logs" / f"{run}.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    _truncate_log(log, step)
-    bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not progress, leave=False)
-    ema_loss = None
-    with log.open("a") as logf:
-        while step < last_step:
-            lr = sched.lr(step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x = batches.at(step)
-            loss = model(input_ids=x, labels=x).loss
-            if not torch.isfinite(loss):
-                raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {loss.item()}); "
-                                   "lower optim.lr or raise warmup_steps")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
-            step += 1
-            lv = loss.item()
-            ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
-            logf.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
-            if step % cfg.checkpoint_every == 0 or step == last_step:
-                logf.flush()
-                tensors, groups = flatten_optimizer(opt)
-                prev = max(step - 1, 0)
-                state = {"step": step, "tokens": step * tokens_per_step, "run": run, "lr": sched.lr(prev),
-                         "phase": sched.phase(prev), "samples_seen": step * cfg.batch_size,
-                         "train_loss_ema": ema_loss, "optimizer_groups": _jsonable_groups(groups),
-                         "schedule": sched.to_dict(), "data": cfg.data.model_dump(), "time": time.time()}
-                model.eval()
-                save_checkpoint(model, data.tokenizer, _ckpt_dir(out, run, step), extra=state, extra_tensors=tensors)
-                model.train()
-                write_manifest(cfg, out, main_schedule(cfg), tokens_per_step)
-            if on_step is not None:
-                on_step(run, step)
-    bar.close()
+@dataclass
+class _Trainer:
+    """What every run of one training config shares: config, folder, data, batch order, hooks."""
+
+    cfg: TrainConfig
+    out: Path
+    data: PreparedData
+    batches: _Batches
+    progress: bool
+    on_step: Callable[[str, int], None] | None
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.data.seq_len
+
+    def segment(self, run: str, sched: Schedule, start_dir: Path | None, first_step: int, last_step: int) -> None:
+        """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
+        cfg, out, batches, on_step = self.cfg, self.out, self.batches, self.on_step
+        resume = _latest(out, run)
+        if resume is not None:
+            start_dir = resume
+        if start_dir is not None:
+            state = json.loads((start_dir / "qrobust_state.json").read_text())
+            if state["step"] >= last_step:
+                return
+            model = load_checkpoint(start_dir)
+            opt = _make_optimizer(model, cfg)
+            restore_optimizer(opt, start_dir / "optimizer.safetensors", state["optimizer_groups"])
+            step = state["step"]
+        else:
+            model = build_model(cfg.model.arch, cfg.model.preset, len(self.data.tokenizer), cfg.data.seq_len,
+                                seed=cfg.seed, overrides=cfg.model.overrides)
+            opt = _make_optimizer(model, cfg)
+            step = first_step
+        for g in opt.param_groups:
+            g["lr"] = sched.lr(step)
+            g["initial_lr"] = cfg.optim.lr
+        model.train()
+        log = out / "logs" / f"{run}.jsonl"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_log(log, step)
+        bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not self.progress, leave=False)
+        ema_loss = None
+        with log.open("a") as logf:
+            while step < last_step:
+                lr = sched.lr(step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                x = batches.at(step)
+                loss = model(input_ids=x, labels=x).loss
+                if not torch.isfinite(loss):
+                    raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {loss.item()}); "
+                                       "lower optim.lr or raise warmup_steps")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                opt.step()
+                step += 1
+                lv = loss.item()
+                ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
+                logf.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
+                if step % cfg.checkpoint_every == 0 or step == last_step:
+                    logf.flush()
+                    self._save(run, sched, step, model, opt, ema_loss)
+                if on_step is not None:
+                    on_step(run, step)
+        bar.close()
+
+    def _save(self, run: str, sched: Schedule, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+              ema_loss: float | None) -> None:
+        """Checkpoint folder (weights, tokenizer, AdamW state, step/LR/phase) written atomically, then the manifest."""
+        cfg = self.cfg
+        tensors, groups = flatten_optimizer(opt)
+        prev = max(step - 1, 0)  # the LR and phase of the last update that produced these weights
+        state = {"step": step, "tokens": step * self.tokens_per_step, "run": run, "lr": sched.lr(prev),
+                 "phase": sched.phase(prev), "samples_seen": step * cfg.batch_size, "train_loss_ema": ema_loss,
+                 "optimizer_groups": _jsonable_groups(groups), "schedule": sched.to_dict(),
+                 "data": cfg.data.model_dump(), "time": time.time()}
+        was_training = model.training
+        model.eval()
+        save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, run, step), extra=state,
+                        extra_tensors=tensors)
+        model.train(was_training)
+        write_manifest(cfg, self.out, main_schedule(cfg), self.tokens_per_step)
 
 
 def _jsonable_groups(groups: list[dict]) -> list[dict]:
@@ -223,13 +245,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int],
     _check_branches(cfg, sched)
     data = prepare_data(cfg.data, out / "data")
     blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
-    batches = _Batches(blocks, cfg.batch_size, cfg.seed)
-    tps = cfg.batch_size * cfg.data.seq_len
-    _run_segment(cfg, out, data, batches, "main", sched, None, 0, cfg.steps, progress, on_step, tps)
+    trainer = _Trainer(cfg, out, data, _Batches(blocks, cfg.batch_size, cfg.seed), progress, on_step)
+    trainer.segment("main", sched, None, 0, cfg.steps)
     for b in cfg.branches:
-        start = _ckpt_dir(out, "main", b.from_step)
         bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
-        _run_segment(cfg, out, data, batches, b.run_name, bs, start, b.from_step, b.from_step + b.decay_steps,
-                     progress, on_step, tps)
-    return write_manifest(cfg, out, sched, tps)
+        trainer.segment(b.run_name, bs, _ckpt_dir(out, "main", b.from_step), b.from_step, b.from_step + b.decay_steps)
+    return write_manifest(cfg, out, sched, trainer.tokens_per_step)
 
