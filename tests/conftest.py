@@ -32,7 +32,7 @@ def tiny_config(out: Path, **over) -> dict:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A trained micro trajectory: main run (steps 4, 8, 12) + one cooldown branch from step 8 (step 12)."""
-    from qrobust.train.loop import train
+    from qrobust.training.loop import train
     from qrobust.config import TrainConfig, parse_config
 
     out = tmp_path_factory.mktemp("tiny_run")

@@ -356,7 +356,7 @@ def test_quantize_out_is_unrelated_folder(capsys, tmp_path, ckpt):
 
 
 def test_results_out_under_regular_file(capsys, tmp_path):
-    from qrobust.sweep.store import Store
+    from qrobust.sweeps.store import Store
     Store(tmp_path / "res")
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")
@@ -423,9 +423,9 @@ def test_results_missing_folder(capsys, tmp_path):
 
 def test_report_not_a_results_folder(capsys, tmp_path):
     try:
-        import qrobust.report  # noqa: F401
+        import qrobust.reporting  # noqa: F401
     except ImportError as e:  # the report module may still be in progress
-        pytest.skip(f"qrobust.report not importable: {e}")
+        pytest.skip(f"qrobust.reporting not importable: {e}")
     d = tmp_path / "random"
     d.mkdir()
     line = run_fail(capsys, ["report", d], str(d), code=2)
@@ -435,10 +435,10 @@ def test_report_not_a_results_folder(capsys, tmp_path):
 
 def test_report_out_under_regular_file(capsys, tmp_path):
     try:
-        import qrobust.report  # noqa: F401
+        import qrobust.reporting  # noqa: F401
     except ImportError as e:
-        pytest.skip(f"qrobust.report not importable: {e}")
-    from qrobust.sweep.store import Store
+        pytest.skip(f"qrobust.reporting not importable: {e}")
+    from qrobust.sweeps.store import Store
     Store(tmp_path / "res")
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")

@@ -25,12 +25,21 @@ def test_stable_vs_decay_pairs_branch_end_with_control_at_same_step():
     assert (r["branch"], r["step"], r["from_step"]) == ("b", 200, 100)
     assert r["dq_decay"] == 0.030 and r["dq_control"] == 0.020 and r["dq_branch_start"] == 0.010
     v = verdict(rows)
-    assert "1 of 1" in v and "1.50x" in v and "is visible" in v
+    assert "3-bit: decay > control in 1 of 1, median ratio 1.50x" in v and "at every bit-width" in v
 
 
 def test_verdict_says_not_visible_when_decay_never_raises():
-    rows = [{"dq_decay": 0.01, "dq_control": 0.02, "loss_fp_decay": 2.0, "loss_fp_control": 2.1}]
-    assert "NOT visible" in verdict(rows) and "0 of 1" in verdict(rows)
+    rows = [{"bits": 4, "dq_decay": 0.01, "dq_control": 0.02, "loss_fp_decay": 2.0, "loss_fp_control": 2.1}]
+    assert "NOT visible" in verdict(rows) and "4-bit: decay > control in 0 of 1" in verdict(rows)
+
+
+def test_verdict_names_the_bit_widths_where_it_shows():
+    rows = [{"bits": 2, "dq_decay": 0.05, "dq_control": 0.04, "loss_fp_decay": 2.0, "loss_fp_control": 2.1},
+            {"bits": 2, "dq_decay": 0.06, "dq_control": 0.04, "loss_fp_decay": 2.0, "loss_fp_control": 2.1},
+            {"bits": 4, "dq_decay": 0.01, "dq_control": 0.02, "loss_fp_decay": 2.0, "loss_fp_control": 2.1}]
+    v = verdict(rows)
+    assert "2-bit: decay > control in 2 of 2, median ratio 1.38x" in v
+    assert "visible at this scale at 2 bits and not at the others" in v
 
 
 @pytest.mark.slow
@@ -40,8 +49,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoints"] == 5  # main 20/40/60 + two branch endpoints
-    assert summary["records"] == 10  # 5 checkpoints x {3, 4} bits
-    assert len(summary["rows"]) == 4  # 2 branches x 2 bit-widths with a control at the same step
+    assert summary["records"] == 15  # 5 checkpoints x {2, 3, 4} bits
+    assert len(summary["rows"]) == 6  # 2 branches x 3 bit-widths with a control at the same step
     assert summary["verdict"] in printed
     assert (out / "results" / "report" / "index.html").is_file()
     # numbers in the summary are the store's numbers

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qrobust.report import write_report
-from qrobust.report.figures import _groups, _series
-from qrobust.sweep.store import Store
+from qrobust.reporting import write_report
+from qrobust.reporting.figures import _groups, _series
+from qrobust.sweeps.store import Store
 from qrobust.trajectory import Checkpoint, Trajectory
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"

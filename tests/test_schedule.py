@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from qrobust.train.schedule import Schedule
+from qrobust.training.schedule import Schedule
 
 
 def test_constant_with_linear_warmup():

@@ -7,8 +7,8 @@ from qrobust.api import eval_blocks
 from qrobust.evaluate import evaluate_loss
 from qrobust.models import load_checkpoint
 from qrobust.quant import quantize
-from qrobust.sweep import Store, sweep
-import qrobust.sweep.run as run_mod
+from qrobust.sweeps import Store, sweep
+import qrobust.sweeps.run as run_mod
 
 
 def _cfg(tiny_run, out, **kw):

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from qrobust.config import TrainConfig, parse_config
 from qrobust.errors import ConfigError
-from qrobust.train.loop import train
+from qrobust.training.loop import train
 from qrobust.trajectory import load_trajectory
 
 from conftest import tiny_config
@@ -94,7 +94,7 @@ def test_resume_after_sigkill(tiny_run, tmp_path):
     script = (
         "import json,sys,time\n"
         "from qrobust.config import TrainConfig, parse_config\n"
-        "from qrobust.train.loop import train\n"
+        "from qrobust.training.loop import train\n"
         f"cfg = parse_config(TrainConfig, json.loads({json.dumps(json.dumps(cfg))}))\n"
         "train(cfg, progress=False, on_step=lambda r, s: time.sleep(0.3))\n"
     )

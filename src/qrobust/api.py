@@ -10,8 +10,8 @@ from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_confi
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
-from .quant import QuantResult, quantize, quantized
-from .sweep.run import SweepSummary
+from .quant import QuantResult, QuantSpec, quantize, quantized
+from .sweeps.run import SweepSummary
 from .trajectory import Trajectory, load_trajectory
 
 
@@ -32,19 +32,19 @@ def train(config: TrainConfig | dict | str | Path | None = None, progress: bool 
 
     Returns the :class:`Trajectory` of every checkpoint written. Re-running resumes where it stopped.
     """
-    from .train.loop import train as _train
+    from .training.loop import train as _train
     return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress)
 
 
 def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, **kwargs: Any) -> SweepSummary:
     """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size)."""
-    from .sweep.run import sweep as _sweep
+    from .sweeps.run import sweep as _sweep
     return _sweep(_config(SweepConfig, config, kwargs, "sweep config"), progress=progress)
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
-    from .report import write_report
+    from .reporting import write_report
     return write_report(results, out)
 
 
@@ -55,7 +55,7 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     Defaults follow the checkpoint's training data config (its validation split) when it has one.
     """
     from .data.tokenizer import load_tokenizer
-    from .sweep.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
+    from .sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     p = Path(checkpoint)
     tok = load_tokenizer(p)
@@ -66,4 +66,4 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
 
 
 __all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
-           "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "SweepSummary", "Trajectory"]
+           "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

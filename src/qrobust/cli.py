@@ -253,7 +253,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_results(a: argparse.Namespace) -> int:
-    from .sweep.store import Store
+    from .sweeps.store import Store
     from .trajectory import atomic_write_text
     store = Store(a.results, create=False)
     text = format_table(store.rows()) if a.format == "table" else store.export(a.format)

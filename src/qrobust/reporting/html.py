@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..sweep.store import Store
+from ..sweeps.store import Store
 from ..trajectory import atomic_write_text
 from .figures import FigureOut, get, make_figures, num
 
