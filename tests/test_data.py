@@ -559,3 +559,12 @@ def test_hf_disk_split_from_spec_string(tmp_path):
     assert spec.split == "validation" and spec.target == str(tmp_path / "dd")
     assert load_documents(spec) == ["v1", "v2", "v3"]
     assert load_documents(f"hf-disk:{tmp_path / 'dd'}") == ["a", "b"]
+
+
+def test_hub_dataset_offline_is_one_clear_error(monkeypatch):
+    from qrobust.data.corpus import load_documents
+    from qrobust.errors import DataError
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not load Hugging Face dataset 'hf:no-such-org/no-such-set"):
+        load_documents("hf:no-such-org/no-such-set")

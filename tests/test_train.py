@@ -126,3 +126,22 @@ def test_branch_must_start_in_stable_phase(tmp_path):
 def test_branch_from_step_must_be_a_checkpoint():
     with pytest.raises(ConfigError, match="not a checkpoint step"):
         parse_config(TrainConfig, tiny_config(Path("x"), branches=[{"from_step": 6, "decay_steps": 2}]))
+
+
+def test_llama_trajectory_trains_and_loads(tmp_path):
+    from qrobust.models import load_checkpoint
+    cfg = parse_config(TrainConfig, tiny_config(tmp_path / "llama", steps=4, branches=[],
+                                                model={"arch": "llama", "preset": "micro"}))
+    traj = train(cfg, progress=False)
+    assert [c.step for c in traj] == [4]
+    m = load_checkpoint(traj.checkpoints[0].path)
+    assert m.config.model_type == "llama"
+
+
+def test_wsd_main_run_phases_in_manifest(tmp_path):
+    cfg = parse_config(TrainConfig, tiny_config(tmp_path / "wsd", steps=8, branches=[],
+                                                schedule={"kind": "wsd", "warmup_steps": 2, "decay_steps": 4}))
+    traj = train(cfg, progress=False)
+    got = {c.step: (c.phase, c.lr) for c in traj}
+    assert got[4][0] == "stable" and got[4][1] == pytest.approx(3e-3)  # last update at step 3 < decay start 4
+    assert got[8][0] == "decay" and got[8][1] == pytest.approx(3e-3 * 0.25)  # step 7: 1 - 3/4
