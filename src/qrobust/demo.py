@@ -132,5 +132,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, threads: int | N
     print("ΔQ L = L(quantized)/L(FP) - 1 at each decayed endpoint vs the constant-LR control at the same step:")
     print(text)
     print(ver)
+    if quick:
+        print("(--quick is a smoke test: a 2-layer model trained for 60 steps; its verdict means nothing. "
+              "Run without --quick for the experiment.)")
     print(f"report: {html}")
     return summary
