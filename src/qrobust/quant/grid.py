@@ -19,6 +19,11 @@ from __future__ import annotations
 import torch
 
 
+def _compute(x: torch.Tensor) -> torch.Tensor:
+    """fp32 math for half/bf16 inputs; float64 stays float64 (reference checks)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def maxq_for(bits: int) -> int:
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be between 2 and 8, got {bits}")
@@ -28,8 +33,8 @@ def maxq_for(bits: int) -> int:
 def find_params(x: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (scale, zero) for a 2-D tensor ``x`` of shape [rows, cols]; both shaped [rows, 1]."""
     maxq = maxq_for(bits)
-    x = x.float()
-    zeros = torch.zeros(x.shape[0], device=x.device)
+    x = _compute(x)
+    zeros = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
     xmin = torch.minimum(x.min(dim=1).values, zeros)
     xmax = torch.maximum(x.max(dim=1).values, zeros)
     if sym:
@@ -49,7 +54,7 @@ def find_params(x: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, to
 
 def quantize_dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     maxq = maxq_for(bits)
-    q = torch.clamp(torch.round(w.float() / scale) + zero, 0, maxq)
+    q = torch.clamp(torch.round(_compute(w) / scale) + zero, 0, maxq)
     return scale * (q - zero)
 
 
