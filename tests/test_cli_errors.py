@@ -147,7 +147,7 @@ def nan_ckpt(tmp_path_factory, tok) -> tuple[Path, str]:
 @pytest.mark.parametrize("cmd", ["quantize", "eval"])
 def test_missing_checkpoint(capsys, tmp_path, cmd):
     missing = tmp_path / "no-such-model"
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     line = run_fail(capsys, [cmd, missing, *extra], str(missing), code=2)
     assert "not found" in line
     assert not (tmp_path / "q").exists()
@@ -158,7 +158,7 @@ def test_folder_is_not_a_model(capsys, tmp_path, cmd):
     folder = tmp_path / "just-a-folder"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     line = run_fail(capsys, [cmd, folder, *extra], str(folder), code=2)
     assert "config.json" in line
     assert not (tmp_path / "q").exists()
@@ -166,7 +166,7 @@ def test_folder_is_not_a_model(capsys, tmp_path, cmd):
 
 @pytest.mark.parametrize("cmd", ["quantize", "eval"])
 def test_pickle_weights_refused(capsys, tmp_path, pickle_ckpt, cmd):
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     run_fail(capsys, [cmd, pickle_ckpt, *extra], "--allow-pickle", "pytorch_model.bin", str(pickle_ckpt), code=2)
     assert not (tmp_path / "q").exists()
 
@@ -241,7 +241,7 @@ def test_vocab_mismatch(capsys, small_vocab_ckpt):
 @pytest.mark.parametrize("cmd", ["quantize", "eval"])
 def test_nan_weights(capsys, tmp_path, nan_ckpt, cmd):
     path, name = nan_ckpt
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     line = run_fail(capsys, [cmd, path, *extra], name, code=2)
     assert "NaN" in line
     assert not (tmp_path / "q").exists()
@@ -313,7 +313,7 @@ def test_sweep_bad_config_key(capsys, tmp_path, ckpt):
 
 def test_quantize_out_is_checkpoint(capsys, ckpt):
     before = snapshot(ckpt)
-    line = run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--out", ckpt], "--out", code=2)
+    line = run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--out", ckpt], "--out", code=2)
     assert "checkpoint" in line
     assert snapshot(ckpt) == before
 
@@ -321,14 +321,14 @@ def test_quantize_out_is_checkpoint(capsys, ckpt):
 def test_quantize_out_is_checkpoint_other_spelling(capsys, ckpt):
     before = snapshot(ckpt)
     other = ckpt.parent / "." / ckpt.name
-    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--out", f"{other}{os.sep}"], "--out", code=2)
+    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--out", f"{other}{os.sep}"], "--out", code=2)
     assert snapshot(ckpt) == before
 
 
 def test_quantize_out_under_regular_file(capsys, tmp_path, ckpt):
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")
-    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--out", blocker / "q"], str(blocker), code=2)
+    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--out", blocker / "q"], str(blocker), code=2)
     assert blocker.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
@@ -337,7 +337,7 @@ def test_quantize_out_is_regular_file(capsys, tmp_path, ckpt):
     """--out naming an existing regular file must be refused, not renamed away and replaced by a folder."""
     target = tmp_path / "notes.txt"
     target.write_text("keep me")
-    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--out", target], str(target), code=2)
+    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--out", target], str(target), code=2)
     assert target.is_file() and target.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
@@ -350,7 +350,7 @@ def test_quantize_out_is_unrelated_folder(capsys, tmp_path, ckpt):
     (target / "results.csv").write_text("a,b\n1,2\n")
     (target / "sub" / "notes.txt").write_text("keep me")
     before = snapshot(target)
-    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--out", target], str(target), code=2)
+    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--out", target], str(target), code=2)
     assert snapshot(target) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
 
@@ -378,7 +378,7 @@ def test_truncated_safetensors(capsys, tmp_path, ckpt, cmd):
     d = _copy(ckpt, tmp_path / "trunc")
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     run_fail(capsys, [cmd, d, *extra], str(d), code=2)
     assert not (tmp_path / "q").exists()
 
@@ -398,7 +398,7 @@ def test_missing_tokenizer(capsys, tmp_path, ckpt, cmd):
     d = _copy(ckpt, tmp_path / "notok")
     for f in list(d.glob("tokenizer*")) + list(d.glob("special_tokens_map.json")):
         f.unlink()
-    extra = ["--bits", "4", "--out", tmp_path / "q"] if cmd == "quantize" else []
+    extra = ["--bits", "4", "--group-size", "16", "--out", tmp_path / "q"] if cmd == "quantize" else []
     line = run_fail(capsys, [cmd, d, *extra], str(d), code=2)
     assert "tokenizer" in line
     assert not (tmp_path / "q").exists()
@@ -464,8 +464,8 @@ def test_failed_quantize_keeps_previous_output(capsys, tmp_path, ckpt, nan_ckpt)
     run_argparse_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "-2", "--out", out], "-2")
     # failures after the model is loaded / while loading
     run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--method", "nosuch", "--out", out], "nosuch")
-    run_fail(capsys, ["quantize", nan_ckpt[0], "--bits", "4", "--out", out], nan_ckpt[1])
-    run_fail(capsys, ["quantize", tmp_path / "missing", "--bits", "4", "--out", out], "missing")
+    run_fail(capsys, ["quantize", nan_ckpt[0], "--bits", "4", "--group-size", "16", "--out", out], nan_ckpt[1])
+    run_fail(capsys, ["quantize", tmp_path / "missing", "--bits", "4", "--group-size", "16", "--out", out], "missing")
 
     assert snapshot(out) == before
     # no temporary / backup folders left next to it

@@ -38,7 +38,9 @@ def _gptq(model, calib, **opts):
 
 def test_sequential_equals_block_by_block_whole_model_passes():
     """Block 1 calibrated on quantized block-0 outputs == quantize block 0, then whole-model GPTQ of block 1."""
-    model = build_model("llama", "micro", vocab_size=64, max_positions=32, seed=2)
+    # float64 activations: the two paths run the same ops on differently allocated buffers, and last-bit
+    # BLAS differences can flip a rounding tie that GPTQ's error feedback then spreads over a whole group
+    model = build_model("llama", "micro", vocab_size=64, max_positions=32, seed=2).double()
     calib = _calib(64)
     opts = dict(profile="reference", true_sequential=False)
     seq, _ = _gptq(model, calib, **opts)

@@ -50,13 +50,13 @@ def test_all_zero_row_is_exact():
     (300, 128, [(0, 128), (128, 256), (256, 300)]),
     (256, 128, [(0, 128), (128, 256)]),
     (300, -1, [(0, 300)]),
-    (100, 128, [(0, 100)]),
+    (100, 100, [(0, 100)]),
 ])
 def test_group_bounds(n, g, expected):
     assert group_bounds(n, g) == expected
 
 
-@pytest.mark.parametrize("bad", [0, -2])
+@pytest.mark.parametrize("bad", [0, -2, 11])
 def test_group_bounds_rejects_bad_sizes(bad):
     with pytest.raises(ValueError):
         group_bounds(10, bad)

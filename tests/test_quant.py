@@ -49,7 +49,7 @@ def test_context_manager_restores_bitwise(model):
 def test_restores_after_an_exception(model):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(RuntimeError):
-        with quantized(model, QuantSpec(bits=2)):
+        with quantized(model, QuantSpec(bits=2, group_size=16)):
             raise RuntimeError("boom")
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -91,3 +91,10 @@ def test_weight_error_falls_with_bits_and_8bit_keeps_the_loss(tiny_run):
     assert abs(losses[8] / fp - 1) < 2e-3
     assert losses[2] != fp
     assert evaluate_loss(model, blocks).loss == fp  # restored exactly
+
+
+def test_group_larger_than_a_layer_is_one_line_naming_the_layer(model):
+    with pytest.raises(QrobustError, match=r"layer '.*': group size 128 is larger than in_features=32"):
+        with quantized(model, QuantSpec(bits=4, group_size=128)):
+            pass
+    assert all(torch.isfinite(p).all() for p in model.parameters())

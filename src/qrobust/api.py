@@ -65,5 +65,21 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     return build_eval_set(ecfg, data_cfg, tok, tokenizer_fingerprint(p)).blocks
 
 
-__all__ = ["train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | None = None,
+                 corpus: str | None = None, seed: int = 0, field: str | None = None) -> torch.Tensor:
+    """Seeded calibration windows ([n_samples, seq_len]) from the checkpoint's training split (or ``corpus``)."""
+    from .config import CalibrationConfig
+    from .data.tokenizer import load_tokenizer
+    from .sweeps.evalset import build_calibration, checkpoint_data_config, tokenizer_fingerprint
+
+    p = Path(checkpoint)
+    data_cfg = checkpoint_data_config(p)
+    ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
+                                            "seq_len": seq_len, "seed": seed}, "calibration settings")
+    default_len = min(2048, data_cfg.seq_len if data_cfg else 2048)
+    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p), tokenizer_fingerprint(p), default_len)
+    return blocks
+
+
+__all__ = ["calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

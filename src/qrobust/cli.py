@@ -53,6 +53,14 @@ def _add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--group-size", type=_group, default=128,
                    help="columns per quantization group; -1 = one group per output channel (default 128)")
     p.add_argument("--asym", action="store_true", help="asymmetric grid (default: symmetric, as GPTQModel)")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, repeatable (gptq: profile=reference|llmcompressor|gptqmodel, damp=0.01, "
+                        "act_order=true, static_groups=true, block_size=128, sequential=false, true_sequential=false)")
+    p.add_argument("--calib-samples", type=_positive, default=128, help="calibration samples (default 128)")
+    p.add_argument("--calib-seq-len", type=_positive, default=None,
+                   help="calibration sample length (default: the training length, at most 2048)")
+    p.add_argument("--calib-corpus", default=None, help="calibration corpus spec (default: training split)")
+    p.add_argument("--calib-seed", type=int, default=0)
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only quantize matching linears")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching linears")
 
@@ -156,17 +164,32 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _spec_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    return dict(method=a.method, bits=a.bits, group_size=a.group_size, sym=not a.asym,
-                include=tuple(a.include), exclude=tuple(a.exclude))
+def _options(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise QrobustError(f"--opt expects KEY=VALUE, got '{kv}'")
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def _spec(a: argparse.Namespace):
+    from .quant import QuantSpec, get_quantizer
+    opts = _options(a.opt)
+    spec = QuantSpec(method=a.method, bits=a.bits, group_size=a.group_size, sym=not a.asym,
+                     include=tuple(a.include), exclude=tuple(a.exclude), options=tuple(sorted(opts.items())))
+    get_quantizer(spec.method).check_options(opts)
+    return spec
 
 
 def _calibration_for(a: argparse.Namespace, checkpoint: str):
     from .quant import get_quantizer
     if not get_quantizer(a.method).needs_calibration:
         return None
-    from .api import eval_blocks
-    return eval_blocks(checkpoint, split="train", n_blocks=128)
+    from .api import calib_blocks
+    return calib_blocks(checkpoint, a.calib_samples, a.calib_seq_len, a.calib_corpus, a.calib_seed)
 
 
 def _check_quant_out(out: Path, checkpoint: Path) -> None:
@@ -176,6 +199,9 @@ def _check_quant_out(out: Path, checkpoint: Path) -> None:
         raise QrobustError(f"--out '{out}' is the checkpoint folder or inside it; choose a separate folder")
     if o.exists() and not o.is_dir():
         raise QrobustError(f"--out '{out}' is an existing file; choose a new folder")
+    anc = next(p for p in [o, *o.parents] if p.exists())
+    if not anc.is_dir():
+        raise QrobustError(f"cannot write the quantized checkpoint to '{out}': '{anc}' is a file, not a folder")
     if o.is_dir() and any(o.iterdir()) and not (o / "quantization.json").is_file():
         raise QrobustError(f"--out '{out}' already holds other files; choose a new or empty folder "
                            "(only an earlier 'qrobust quantize' output is replaced)")
@@ -184,11 +210,11 @@ def _check_quant_out(out: Path, checkpoint: Path) -> None:
 def _cmd_quantize(a: argparse.Namespace) -> int:
     from .data.tokenizer import load_tokenizer
     from .models import load_checkpoint, save_checkpoint
-    from .quant import QuantSpec, quantized
+    from .quant import quantized
 
     out = Path(a.out)
     _check_quant_out(out, Path(a.checkpoint))
-    spec = QuantSpec(**_spec_kwargs(a))
+    spec = _spec(a)
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     tok = load_tokenizer(a.checkpoint)
     with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
@@ -212,19 +238,20 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import degradation, evaluate_loss
     from .data.tokenizer import load_tokenizer
     from .models import check_vocab, load_checkpoint
-    from .quant import QuantSpec, quantized
+    from .quant import quantized
 
+    spec = _spec(a) if a.bits is not None else None  # bad options fail before any work
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     check_vocab(model, load_tokenizer(a.checkpoint), a.checkpoint)
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
+    calib = _calibration_for(a, a.checkpoint) if spec is not None else None
     progress = not a.json
     fp = evaluate_loss(model, blocks, a.batch_size, progress, desc="FP")
     out: dict[str, Any] = {"checkpoint": str(a.checkpoint), "n_blocks": int(blocks.shape[0]),
                            "seq_len": int(blocks.shape[1]), "n_tokens": fp.n_tokens, "loss_fp": fp.loss,
                            "ppl_fp": fp.ppl}
-    if a.bits is not None:
-        spec = QuantSpec(**_spec_kwargs(a))
-        with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
+    if spec is not None:
+        with quantized(model, spec, calib) as res:
             q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
         out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
     if a.json:

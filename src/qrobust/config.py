@@ -119,7 +119,8 @@ class CalibrationConfig(Strict):
 class SweepConfig(Strict):
     trajectory: str
     out: str = "results"
-    methods: list[str] = Field(default_factory=lambda: ["rtn"])
+    # a method name, or {name: gptq, <option>: value, ...} for method options (e.g. profile, damp)
+    methods: list[str | dict[str, Any]] = Field(default_factory=lambda: ["rtn"])
     bits: list[int] = Field(default_factory=lambda: [3, 4])
     group_sizes: list[int] = Field(default_factory=lambda: [128])
     sym: bool = True
@@ -130,6 +131,24 @@ class SweepConfig(Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str | dict[str, Any]]) -> list[str | dict[str, Any]]:
+        for m in v:
+            if isinstance(m, dict) and not isinstance(m.get("name"), str):
+                raise ValueError("a method given as a mapping needs a 'name' (e.g. {name: gptq, profile: reference})")
+        return v
+
+    def method_specs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, options) for every method entry."""
+        out = []
+        for m in self.methods:
+            if isinstance(m, str):
+                out.append((m, {}))
+            else:
+                out.append((m["name"], {k: v for k, v in m.items() if k != "name"}))
+        return out
 
     @field_validator("bits")
     @classmethod

@@ -38,7 +38,7 @@ def demo_configs(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Any]
     train_cfg = json.loads(json.dumps(QUICK if quick else FULL))
     train_cfg["out"] = str(out / "run")
     sweep_cfg = {"trajectory": str(out / "run"), "out": str(out / "results"), "methods": ["rtn"], "bits": [2, 3, 4],
-                 "group_sizes": [128], "eval": {"n_blocks": 16 if quick else 128}}
+                 "group_sizes": [32 if quick else 128], "eval": {"n_blocks": 16 if quick else 128}}
     return train_cfg, sweep_cfg
 
 

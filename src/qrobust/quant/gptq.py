@@ -171,6 +171,9 @@ class GPTQ(Quantizer):
     name = "gptq"
     needs_calibration = True
 
+    def check_options(self, options: dict[str, Any]) -> None:
+        gptq_options(options)
+
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:

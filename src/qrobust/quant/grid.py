@@ -10,13 +10,20 @@ For a group of weights ``x`` (one row of one column group):
 Note the reference's symmetric quirk, kept on purpose: a row with no negative value keeps xmin = 0, so
 its scale spans [0, xmax] while the zero point sits mid-grid (values above ~xmax/2 clip).
 
-Groups run along the input dimension (columns). ``group_size = -1`` (or >= in_features) gives one
-group per output channel. When in_features is not a multiple of group_size, the last group holds the
-remaining ``in_features % group_size`` columns (the reference GPTQ's column loop does the same).
+Groups run along the input dimension (columns). ``group_size = -1`` gives one group per output channel;
+a group size larger than in_features is refused (almost always a mistake; use -1). When in_features is
+not a multiple of group_size, the last group holds the remaining ``in_features % group_size`` columns
+(the reference GPTQ's column loop does the same).
 """
 from __future__ import annotations
 
 import torch
+
+from ..errors import QrobustError
+
+
+class GroupSizeError(QrobustError, ValueError):
+    """A group size that does not fit a layer's input width."""
 
 
 def _compute(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +69,10 @@ def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
     """Column ranges of the groups: size ``group_size``, the last one holding the remainder."""
     if group_size == 0 or group_size < -1:
         raise ValueError(f"group size must be -1 or positive, got {group_size}")
-    g = in_features if group_size == -1 else min(group_size, in_features)
+    if group_size > in_features:
+        raise GroupSizeError(f"group size {group_size} is larger than in_features={in_features}; "
+                             "use -1 (per output channel) or a smaller group size")
+    g = in_features if group_size == -1 else group_size
     return [(i, min(i + g, in_features)) for i in range(0, in_features, g)]
 
 

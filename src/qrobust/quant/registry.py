@@ -39,7 +39,8 @@ class QuantSpec:
     @property
     def label(self) -> str:
         g = "ch" if self.group_size == -1 else f"g{self.group_size}"
-        return f"{self.method}-w{self.bits}{g}{'' if self.sym else '-asym'}"
+        opts = "".join(f"-{k}={v}" if k != "profile" else f"-{v}" for k, v in self.options)
+        return f"{self.method}-w{self.bits}{g}{'' if self.sym else '-asym'}{opts}"
 
 
 class Quantizer:
@@ -47,6 +48,11 @@ class Quantizer:
 
     name: ClassVar[str] = ""
     needs_calibration: ClassVar[bool] = False
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise ConfigError for options this method does not know (checked before any work starts)."""
+        if options:
+            raise ConfigError(f"method '{self.name}' takes no options, got: {', '.join(sorted(options))}")
 
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:

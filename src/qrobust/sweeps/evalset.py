@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import CalibrationConfig, DataConfig, EvalConfig, parse_config
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..data.blocks import calibration_blocks, pack_blocks, take_blocks
 from ..data.prepare import eval_stream
 from .store import record_key
@@ -89,6 +89,10 @@ def build_calibration(cfg: CalibrationConfig, data_cfg: DataConfig | None, token
     seq_len = cfg.seq_len or default_seq_len
     split = "train" if data_cfg is not None else "all"
     stream = eval_stream(corpus, field, split, data_cfg, tokenizer, max_chars)
+    if stream.numel() < cfg.n_samples * seq_len:
+        raise DataError(f"calibration corpus '{corpus}' ({split} split) has {stream.numel()} tokens, fewer than the "
+                        f"requested {cfg.n_samples} samples x {seq_len} tokens; lower calibration n_samples / "
+                        "seq_len (--calib-samples / --calib-seq-len) or name a larger corpus")
     blocks = calibration_blocks(stream, cfg.n_samples, seq_len, cfg.seed)
     info = {"corpus": corpus, "field": field, "split": split, "n_samples": cfg.n_samples, "seq_len": seq_len,
             "seed": cfg.seed, "tokenizer": tok_fp}

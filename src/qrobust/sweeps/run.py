@@ -38,9 +38,12 @@ class SweepSummary:
 
 
 def variants(cfg: SweepConfig) -> list[QuantSpec]:
-    return [QuantSpec(method=m, bits=b, group_size=g, sym=cfg.sym, include=tuple(cfg.include),
-                      exclude=tuple(cfg.exclude))
-            for m in cfg.methods for b in cfg.bits for g in cfg.group_sizes]
+    specs = [QuantSpec(method=m, bits=b, group_size=g, sym=cfg.sym, include=tuple(cfg.include),
+                       exclude=tuple(cfg.exclude), options=tuple(sorted(opts.items())))
+             for m, opts in cfg.method_specs() for b in cfg.bits for g in cfg.group_sizes]
+    for s in specs:
+        get_quantizer(s.method).check_options(dict(s.options))
+    return specs
 
 
 def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
