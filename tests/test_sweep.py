@@ -82,3 +82,36 @@ def test_crash_mid_sweep_then_resume_equals_uninterrupted(tiny_run, tmp_path, mo
     a = {r["key"]: r["metrics"] for r in Store(clean, create=False).records()}
     b = {r["key"]: r["metrics"] for r in Store(crashed, create=False).records()}
     assert a == b
+
+
+def test_gptq_variants_with_options_share_one_calibration_set(tiny_run, tmp_path, monkeypatch):
+    import qrobust.sweeps.run as run_mod
+    calls = {"n": 0}
+    real = run_mod.build_calibration
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(run_mod, "build_calibration", counting)
+    cfg = _cfg(tiny_run, tmp_path / "res", bits=[3],
+               methods=["rtn", {"name": "gptq", "profile": "reference"}, {"name": "gptq", "profile": "gptqmodel"}],
+               calibration={"n_samples": 16})
+    s = sweep(cfg, progress=False)
+    assert s.records_written == 12 and s.fp_evals == 4 and s.model_loads == 4
+    assert calls["n"] == 1  # one tokenizer -> one calibration set for all checkpoints and GPTQ variants
+    recs = Store(tmp_path / "res", create=False).records()
+    labels = sorted({r["variant"]["label"] for r in recs})
+    assert labels == ["gptq-w3g16-gptqmodel", "gptq-w3g16-reference", "rtn-w3g16"]
+    g = next(r for r in recs if r["variant"]["label"] == "gptq-w3g16-reference")
+    assert g["calibration"]["n_samples"] == 16 and g["variant"]["options"] == {"profile": "reference"}
+    assert all("recon_loss" in v and "damp" in v for v in g["layers"].values())
+    r = next(x for x in recs if x["variant"]["method"] == "rtn")
+    assert r["calibration"] is None
+
+
+def test_bad_method_options_fail_before_any_work(tiny_run, tmp_path):
+    from qrobust.errors import ConfigError
+    with pytest.raises(ConfigError, match="unknown GPTQ option"):
+        sweep(_cfg(tiny_run, tmp_path / "res", methods=[{"name": "gptq", "dmp": 1}]), progress=False)
+    assert not (tmp_path / "res").exists()

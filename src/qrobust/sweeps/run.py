@@ -100,10 +100,10 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
+    specs = variants(cfg)  # bad methods / options fail before anything is loaded or written
     traj = load_trajectory(cfg.trajectory)
     store = Store(cfg.out)
     store.save_trajectory(traj)
-    specs = variants(cfg)
     sets = _Sets(cfg)
     summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
     overall = tqdm(total=len(traj) * len(specs), desc="sweep", disable=not progress, unit="job")
