@@ -132,3 +132,20 @@ def test_gptq_without_calibration_is_one_line():
     with pytest.raises(QrobustError, match="needs calibration"):
         with quantized(model, QuantSpec(method="gptq", bits=4)):
             pass
+
+
+def test_input_groups_are_by_object_identity_not_value():
+    """Same input object -> one group; an equal-valued copy is a different input (its own Hessian)."""
+    class Fork(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c, self.d = (torch.nn.Linear(8, 8) for _ in range(4))
+
+        def forward(self, x):
+            h = x * 1.0
+            y = self.a(h) + self.b(h)  # shared input object
+            return y + self.c(h.clone()) + self.d(h.clone())  # equal values, distinct objects
+
+    m = Fork()
+    lin = {"a": m.a, "b": m.b, "c": m.c, "d": m.d}
+    assert _input_groups(m, lin, lambda: m(torch.randn(2, 8))) == [["a", "b"], ["c"], ["d"]]

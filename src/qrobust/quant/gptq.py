@@ -124,27 +124,31 @@ class _HessianHooks:
 
 
 def _input_groups(layer: nn.Module, linears: dict[str, nn.Linear], run) -> list[list[str]]:
-    """Linears in execution order, grouped by identical input tensor (found by one watched forward)."""
-    seen: list[tuple[str, int]] = []
-    handles = [lin.register_forward_hook(lambda m, i, o, n=n: seen.append((n, id(i[0])))) for n, lin in linears.items()]
+    """Linears in execution order, grouped by identical input tensor (found by one watched forward).
+
+    The input tensors themselves are kept until grouping is done: comparing ``id()`` of freed tensors
+    would let a new tensor reuse an old address and merge unrelated linears into one group.
+    """
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [lin.register_forward_hook(lambda m, i, o, n=n: seen.append((n, i[0]))) for n, lin in linears.items()]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
     groups: list[list[str]] = []
-    ids: list[int] = []
-    for n, i in seen:
+    last: torch.Tensor | None = None
+    for n, x in seen:
         if any(n in g for g in groups):
             continue
-        if ids and ids[-1] == i:
+        if last is not None and x is last:
             groups[-1].append(n)
         else:
             groups.append([n])
-            ids.append(i)
+            last = x
     missing = [n for n in linears if not any(n in g for g in groups)]
     if missing:
-        groups.append(missing)  # never called during calibration: quantized with an empty-Hessian fallback
+        groups.append(missing)  # never called during calibration: reported as such when quantized
     return groups
 
 
