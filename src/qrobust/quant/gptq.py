@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
+from .hessian import XtX
+from .staged import BlockProbe, StagedBlock, _Stop, probe_block
 from .registry import Quantizer, QuantSpec, register_quantizer
 
 
@@ -39,6 +41,7 @@ class GPTQOptions:
     sequential: bool = True
     true_sequential: bool = True
     calib_batch_size: int = 8
+    replay: bool = True
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -86,88 +89,79 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
     return None
 
 
-class _Stop(Exception):
-    pass
+class _Hessians:
+    """S = Σ xᵀx and N per input group (fp32); H = 2/N · S. Fed by hooks or by a staged block run."""
 
-
-class _HessianHooks:
-    """Accumulate S = Σ xᵀx (fp32) and the token count N per input group; H = 2/N · S."""
-
-    def __init__(self, linears: dict[str, nn.Linear], groups: list[list[str]]):
-        self.S: dict[int, torch.Tensor] = {}
-        self.N: dict[int, int] = {}
+    def __init__(self, groups: list[list[str]]):
         self.group_of = {n: gi for gi, g in enumerate(groups) for n in g}
-        self.handles = []
-        leaders = {g[0] for g in groups}
-        for name, lin in linears.items():
-            if name in leaders and name in self.group_of:
-                self.handles.append(lin.register_forward_hook(self._hook(self.group_of[name])))
+        self.acc: dict[int, XtX] = {}
 
-    def _hook(self, gi: int):
-        def fn(mod, inp, out):
-            x = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
-            if gi not in self.S:
-                self.S[gi] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-                self.N[gi] = 0
-            self.S[gi].addmm_(x.T, x)
-            self.N[gi] += x.shape[0]
-        return fn
+    def adder(self, leader: str) -> Callable[[torch.Tensor], None]:
+        gi = self.group_of[leader]
 
-    def hessian(self, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        gi = self.group_of[name]
-        S, N = self.S[gi], self.N[gi]
-        return 2.0 / N * S, S, N
+        def add(x: torch.Tensor) -> None:
+            if gi not in self.acc:
+                self.acc[gi] = XtX(x.shape[-1], x.device)
+            self.acc[gi].add(x)
+        return add
 
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+    def has(self, name: str) -> bool:
+        return self.group_of.get(name) in self.acc
+
+    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        acc = self.acc[self.group_of[name]]
+        S = acc.full()
+        return 2.0 / acc.n * S, S, acc.n
+
+
+def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The first sequence of a calibration batch (every tensor whose dim 0 is the batch is sliced):
+    enough to watch which linears share inputs, at 1/batch of the cost."""
+    x = args[0]
+    n = x.shape[0]
+
+    def cut(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
+            return v[:1]
+        if type(v) in (tuple, list):
+            return type(v)(cut(u) for u in v)
+        return v
+    if n == 1:
+        return args, kwargs
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
 
 def _input_groups(layer: nn.Module, linears: dict[str, nn.Linear], run) -> list[list[str]]:
-    """Linears in execution order, grouped by identical input tensor (found by one watched forward).
-
-    The input tensors themselves are kept until grouping is done: comparing ``id()`` of freed tensors
-    would let a new tensor reuse an old address and merge unrelated linears into one group.
-    """
-    seen: list[tuple[str, torch.Tensor]] = []
-    handles = [lin.register_forward_hook(lambda m, i, o, n=n: seen.append((n, i[0]))) for n, lin in linears.items()]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
-    groups: list[list[str]] = []
-    last: torch.Tensor | None = None
-    for n, x in seen:
-        if any(n in g for g in groups):
-            continue
-        if last is not None and x is last:
-            groups[-1].append(n)
-        else:
-            groups.append([n])
-            last = x
-    missing = [n for n in linears if not any(n in g for g in groups)]
-    if missing:
-        groups.append(missing)  # never called during calibration: reported as such when quantized
-    return groups
+    """Linears in execution order, grouped by identical input tensor (found by one watched forward)."""
+    return probe_block(layer, linears, run).groups
 
 
-def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hooks: _HessianHooks, spec: QuantSpec,
+def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _Hessians, spec: QuantSpec,
                     opts: GPTQOptions, info: dict[str, dict[str, float]]) -> None:
-    for name in names:
-        lin = linears[name]
-        t0 = time.perf_counter()
-        if hooks.group_of.get(name) not in hooks.S:
-            raise QrobustError(f"GPTQ: layer '{name}' received no calibration input; exclude it or check the model")
-        H, S, N = hooks.hessian(name)
-        res = gptq_quantize(lin.weight, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
-                            block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
-                            damp_step=opts.damp_step, damp_max=opts.damp_max, name=name)
-        d = (res.weight - lin.weight.float()).double()
-        recon = float(torch.einsum("ij,jk,ik->", d, S.double(), d)) / N
-        lin.weight.copy_(res.weight.to(lin.weight.dtype))
-        info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": res.loss,
-                      "seconds": time.perf_counter() - t0}
+    """One GPTQ call for the whole group: its linears share H, and GPTQ treats rows independently,
+    so stacking their weights ([Σ out, in]) gives each layer's own result with fewer column steps."""
+    t0 = time.perf_counter()
+    missing = [n for n in names if not hessians.has(n)]
+    if missing:
+        raise QrobustError(f"GPTQ: layer '{missing[0]}' received no calibration input; exclude it or check the model")
+    H, S, N = hessians.get(names[0])
+    weights = [linears[n].weight for n in names]
+    stacked = torch.cat([w.detach().float() for w in weights]) if len(names) > 1 else weights[0]
+    res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
+                        block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
+                        damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names))
+    seconds = time.perf_counter() - t0
+    Sd = S.double()
+    row = 0
+    for name, w in zip(names, weights):
+        rows = w.shape[0]
+        q = res.weight[row: row + rows]
+        d = (q - w.float()).double()
+        recon = float(torch.einsum("ij,jk,ik->", d, Sd, d)) / N
+        w.copy_(q.to(w.dtype))
+        info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": float(res.row_loss[row: row + rows].sum()),
+                      "seconds": seconds * rows / stacked.shape[0]}
+        row += rows
 
 
 @register_quantizer
@@ -203,27 +197,28 @@ class GPTQ(Quantizer):
 
     def _whole_model(self, model, linears, batches, spec, opts, info) -> None:
         """One pass of the (FP or partly quantized) model gives every Hessian at once."""
-        def run():
+        groups = _input_groups(model, linears, lambda: model(input_ids=batches[0], use_cache=False))
+        hessians = _Hessians(groups)
+        handles = [linears[g[0]].register_forward_pre_hook(lambda m, a, add=hessians.adder(g[0]): add(a[0]))
+                   for g in groups]
+        try:
             for b in batches:
                 model(input_ids=b, use_cache=False)
-        groups = _input_groups(model, linears, lambda: model(input_ids=batches[0], use_cache=False))
-        hooks = _HessianHooks(linears, groups)
-        try:
-            run()
         finally:
-            hooks.remove()
+            for h in handles:
+                h.remove()
         for g in groups:
-            _quantize_group(g, linears, hooks, spec, opts, info)
+            _quantize_group(g, linears, hessians, spec, opts, info)
 
     def _sequential(self, model, blocks, in_blocks, batches, spec, opts, info) -> None:
-        first = blocks[0]
-        cache: list[tuple[tuple, dict]] = []
+        """Block by block; each block's inputs are the previous (quantized) block's outputs."""
+        inputs: list[tuple[tuple, dict]] = []
 
         def grab(mod, args, kwargs):
-            cache.append((args, kwargs))
+            inputs.append((args, kwargs))
             raise _Stop
 
-        h = first.register_forward_pre_hook(grab, with_kwargs=True)
+        h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             for b in batches:
                 try:
@@ -232,28 +227,22 @@ class GPTQ(Quantizer):
                     pass
         finally:
             h.remove()
-        for bi, block in enumerate(blocks):
-            linears = in_blocks.get(bi, {})
-            if linears:
-                def run_block(block=block):
-                    for args, kwargs in cache:
-                        block(*args, **kwargs)
-                groups = _input_groups(block, linears, lambda block=block: block(*cache[0][0], **cache[0][1]))
-                steps = groups if opts.true_sequential else [sum(groups, [])]
-                for step in steps:
-                    step_groups = [g for g in groups if g[0] in step]
-                    sub = {n: linears[n] for n in step}
-                    hooks = _HessianHooks(sub, step_groups)
-                    try:
-                        run_block()
-                    finally:
-                        hooks.remove()
-                    for g in step_groups:
-                        _quantize_group(g, linears, hooks, spec, opts, info)
-            # outputs of the (now quantized) block are the next block's inputs
-            new_cache = []
-            for args, kwargs in cache:
-                out = block(*args, **kwargs)
-                hidden = out[0] if isinstance(out, (tuple, list)) else out
-                new_cache.append(((hidden,) + tuple(args[1:]), kwargs))
-            cache = new_cache
+        last = max(bi for bi, lin in in_blocks.items() if lin)
+        for bi in range(last + 1):
+            block, linears = blocks[bi], in_blocks.get(bi, {})
+            args0, kwargs0 = _first_sample(*inputs[0])
+            probe = probe_block(block, linears, lambda: block(*args0, **kwargs0)) if linears else None
+            staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
+            groups = probe.groups if probe else []
+            steps = [[g] for g in groups] if opts.true_sequential else ([groups] if groups else [])
+            for step in steps:
+                hessians = _Hessians(groups)
+                staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
+                for g in step:
+                    _quantize_group(g, linears, hessians, spec, opts, info)
+                    staged.mark_quantized(g)
+            if bi < last:  # the quantized block's outputs are the next block's inputs
+                outs = staged.run({}, stop_at=None)
+                inputs = [(((o[0] if isinstance(o, (tuple, list)) else o),) + tuple(a[1:]), k)
+                          for o, (a, k) in zip(outs, inputs)]
+            staged.release()

@@ -26,6 +26,7 @@ class GPTQResult:
     damp: float  # damping fraction actually used (after any auto-increase)
     loss: float  # GPTQ's own objective sum_i (w - q)^2 / [H^-1]_ii^2 / 2, summed over rows
     g_idx: torch.Tensor  # group index of every input column (for export)
+    row_loss: torch.Tensor  # the same objective per output row (rows are independent in GPTQ)
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: float, name: str
@@ -123,4 +124,4 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         inv = torch.argsort(perm)
         Q = Q[:, inv]
         g_idx = g_pos[inv]
-    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx)
+    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses)
