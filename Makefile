@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qrobust-installed
 
-.PHONY: venv demo demo-quick test test-fast bench clean
+.PHONY: venv demo demo-quick test test-fast bench bench-llmcompressor clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,14 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python bench/bench_demo.py
+	$(BIN)/python bench/bench_gptq.py
+
+# llm-compressor pins its own transformers, so it gets its own venv next to ours
+bench-llmcompressor:
+	$(PYTHON) -m venv .venv-llmc
+	.venv-llmc/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
+	.venv-llmc/bin/pip install --quiet --disable-pip-version-check llmcompressor -e .
+	.venv-llmc/bin/python bench/bench_gptq.py --repeats 3 --json bench/gptq_vs_llmcompressor.json
 
 clean:
-	rm -rf $(VENV) demo-out demo-out-quick
+	rm -rf $(VENV) .venv-llmc demo-out demo-out-quick

@@ -206,6 +206,20 @@ def test_unknown_method(capsys, tmp_path, ckpt):
     assert not (tmp_path / "q").exists()
 
 
+@pytest.mark.parametrize("method,opt,mention", [("awq", "grid=3", "unknown AWQ option"),
+                                                ("awq", "mapping=llama", "mapping"),
+                                                ("gptq", "profile=autogptq", "unknown GPTQ profile")])
+def test_bad_method_option(capsys, tmp_path, ckpt, method, opt, mention):
+    run_fail(capsys, ["quantize", ckpt, "--bits", "4", "--group-size", "16", "--method", method, "--opt", opt,
+                      "--out", tmp_path / "q"], mention, code=2)
+    assert not (tmp_path / "q").exists()
+
+
+def test_awq_group_size_larger_than_layer(capsys, tmp_path, ckpt):
+    run_fail(capsys, ["eval", ckpt, "--bits", "4", "--group-size", "4096", "--method", "awq",
+                      "--calib-samples", "4"], "larger than in_features", code=2)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # corpora
 # ---------------------------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_crash_mid_sweep_then_resume_equals_uninterrupted(tiny_run, tmp_path, mo
     assert a == b
 
 
-def test_gptq_variants_with_options_share_one_calibration_set(tiny_run, tmp_path, monkeypatch):
+def test_calibrated_variants_with_options_share_one_calibration_set(tiny_run, tmp_path, monkeypatch):
     import qrobust.sweeps.run as run_mod
     calls = {"n": 0}
     real = run_mod.build_calibration
@@ -95,14 +95,17 @@ def test_gptq_variants_with_options_share_one_calibration_set(tiny_run, tmp_path
 
     monkeypatch.setattr(run_mod, "build_calibration", counting)
     cfg = _cfg(tiny_run, tmp_path / "res", bits=[3],
-               methods=["rtn", {"name": "gptq", "profile": "reference"}, {"name": "gptq", "profile": "gptqmodel"}],
+               methods=["rtn", {"name": "gptq", "profile": "reference"}, {"name": "gptq", "profile": "gptqmodel"},
+                        {"name": "awq", "n_grid": 10}],
                calibration={"n_samples": 16})
     s = sweep(cfg, progress=False)
-    assert s.records_written == 12 and s.fp_evals == 4 and s.model_loads == 4
-    assert calls["n"] == 1  # one tokenizer -> one calibration set for all checkpoints and GPTQ variants
+    assert s.records_written == 16 and s.fp_evals == 4 and s.model_loads == 4
+    assert calls["n"] == 1  # one tokenizer -> one calibration set for all checkpoints and calibrated variants
     recs = Store(tmp_path / "res", create=False).records()
     labels = sorted({r["variant"]["label"] for r in recs})
-    assert labels == ["gptq-w3g16-gptqmodel", "gptq-w3g16-reference", "rtn-w3g16"]
+    assert labels == ["awq-w3g16-n_grid=10", "gptq-w3g16-gptqmodel", "gptq-w3g16-reference", "rtn-w3g16"]
+    a = next(r for r in recs if r["variant"]["method"] == "awq")
+    assert any("awq_ratio" in v for v in a["layers"].values()) and a["calibration"]["n_samples"] == 16
     g = next(r for r in recs if r["variant"]["label"] == "gptq-w3g16-reference")
     assert g["calibration"]["n_samples"] == 16 and g["variant"]["options"] == {"profile": "reference"}
     assert all("recon_loss" in v and "damp" in v for v in g["layers"].values())

@@ -61,19 +61,21 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
 
 
 def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None
-           ) -> tuple[QuantResult, dict[str, torch.Tensor], dict[str, nn.Linear]]:
-    """Quantize the selected linears in place; return the result and the original weights."""
+           ) -> tuple[QuantResult, tuple[dict, dict, dict], dict[str, nn.Linear]]:
+    """Quantize the selected linears in place; return the result and what restores the FP model."""
     quantizer = get_quantizer(spec.method)
     if quantizer.needs_calibration and calibration is None:
         raise QrobustError(f"method '{spec.method}' needs calibration data; pass calibration blocks")
     layers = select_linears(model, spec.include, spec.exclude)
     originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
+    touched = quantizer.touched_params(model, layers, spec)
+    others = {n: t.detach().clone() for n, t in touched.items()}
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
             info = quantizer.quantize_layers(model, layers, spec, calibration)
     except BaseException:
-        _restore(layers, originals)
+        _restore(layers, originals, touched, others)
         raise
     result = QuantResult(spec=spec, seconds=time.perf_counter() - t0)
     for n, lin in layers.items():
@@ -81,23 +83,26 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None
         d = lin.weight.detach().float() - w0
         result.layers[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)),
                             "mse": float(d.pow(2).mean()), "numel": w0.numel(), **info.get(n, {})}
-    return result, originals, layers
+    return result, (originals, touched, others), layers
 
 
-def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor]) -> None:
+def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor],
+             touched: dict[str, torch.Tensor] | None = None, others: dict[str, torch.Tensor] | None = None) -> None:
     with torch.no_grad():
         for n, lin in layers.items():
             lin.weight.copy_(originals[n])
+        for n, t in (touched or {}).items():
+            t.copy_(others[n])
 
 
 @contextmanager
 def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None) -> Iterator[QuantResult]:
     """Quantize ``model`` in place for the duration of the block; the FP weights come back on exit."""
-    result, originals, layers = _apply(model, spec, calibration)
+    result, saved, layers = _apply(model, spec, calibration)
     try:
         yield result
     finally:
-        _restore(layers, originals)
+        _restore(layers, *saved)
 
 
 def quantize(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 128, sym: bool = True,

@@ -25,8 +25,10 @@ from torch import nn
 from ..errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
 from .hessian import XtX
-from .staged import BlockProbe, StagedBlock, _Stop, probe_block
-from .registry import Quantizer, QuantSpec, register_quantizer
+from .blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
+                     split_by_block)
+from .staged import BlockProbe, StagedBlock, probe_block
+from .registry import Quantizer, QuantSpec, register_quantizer, typed_options
 
 
 @dataclass(frozen=True)
@@ -53,40 +55,17 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 def gptq_options(options: dict[str, Any]) -> GPTQOptions:
     """Profile defaults, then explicit options on top; unknown keys or types are one clear line."""
-    names = {f.name: f.type for f in fields(GPTQOptions)}
-    unknown = sorted(set(options) - set(names))
+    unknown = sorted(set(options) - {f.name for f in fields(GPTQOptions)})
     if unknown:
-        raise ConfigError(f"unknown GPTQ option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown GPTQ option(s) {', '.join(unknown)}; "
+                          f"known: {', '.join(sorted(f.name for f in fields(GPTQOptions)))}")
     profile = options.get("profile", GPTQOptions.profile)
     if profile not in PROFILES:
         raise ConfigError(f"unknown GPTQ profile '{profile}'; known: {', '.join(PROFILES)}")
-    opts = replace(GPTQOptions(), profile=profile, **PROFILES[profile])
-    try:
-        for k, v in options.items():
-            default = getattr(GPTQOptions(), k)
-            if isinstance(default, bool):
-                if not isinstance(v, bool):
-                    raise TypeError
-            elif isinstance(default, int):
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise TypeError
-            elif isinstance(default, float):
-                v = float(v)
-            opts = replace(opts, **{k: v})
-    except (TypeError, ValueError):
-        raise ConfigError(f"GPTQ option '{k}' has the wrong type: {v!r}") from None
+    opts = typed_options(replace(GPTQOptions(), profile=profile, **PROFILES[profile]), options, "GPTQ")
     if not 0 <= opts.damp < 1 or opts.block_size < 1 or opts.calib_batch_size < 1:
         raise ConfigError("GPTQ options out of range: need 0 <= damp < 1, block_size >= 1, calib_batch_size >= 1")
     return opts
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    """The ModuleList of decoder blocks (length = num_hidden_layers), found by shape not by name."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for _, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) == n and n:
-            return mod
-    return None
 
 
 class _Hessians:
@@ -112,23 +91,6 @@ class _Hessians:
         acc = self.acc[self.group_of[name]]
         S = acc.full()
         return 2.0 / acc.n * S, S, acc.n
-
-
-def _first_sample(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """The first sequence of a calibration batch (every tensor whose dim 0 is the batch is sliced):
-    enough to watch which linears share inputs, at 1/batch of the cost."""
-    x = args[0]
-    n = x.shape[0]
-
-    def cut(v: Any) -> Any:
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n:
-            return v[:1]
-        if type(v) in (tuple, list):
-            return type(v)(cut(u) for u in v)
-        return v
-    if n == 1:
-        return args, kwargs
-    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
 
 def _input_groups(layer: nn.Module, linears: dict[str, nn.Linear], run) -> list[list[str]]:
@@ -177,18 +139,10 @@ class GPTQ(Quantizer):
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
         opts = gptq_options(dict(spec.options))
         assert calibration is not None
-        batches = list(torch.split(calibration, opts.calib_batch_size))
-        device = next(model.parameters()).device
-        batches = [b.to(device) for b in batches]
+        batches = calibration_batches(model, calibration, opts.calib_batch_size)
         info: dict[str, dict[str, float]] = {}
         blocks = decoder_layers(model) if opts.sequential else None
-        in_blocks = {}
-        if blocks is not None:
-            prefix = {id(m): n for n, m in model.named_modules()}
-            for bi, block in enumerate(blocks):
-                base = prefix[id(block)]
-                in_blocks[bi] = {n: l for n, l in layers.items() if n.startswith(base + ".")}
-        rest = {n: l for n, l in layers.items() if not any(n in d for d in in_blocks.values())}
+        in_blocks, rest = split_by_block(model, blocks, layers)
         if blocks is not None and any(in_blocks.values()):
             self._sequential(model, blocks, in_blocks, batches, spec, opts, info)
         if rest:
@@ -212,25 +166,11 @@ class GPTQ(Quantizer):
 
     def _sequential(self, model, blocks, in_blocks, batches, spec, opts, info) -> None:
         """Block by block; each block's inputs are the previous (quantized) block's outputs."""
-        inputs: list[tuple[tuple, dict]] = []
-
-        def grab(mod, args, kwargs):
-            inputs.append((args, kwargs))
-            raise _Stop
-
-        h = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            for b in batches:
-                try:
-                    model(input_ids=b, use_cache=False)
-                except _Stop:
-                    pass
-        finally:
-            h.remove()
+        inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
         for bi in range(last + 1):
             block, linears = blocks[bi], in_blocks.get(bi, {})
-            args0, kwargs0 = _first_sample(*inputs[0])
+            args0, kwargs0 = first_sample(*inputs[0])
             probe = probe_block(block, linears, lambda: block(*args0, **kwargs0)) if linears else None
             staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
             groups = probe.groups if probe else []
@@ -242,7 +182,5 @@ class GPTQ(Quantizer):
                     _quantize_group(g, linears, hessians, spec, opts, info)
                     staged.mark_quantized(g)
             if bi < last:  # the quantized block's outputs are the next block's inputs
-                outs = staged.run({}, stop_at=None)
-                inputs = [(((o[0] if isinstance(o, (tuple, list)) else o),) + tuple(a[1:]), k)
-                          for o, (a, k) in zip(outs, inputs)]
+                inputs = next_inputs(staged.run({}, stop_at=None), inputs)
             staged.release()

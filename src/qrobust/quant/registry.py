@@ -1,8 +1,8 @@
 """Quantizer registry: adding a method is one new module with one ``@register_quantizer`` class."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -54,10 +54,45 @@ class Quantizer:
         if options:
             raise ConfigError(f"method '{self.name}' takes no options, got: {', '.join(sorted(options))}")
 
+    def touched_params(self, model: nn.Module, layers: dict[str, nn.Linear],
+                       spec: QuantSpec) -> dict[str, torch.Tensor]:
+        """Tensors besides the selected weights this method may change (e.g. AWQ's norm scales), so that
+        ``quantized()`` can restore them too."""
+        return {}
+
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
-        """Return per-layer info (at least nothing); weight errors are measured by the caller."""
+        """Return per-layer info (at least nothing); weight errors are measured by the caller unless the
+        info carries its own ``rel_err`` / ``mse`` (e.g. against AWQ's equivalent weights)."""
         raise NotImplementedError
+
+
+T = TypeVar("T")
+
+
+def typed_options(base: T, options: dict[str, Any], method: str) -> T:
+    """``base`` (a frozen dataclass of defaults) with ``options`` on top, each checked against its
+    default's type; unknown keys and wrong types are one clear line."""
+    names = [f.name for f in fields(base)]
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {method} option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    for k, v in options.items():
+        default = getattr(base, k)
+        ok = True
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            v = float(v) if ok else v
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        if not ok:
+            raise ConfigError(f"{method} option '{k}' has the wrong type: {v!r}")
+        base = replace(base, **{k: v})
+    return base
 
 
 QUANTIZERS: dict[str, type[Quantizer]] = {}
