@@ -35,7 +35,7 @@ bench-llmcompressor:
 	$(PYTHON) -m venv .venv-llmc
 	.venv-llmc/bin/pip install --quiet --disable-pip-version-check torch==2.13.0
 	.venv-llmc/bin/pip install --quiet --disable-pip-version-check llmcompressor -e .
-	.venv-llmc/bin/python bench/bench_gptq.py --repeats 3 --json bench/gptq_vs_llmcompressor.json
+	.venv-llmc/bin/python bench/bench_gptq.py --repeats 3 --json bench/results/gptq_vs_llmcompressor.json
 
 clean:
 	rm -rf $(VENV) .venv-llmc demo-out demo-out-quick

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import tempfile
 import time
@@ -128,7 +129,9 @@ def main() -> None:
     calib = torch.randint(0, VOCAB, (N_CALIB, T_CALIB), generator=g)
     evalb = torch.randint(0, VOCAB, (16, T_CALIB), generator=g)
     fp = evaluate_loss(model, evalb).loss
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ours = run_ours(model, calib, evalb, fp, a.profile, a.repeats)
+    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     floor = flop_floor(calib.numel(), T_CALIB)
     rates = matmul_gflops()
     best = max(rates.values())
@@ -136,7 +139,10 @@ def main() -> None:
     out = {"profile": a.profile, "threads": a.threads, "gptq_wall_s_median": ours["wall_s_median"],
            "gptq_wall_s_all": ours["wall_s_all"], "gptq_core_s": ours["gptq_core_s"], **floor,
            "matmul_gflops": rates, "floor_s": floor_s, "ratio_to_floor": ours["wall_s_median"] / floor_s,
-           "dq_rel_w4g128": ours["dq_rel"]}
+           "dq_rel_w4g128": ours["dq_rel"],
+           # memory: peak RSS growth during GPTQ vs one hidden-state tensor of the calibration set
+           "peak_rss_growth_mb": rss_peak - rss_before,
+           "one_block_hidden_states_mb": N_CALIB * T_CALIB * HIDDEN * 4 / 2 ** 20}
     try:
         import llmcompressor  # noqa: F401
     except ImportError:

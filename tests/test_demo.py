@@ -9,9 +9,9 @@ from qrobust.cli import main
 from qrobust.demo import stable_vs_decay, verdict
 
 
-def _rec(run, step, bits, dq, loss_fp, parent_step=None):
+def _rec(run, step, bits, dq, loss_fp, parent_step=None, method="rtn"):
     return {"checkpoint": {"run": run, "step": step, "parent_step": parent_step},
-            "variant": {"label": f"rtn-w{bits}g128", "bits": bits},
+            "variant": {"label": f"{method}-w{bits}g128", "bits": bits, "method": method},
             "metrics": {"dq_rel": dq, "loss_fp": loss_fp}}
 
 
@@ -25,7 +25,16 @@ def test_stable_vs_decay_pairs_branch_end_with_control_at_same_step():
     assert (r["branch"], r["step"], r["from_step"]) == ("b", 200, 100)
     assert r["dq_decay"] == 0.030 and r["dq_control"] == 0.020 and r["dq_branch_start"] == 0.010
     v = verdict(rows)
-    assert "3-bit: decay > control in 1 of 1, median ratio 1.50x" in v and "at every bit-width" in v
+    assert "rtn 3-bit: decay > control in 1 of 1, median ratio 1.50x" in v and "visible at this scale everywhere" in v
+
+
+def test_verdict_is_per_method_and_counts_each_pair_once():
+    recs = [_rec("main", 200, 3, 0.020, 2.9, method=m) for m in ("rtn", "gptq")]
+    recs += [_rec("b", 200, 3, 0.030, 2.8, 100, method="rtn"), _rec("b", 200, 3, 0.010, 2.8, 100, method="gptq")]
+    v = verdict(stable_vs_decay(recs))
+    assert "gptq 3-bit: decay > control in 0 of 1" in v and "rtn 3-bit: decay > control in 1 of 1" in v
+    assert "visible at this scale for rtn 3-bit and not for the others" in v
+    assert "FP loss was lower after decay in 1 of 1 pairs" in v
 
 
 def test_verdict_says_not_visible_when_decay_never_raises():
@@ -39,7 +48,7 @@ def test_verdict_names_the_bit_widths_where_it_shows():
             {"bits": 4, "dq_decay": 0.01, "dq_control": 0.02, "loss_fp_decay": 2.0, "loss_fp_control": 2.1}]
     v = verdict(rows)
     assert "2-bit: decay > control in 2 of 2, median ratio 1.38x" in v
-    assert "visible at this scale at 2 bits and not at the others" in v
+    assert "visible at this scale for 2-bit and not for the others" in v
 
 
 @pytest.mark.slow
@@ -49,16 +58,16 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["checkpoints"] == 5  # main 20/40/60 + two branch endpoints
-    assert summary["records"] == 15  # 5 checkpoints x {2, 3, 4} bits
-    assert len(summary["rows"]) == 6  # 2 branches x 3 bit-widths with a control at the same step
+    assert summary["records"] == 30  # 5 checkpoints x {gptq, rtn} x {2, 3, 4} bits
+    assert len(summary["rows"]) == 12  # 2 branches x 2 methods x 3 bit-widths with a control at the same step
     assert summary["verdict"] in printed
     assert (out / "results" / "report" / "index.html").is_file()
     # numbers in the summary are the store's numbers
-    recs = {(r["checkpoint"]["run"], r["checkpoint"]["step"], r["variant"]["bits"]): r
+    recs = {(r["checkpoint"]["run"], r["checkpoint"]["step"], r["variant"]["label"]): r
             for r in map(json.loads, (p.read_text() for p in (out / "results" / "records").glob("*.json")))}
     for row in summary["rows"]:
-        assert row["dq_decay"] == recs[(row["branch"], row["step"], row["bits"])]["metrics"]["dq_rel"]
-        assert row["dq_control"] == recs[("main", row["step"], row["bits"])]["metrics"]["dq_rel"]
+        assert row["dq_decay"] == recs[(row["branch"], row["step"], row["variant"])]["metrics"]["dq_rel"]
+        assert row["dq_control"] == recs[("main", row["step"], row["variant"])]["metrics"]["dq_rel"]
     # a second run resumes: nothing retrained, nothing re-evaluated
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
     assert json.loads((out / "summary.json").read_text())["rows"] == summary["rows"]

@@ -149,3 +149,22 @@ def test_input_groups_are_by_object_identity_not_value():
     m = Fork()
     lin = {"a": m.a, "b": m.b, "c": m.c, "d": m.d}
     assert _input_groups(m, lin, lambda: m(torch.randn(2, 8))) == [["a", "b"], ["c"], ["d"]]
+
+
+def test_calibration_set_shares_fp_only_hessians_between_variants():
+    """Variants of one model reuse what only the FP weights determine; the weights are unchanged by it."""
+    from qrobust.quant import CalibrationSet
+    model = build_model("llama", "micro", vocab_size=64, max_positions=32, seed=6)
+    tokens = _calib(64)
+    shared = CalibrationSet(tokens)
+    for opts in (dict(profile="reference", sequential=False), dict(profile="gptqmodel")):
+        for bits in (3, 4):
+            spec = QuantSpec(method="gptq", bits=bits, group_size=16, options=tuple(sorted(opts.items())))
+            with quantized(model, spec, shared):
+                a = {n: m.weight.detach().clone() for n, m in select_linears(model).items()}
+            with quantized(model, spec, tokens):
+                b = {n: m.weight.detach().clone() for n, m in select_linears(model).items()}
+            assert all(torch.equal(a[n], b[n]) for n in a), (opts, bits)
+    # the 4-bit variant of each family reused the 3-bit one's FP Hessians (all of them without
+    # sequential; block 0's first group with true-sequential)
+    assert shared.hits == 2

@@ -118,3 +118,14 @@ def test_bad_method_options_fail_before_any_work(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="unknown GPTQ option"):
         sweep(_cfg(tiny_run, tmp_path / "res", methods=[{"name": "gptq", "dmp": 1}]), progress=False)
     assert not (tmp_path / "res").exists()
+
+
+def test_default_calibration_length():
+    from types import SimpleNamespace
+
+    from qrobust.config import DataConfig
+    from qrobust.sweeps.evalset import default_calibration_length
+    assert default_calibration_length(DataConfig(seq_len=96), {"max_position_embeddings": 4096}) == 96
+    assert default_calibration_length(None, {"max_position_embeddings": 4096}) == 2048
+    assert default_calibration_length(None, SimpleNamespace(n_positions=1024)) == 1024
+    assert default_calibration_length(None, {}) == 2048

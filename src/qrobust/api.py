@@ -1,6 +1,7 @@
 """The public Python API: small functions over the modules, each documented in the README."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,16 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     """Seeded calibration windows ([n_samples, seq_len]) from the checkpoint's training split (or ``corpus``)."""
     from .config import CalibrationConfig
     from .data.tokenizer import load_tokenizer
-    from .sweeps.evalset import build_calibration, checkpoint_data_config, tokenizer_fingerprint
+    from .sweeps.evalset import (build_calibration, checkpoint_data_config, default_calibration_length,
+                                 tokenizer_fingerprint)
 
     p = Path(checkpoint)
     data_cfg = checkpoint_data_config(p)
     ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
                                             "seq_len": seq_len, "seed": seed}, "calibration settings")
-    default_len = min(2048, data_cfg.seq_len if data_cfg else 2048)
+    cfg_file = p / "config.json"
+    model_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    default_len = default_calibration_length(data_cfg, model_cfg)
     blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p), tokenizer_fingerprint(p), default_len)
     return blocks
 

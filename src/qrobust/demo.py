@@ -2,9 +2,10 @@
 
 Built-in corpus -> small Pythia-style model trained at constant LR, checkpoints along the way ->
 cooldown branches from two stable checkpoints, the constant-LR run continuing as the control ->
-every checkpoint quantized (RTN at the paper's 3 and 4 bits, plus 2 bits where effects are largest at
-this scale) and evaluated -> results, report, and a summary that
-compares ΔQ L of each decayed endpoint with the control at the same step, computed from the store.
+every checkpoint quantized with GPTQ (the paper's method; RTN alongside for contrast) at the paper's
+3 and 4 bits, plus 2 bits where effects are largest at this scale, and evaluated -> results, report,
+and a summary that compares ΔQ L of each decayed endpoint with the control at the same step, per
+method and bit-width, computed from the store.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ QUICK: dict[str, Any] = {
 def demo_configs(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     train_cfg = json.loads(json.dumps(QUICK if quick else FULL))
     train_cfg["out"] = str(out / "run")
-    sweep_cfg = {"trajectory": str(out / "run"), "out": str(out / "results"), "methods": ["rtn"], "bits": [2, 3, 4],
+    sweep_cfg = {"trajectory": str(out / "run"), "out": str(out / "results"), "methods": ["gptq", "rtn"], "bits": [2, 3, 4],
                  "group_sizes": [32 if quick else 128], "eval": {"n_blocks": 16 if quick else 128}}
     return train_cfg, sweep_cfg
 
@@ -58,7 +59,8 @@ def stable_vs_decay(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         start = by.get(("main", r["checkpoint"]["parent_step"], label))
         if ctrl is None:
             continue
-        rows.append({"branch": run, "step": step, "variant": label, "bits": r["variant"]["bits"],
+        rows.append({"branch": run, "step": step, "variant": label, "method": r["variant"]["method"],
+                     "bits": r["variant"]["bits"],
                      "from_step": r["checkpoint"]["parent_step"],
                      "loss_fp_decay": r["metrics"]["loss_fp"], "loss_fp_control": ctrl["metrics"]["loss_fp"],
                      "dq_decay": r["metrics"]["dq_rel"], "dq_control": ctrl["metrics"]["dq_rel"],
@@ -67,38 +69,39 @@ def stable_vs_decay(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
-    """A verdict per bit-width, computed from the rows: F2 shows at a bit-width when every branch agrees."""
+    """A verdict per method and bit-width, computed from the rows: F2 shows where every branch agrees."""
     if not rows:
         return "no branch endpoint has a control checkpoint at the same step; nothing to compare"
-    parts, shows = [], []
-    for bits in sorted({r["bits"] for r in rows}):
-        rs = [r for r in rows if r["bits"] == bits]
+    parts, shows, cells = [], [], sorted({(r.get("method", ""), r["bits"]) for r in rows})
+    for method, bits in cells:
+        rs = [r for r in rows if r.get("method", "") == method and r["bits"] == bits]
         up = sum(r["dq_decay"] > r["dq_control"] for r in rs)
         ratios = [r["dq_decay"] / r["dq_control"] for r in rs if r["dq_control"] > 0]
         med = f", median ratio {statistics.median(ratios):.2f}x" if ratios else ""
-        parts.append(f"{bits}-bit: decay > control in {up} of {len(rs)}{med}")
+        name = f"{method} {bits}-bit" if method else f"{bits}-bit"
+        parts.append(f"{name}: decay > control in {up} of {len(rs)}{med}")
         if up == len(rs):
-            shows.append(bits)
-    fp_better = sum(r["loss_fp_decay"] < r["loss_fp_control"] for r in rows)
+            shows.append(name)
+    # one (branch, step) pair appears once per variant: count each pair once
+    pairs = {((r["branch"], r["step"]) if "branch" in r else id(r)): r for r in rows}
+    fp_better = sum(r["loss_fp_decay"] < r["loss_fp_control"] for r in pairs.values())
     head = (f"ΔQ L after decay vs the constant-LR control at the same step — {'; '.join(parts)}. "
-            f"FP loss was lower after decay in {fp_better} of {len(rows)} pairs.")
-    n_bits = len({r["bits"] for r in rows})
-    if len(shows) == n_bits:
-        tail = " The paper's finding F2 (PTQ error rises when the LR decays) is visible at this scale at every bit-width."
+            f"FP loss was lower after decay in {fp_better} of {len(pairs)} pairs.")
+    if len(shows) == len(cells):
+        tail = " The paper's finding F2 (PTQ error rises when the LR decays) is visible at this scale everywhere."
     elif shows:
-        tail = (f" The paper's finding F2 is visible at this scale at {', '.join(f'{b}' for b in shows)} bits "
-                "and not at the others.")
+        tail = f" The paper's finding F2 is visible at this scale for {', '.join(shows)} and not for the others."
     else:
         tail = " The paper's finding F2 is NOT visible at this scale."
     return head + tail
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'branch':<12}{'step':>6}  {'variant':<12}{'FP ctrl':>9}{'FP decay':>10}"
+    lines = [f"{'branch':<12}{'step':>6}  {'variant':<14}{'FP ctrl':>9}{'FP decay':>10}"
              f"{'ΔQL ctrl':>11}{'ΔQL decay':>11}{'ΔQL start':>11}"]
     for r in rows:
         start = f"{100 * r['dq_branch_start']:+.2f}%" if r["dq_branch_start"] is not None else "-"
-        lines.append(f"{r['branch']:<12}{r['step']:>6}  {r['variant']:<12}{r['loss_fp_control']:>9.4f}"
+        lines.append(f"{r['branch']:<12}{r['step']:>6}  {r['variant']:<14}{r['loss_fp_control']:>9.4f}"
                      f"{r['loss_fp_decay']:>10.4f}{100 * r['dq_control']:>+10.2f}%{100 * r['dq_decay']:>+10.2f}%"
                      f"{start:>11}")
     return "\n".join(lines)

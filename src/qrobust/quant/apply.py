@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import QrobustError
+from .calibration import CalibrationSet
 from .registry import QuantSpec, get_quantizer
 
 
@@ -60,7 +61,7 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
     return out
 
 
-def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None
+def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
            ) -> tuple[QuantResult, tuple[dict, dict, dict], dict[str, nn.Linear]]:
     """Quantize the selected linears in place; return the result and what restores the FP model."""
     quantizer = get_quantizer(spec.method)
@@ -96,8 +97,12 @@ def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor],
 
 
 @contextmanager
-def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | None = None) -> Iterator[QuantResult]:
-    """Quantize ``model`` in place for the duration of the block; the FP weights come back on exit."""
+def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None = None
+              ) -> Iterator[QuantResult]:
+    """Quantize ``model`` in place for the duration of the block; the FP weights come back on exit.
+
+    ``calibration``: token ids [n, seq_len], or a CalibrationSet to share FP-only work between the
+    variants of this model."""
     result, saved, layers = _apply(model, spec, calibration)
     try:
         yield result

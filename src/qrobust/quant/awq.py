@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, QrobustError
+from .calibration import tokens_of
 from .blocks import calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs, split_by_block
 from .grid import group_bounds
 from .registry import Quantizer, QuantSpec, register_quantizer, typed_options
@@ -297,6 +298,7 @@ class AWQ(Quantizer):
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
         opts = awq_options(dict(spec.options))
+        calibration = tokens_of(calibration)
         assert calibration is not None
         for n, lin in layers.items():
             group_bounds(lin.in_features, spec.group_size)  # refuse a bad group size before any work

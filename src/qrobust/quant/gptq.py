@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
 from .hessian import XtX
+from .calibration import memoised, tokens_of
 from .blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
 from .staged import BlockProbe, StagedBlock, probe_block
@@ -138,33 +139,40 @@ class GPTQ(Quantizer):
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
         opts = gptq_options(dict(spec.options))
-        assert calibration is not None
-        batches = calibration_batches(model, calibration, opts.calib_batch_size)
+        tokens = tokens_of(calibration)
+        assert tokens is not None
+        batches = calibration_batches(model, tokens, opts.calib_batch_size)
         info: dict[str, dict[str, float]] = {}
         blocks = decoder_layers(model) if opts.sequential else None
         in_blocks, rest = split_by_block(model, blocks, layers)
-        if blocks is not None and any(in_blocks.values()):
-            self._sequential(model, blocks, in_blocks, batches, spec, opts, info)
+        sequential = blocks is not None and any(in_blocks.values())
+        if sequential:
+            self._sequential(model, blocks, in_blocks, batches, spec, opts, info, calibration)
         if rest:
-            self._whole_model(model, rest, batches, spec, opts, info)
+            # FP Hessians (nothing quantized before this pass) are the same for every variant
+            key = ("gptq-whole-model", tuple(rest), opts.calib_batch_size) if not sequential else None
+            self._whole_model(model, rest, batches, spec, opts, info, calibration if key else None, key)
         return info
 
-    def _whole_model(self, model, linears, batches, spec, opts, info) -> None:
+    def _whole_model(self, model, linears, batches, spec, opts, info, calibration=None, key=None) -> None:
         """One pass of the (FP or partly quantized) model gives every Hessian at once."""
-        groups = _input_groups(model, linears, lambda: model(input_ids=batches[0], use_cache=False))
-        hessians = _Hessians(groups)
-        handles = [linears[g[0]].register_forward_pre_hook(lambda m, a, add=hessians.adder(g[0]): add(a[0]))
-                   for g in groups]
-        try:
-            for b in batches:
-                model(input_ids=b, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        def collect() -> tuple[list[list[str]], _Hessians]:
+            groups = _input_groups(model, linears, lambda: model(input_ids=batches[0], use_cache=False))
+            hessians = _Hessians(groups)
+            handles = [linears[g[0]].register_forward_pre_hook(lambda m, a, add=hessians.adder(g[0]): add(a[0]))
+                       for g in groups]
+            try:
+                for b in batches:
+                    model(input_ids=b, use_cache=False)
+            finally:
+                for h in handles:
+                    h.remove()
+            return groups, hessians
+        groups, hessians = memoised(calibration, key, collect) if key else collect()
         for g in groups:
             _quantize_group(g, linears, hessians, spec, opts, info)
 
-    def _sequential(self, model, blocks, in_blocks, batches, spec, opts, info) -> None:
+    def _sequential(self, model, blocks, in_blocks, batches, spec, opts, info, calibration=None) -> None:
         """Block by block; each block's inputs are the previous (quantized) block's outputs."""
         inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
@@ -175,9 +183,16 @@ class GPTQ(Quantizer):
             staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
             groups = probe.groups if probe else []
             steps = [[g] for g in groups] if opts.true_sequential else ([groups] if groups else [])
-            for step in steps:
-                hessians = _Hessians(groups)
-                staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
+            for si, step in enumerate(steps):
+                def collect(step=step) -> _Hessians:
+                    hessians = _Hessians(groups)
+                    staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
+                    return hessians
+                if bi == 0 and si == 0:  # block 0's first step sees only FP weights: shared by all variants
+                    key = ("gptq-block0-step0", tuple(map(tuple, step)), opts.calib_batch_size)
+                    hessians = memoised(calibration, key, collect)
+                else:
+                    hessians = collect()
                 for g in step:
                     _quantize_group(g, linears, hessians, spec, opts, info)
                     staged.mark_quantized(g)

@@ -82,6 +82,20 @@ def build_eval_set(cfg: EvalConfig, data_cfg: DataConfig | None, tokenizer, tok_
     return EvalSet(id=record_key(info), blocks=blocks, info=info)
 
 
+def default_calibration_length(data_cfg: DataConfig | None, model_config: Any) -> int:
+    """The training length for checkpoints qrobust trained; otherwise min(2048, the model's context).
+
+    ``model_config`` is a transformers config or the dict of a ``config.json``."""
+    if data_cfg is not None:
+        return min(2048, data_cfg.seq_len)
+    get = model_config.get if isinstance(model_config, dict) else (lambda k: getattr(model_config, k, None))
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = get(key)
+        if isinstance(v, int) and v > 0:
+            return min(2048, v)
+    return 2048
+
+
 def build_calibration(cfg: CalibrationConfig, data_cfg: DataConfig | None, tokenizer, tok_fp: str,
                       default_seq_len: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Calibration windows from the *training* split (never the evaluation blocks)."""

@@ -18,9 +18,10 @@ from ..config import DataConfig, SweepConfig, parse_config
 from ..data.tokenizer import load_tokenizer
 from ..evaluate import degradation, evaluate_loss
 from ..models import check_vocab, load_checkpoint
-from ..quant import QuantSpec, get_quantizer, quantized
+from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..trajectory import Checkpoint, Trajectory, load_trajectory
-from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, file_fingerprint,
+from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
+                      file_fingerprint,
                       tokenizer_fingerprint)
 from .store import Store, record_key
 
@@ -82,7 +83,7 @@ class _Sets:
         return self.evals[k]
 
     def calibration(self, data_cfg: DataConfig | None, tok, tok_fp: str, seq_len: int) -> tuple[torch.Tensor, dict]:
-        k = self._k(data_cfg, tok_fp)
+        k = (self._k(data_cfg, tok_fp), seq_len)
         if k not in self.calibs:
             self.calibs[k] = build_calibration(self.cfg.calibration, data_cfg, tok, tok_fp, seq_len)
         return self.calibs[k]
@@ -150,10 +151,15 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
               "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
         store.put(fp_key, fp, kind="fp")
+    shared: CalibrationSet | None = None  # this checkpoint's calibration, and what its variants share
     for spec in todo:
         calib, calib_info = None, None
         if get_quantizer(spec.method).needs_calibration:
-            calib, calib_info = sets.calibration(data_cfg, tok, tok_fp, es.info["seq_len"])
+            tokens, calib_info = sets.calibration(data_cfg, tok, tok_fp,
+                                                  default_calibration_length(data_cfg, model.config))
+            if shared is None or shared.tokens is not tokens:
+                shared = CalibrationSet(tokens)
+            calib = shared
         with quantized(model, spec, calib) as qr:
             rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
         rec = {
