@@ -168,3 +168,19 @@ def test_calibration_set_shares_fp_only_hessians_between_variants():
     # the 4-bit variant of each family reused the 3-bit one's FP Hessians (all of them without
     # sequential; block 0's first group with true-sequential)
     assert shared.hits == 2
+
+
+def test_tf32_is_off_during_gptq_and_restored():
+    model = build_model("llama", "micro", vocab_size=64, max_positions=32)
+    seen = []
+    lin = model.model.layers[0].self_attn.q_proj
+    lin.register_forward_hook(lambda m, i, o: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with quantized(model, QuantSpec(method="gptq", bits=4, group_size=16), _calib(64)):
+            pass
+        assert seen and not any(seen)
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev

@@ -16,6 +16,7 @@ Profiles reproduce the defaults of the libraries users compare against (see READ
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
@@ -94,6 +95,17 @@ class _Hessians:
         return 2.0 / acc.n * S, S, acc.n
 
 
+@contextmanager
+def _ieee_fp32():
+    """TF32 off for the duration (Hessians and GPTQ updates on CUDA must be real fp32); restored after."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+
+
 def _input_groups(layer: nn.Module, linears: dict[str, nn.Linear], run) -> list[list[str]]:
     """Linears in execution order, grouped by identical input tensor (found by one watched forward)."""
     return probe_block(layer, linears, run).groups
@@ -138,6 +150,10 @@ class GPTQ(Quantizer):
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
+        with _ieee_fp32():
+            return self._quantize(model, layers, spec, calibration)
+
+    def _quantize(self, model, layers, spec, calibration) -> dict[str, dict[str, float]]:
         opts = gptq_options(dict(spec.options))
         tokens = tokens_of(calibration)
         assert tokens is not None
