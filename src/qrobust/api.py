@@ -13,7 +13,8 @@ from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary
-from .trajectory import Trajectory, load_trajectory
+from .sources import load_source as load_trajectory
+from .trajectory import Trajectory
 
 
 def _config(cls, config: Any, kwargs: dict[str, Any], what: str):

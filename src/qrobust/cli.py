@@ -133,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
+
+    p = sub.add_parser("trajectory", help="inspect trajectory sources")
+    tsub = p.add_subparsers(dest="tcmd", metavar="ACTION", required=True)
+    t = tsub.add_parser("list", help="the checkpoints a source resolves to (nothing is downloaded)",
+                        description="SOURCE: a run folder, a model folder, folders:GLOB, hf:ORG/NAME[@REV1,REV2], "
+                                    "preset:NAME (see --presets); append ?every=N, ?steps=A,B, ?max=N or ?run=NAME")
+    t.add_argument("source", nargs="?", default=None)
+    t.add_argument("--step-pattern", default=None, help="regex whose first group is the step (folder sources)")
+    t.add_argument("--presets", action="store_true", help="list the open-model presets instead")
+    t.add_argument("--json", action="store_true", help="print the trajectory as JSON")
     return ap
 
 
@@ -142,6 +152,7 @@ _EXAMPLES = """examples:
   qrobust sweep experiments/sweep_rtn.yaml          # RTN 3/4-bit on every checkpoint -> results/
   qrobust report results/cooldown_tiny              # figures + index.html
   qrobust results results/cooldown_tiny --format csv
+  qrobust trajectory list preset:pythia-160m?every=10000
   qrobust eval runs/cooldown_tiny/checkpoints/main/step-0001200 --bits 3
 """
 
@@ -312,8 +323,39 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]) + "\n"
 
 
+def _cmd_trajectory(a: argparse.Namespace) -> int:
+    from .sources import load_source, preset_files
+    if a.presets:
+        for fam, d in sorted(preset_files().items()):
+            print(f"{fam}: {d['description']}")
+            for name, m in d["models"].items():
+                print(f"  preset:{name:<22} {m['repo']}")
+            for u in d.get("uncertain", []):
+                print(f"  uncertain: {u}")
+        return 0
+    if not a.source:
+        raise QrobustError("name a SOURCE (or pass --presets to see the open-model presets)")
+    spec: Any = {"source": a.source, "step_pattern": a.step_pattern} if a.step_pattern else a.source
+    traj = load_source(spec)
+    if a.json:
+        print(json.dumps(traj.to_dict(), indent=1))
+        return 0
+    head = ["run", "step", "tokens", "lr", "phase", "checkpoint"]
+    body = [[c.run, str(c.step), f"{c.tokens:,}" if c.tokens is not None else "",
+             f"{c.lr:.3g}" if c.lr is not None else "", c.phase or "",
+             f"{c.repo}@{c.revision}" if c.repo else c.path] for c in traj]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print("\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]))
+    runs = sorted({c.run for c in traj})
+    print(f"{traj.name}: {len(traj)} checkpoints in {len(runs)} run(s) ({', '.join(runs)})")
+    for u in (traj.data or {}).get("uncertain", []) if isinstance(traj.data, dict) else []:
+        print(f"uncertain: {u}")
+    return 0
+
+
 COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
-            "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results}
+            "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

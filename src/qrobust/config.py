@@ -117,7 +117,9 @@ class CalibrationConfig(Strict):
 
 
 class SweepConfig(Strict):
-    trajectory: str
+    # a source spec (run folder, model folder, folders:GLOB, hf:ORG/NAME@REVS, preset:NAME, with ?every=...)
+    # or {source: SPEC, step_pattern: REGEX, every: N, steps: [...], max: N, run: NAME}
+    trajectory: str | dict[str, Any]
     out: str = "results"
     # a method name, or {name: gptq, <option>: value, ...} for method options (e.g. profile, damp)
     methods: list[str | dict[str, Any]] = Field(default_factory=lambda: ["rtn"])

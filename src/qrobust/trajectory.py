@@ -29,6 +29,8 @@ class Checkpoint:
     run: str = "main"
     parent: str | None = None  # run this one branched from
     parent_step: int | None = None
+    repo: str | None = None  # Hugging Face repo id, for hub revisions (path is then "hf://repo@revision")
+    revision: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,7 +54,7 @@ class Trajectory:
         cks = []
         for c in self.checkpoints:
             d = c.to_dict()
-            if relative_to is not None:
+            if relative_to is not None and c.repo is None:
                 d["path"] = os.path.relpath(d["path"], relative_to)
             cks.append(d)
         return {"format": FORMAT, "name": self.name, "data": self.data, "runs": self.runs, "checkpoints": cks}
@@ -62,7 +64,8 @@ class Trajectory:
         cks = []
         for c in d.get("checkpoints", []):
             c = dict(c)
-            c["path"] = str((base / c["path"]).resolve())
+            if not c.get("repo"):
+                c["path"] = str((base / c["path"]).resolve())
             cks.append(Checkpoint(**c))
         return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
                    data=d.get("data"), source=source)

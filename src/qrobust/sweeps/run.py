@@ -7,7 +7,7 @@ records all exist is never loaded at all.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ from ..data.tokenizer import load_tokenizer
 from ..evaluate import degradation, evaluate_loss
 from ..models import check_vocab, load_checkpoint
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
-from ..trajectory import Checkpoint, Trajectory, load_trajectory
+from ..sources import load_source, resolve_checkpoint
+from ..trajectory import Checkpoint, Trajectory
 from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
                       file_fingerprint,
                       tokenizer_fingerprint)
@@ -102,13 +103,16 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     specs = variants(cfg)  # bad methods / options fail before anything is loaded or written
-    traj = load_trajectory(cfg.trajectory)
+    traj = load_source(cfg.trajectory)
     store = Store(cfg.out)
     store.save_trajectory(traj)
     sets = _Sets(cfg)
     summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
     overall = tqdm(total=len(traj) * len(specs), desc="sweep", disable=not progress, unit="job")
-    for ck in traj:
+    for listed in traj:
+        # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
+        # repo and revision, with the local snapshot folder as its path
+        ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
         ident = _ck_identity(ck)
         data_cfg = _data_config(traj, ck)
         tok_fp = tokenizer_fingerprint(ck.path)
