@@ -38,10 +38,22 @@ def train(config: TrainConfig | dict | str | Path | None = None, progress: bool 
     return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress)
 
 
-def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, **kwargs: Any) -> SweepSummary:
-    """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size)."""
+def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:
+    """The validated sweep config (a bad key, type or method option is one ConfigError)."""
+    from .sweeps.run import variants
+    cfg = _config(SweepConfig, config, kwargs, "sweep config")
+    variants(cfg)
+    return cfg
+
+
+def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_index: int | None = None,
+          array_count: int | None = None, **kwargs: Any) -> SweepSummary:
+    """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size).
+
+    ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint)."""
     from .sweeps.run import sweep as _sweep
-    return _sweep(_config(SweepConfig, config, kwargs, "sweep config"), progress=progress)
+    return _sweep(_config(SweepConfig, config, kwargs, "sweep config"), progress=progress,
+                  array_index=array_index, array_count=array_count)
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -124,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (overrides the config's 'out')")
     p.add_argument("--threads", type=_positive, default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--array-index", type=int, default=None,
+                   help="this worker's index in a job array (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
+    p.add_argument("--array-count", type=_positive, default=None,
+                   help="workers in the job array; each takes every COUNT-th checkpoint (default: $SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--emit-slurm", action="store_true",
+                   help="print an sbatch script that runs this sweep as a job array (needs --array-count), then exit")
+    p.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra #SBATCH option for --emit-slurm, repeatable (e.g. time=04:00:00, gres=gpu:1)")
 
     p = sub.add_parser("report", help="figures + self-contained HTML for a results folder")
     p.add_argument("results")
@@ -131,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("results", help="print or export the records of a results folder")
     p.add_argument("results")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table",
+                   help="parquet needs --out and pyarrow (installed with datasets)")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
 
     p = sub.add_parser("trajectory", help="inspect trajectory sources")
@@ -276,12 +287,55 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _array_from_env(a: argparse.Namespace) -> tuple[int | None, int | None]:
+    """--array-index/--array-count, else Slurm's job-array variables; (None, None) outside an array."""
+    index, count = a.array_index, a.array_count
+    env = os.environ
+    if index is None and env.get("SLURM_ARRAY_TASK_ID"):
+        try:
+            index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = count or int(env["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise QrobustError("SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is missing or not a number; "
+                               "pass --array-index and --array-count") from None
+    if (index is None) != (count is None):
+        raise QrobustError("a job array needs both --array-index and --array-count")
+    return index, count
+
+
+def slurm_script(config: str, count: int, out: str | None, threads: int | None, opts: list[str]) -> str:
+    """An sbatch script running ``qrobust sweep CONFIG`` as a job array of ``count`` workers."""
+    lines = ["#!/bin/bash", "#SBATCH --job-name=qrobust-sweep", f"#SBATCH --array=0-{count - 1}",
+             f"#SBATCH --cpus-per-task={threads or 8}", "#SBATCH --output=qrobust-sweep-%A_%a.log"]
+    for o in opts:
+        key, sep, value = o.partition("=")
+        if not sep or not key:
+            raise QrobustError(f"--slurm-opt expects KEY=VALUE, got '{o}'")
+        lines.append(f"#SBATCH --{key}={value}")
+    cmd = ["qrobust", "sweep", shlex.quote(str(Path(config).resolve())), "--quiet",
+           f"--array-count {count}"] + ([f"--out {shlex.quote(str(Path(out).resolve()))}"] if out else []) \
+        + ([f"--threads {threads}"] if threads else [])
+    lines += ["", "# each task takes every %d-th checkpoint; claims in the results folder make a re-submitted" % count,
+              "# or overlapping task skip what is done or in progress, and resume what a dead task left",
+              "set -euo pipefail", " ".join(cmd), ""]
+    return "\n".join(lines)
+
+
 def _cmd_sweep(a: argparse.Namespace) -> int:
     from . import api
+    if a.emit_slurm:
+        if a.array_count is None:
+            raise QrobustError("--emit-slurm needs --array-count N (the number of array tasks)")
+        api.sweep_config(a.config)  # a bad config fails here, not on the cluster
+        sys.stdout.write(slurm_script(a.config, a.array_count, a.out, a.threads, a.slurm_opt))
+        return 0
+    index, count = _array_from_env(a)
     over = {k: v for k, v in (("out", a.out), ("threads", a.threads)) if v}
-    s = api.sweep(a.config, progress=not a.quiet, **over)
-    print(f"sweep: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already done, "
-          f"{s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
+    s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, **over)
+    part = f" (array task {index} of {count})" if count else ""
+    busy = f", {s.claimed_elsewhere} held by other workers" if s.claimed_elsewhere else ""
+    print(f"sweep{part}: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already "
+          f"done{busy}, {s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
     return 0
 
 
@@ -295,6 +349,14 @@ def _cmd_results(a: argparse.Namespace) -> int:
     from .sweeps.store import Store
     from .trajectory import atomic_write_text
     store = Store(a.results, create=False)
+    if a.format == "parquet":
+        if not a.out:
+            raise QrobustError("--format parquet needs --out FILE.parquet")
+        try:
+            print(store.export("parquet", a.out), end="")
+        except OSError as e:
+            raise QrobustError(f"cannot write '{a.out}': {e.strerror or e}; choose a writable path") from None
+        return 0
     text = format_table(store.rows()) if a.format == "table" else store.export(a.format)
     if a.out:
         try:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig, SweepConfig, parse_config
 from ..data.tokenizer import load_tokenizer
+from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
 from ..models import check_vocab, load_checkpoint
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
@@ -24,6 +25,7 @@ from ..trajectory import Checkpoint, Trajectory
 from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
                       file_fingerprint,
                       tokenizer_fingerprint)
+from .claims import Claim, worker_id
 from .store import Store, record_key
 
 
@@ -35,6 +37,8 @@ class SweepSummary:
     records_skipped: int = 0
     model_loads: int = 0
     fp_evals: int = 0
+    claimed_elsewhere: int = 0  # checkpoint groups another worker held when this one reached them
+    lost_claims: int = 0  # groups this worker stopped because its claim went stale and was taken over
     seconds: float = 0.0
     new_keys: list[str] = field(default_factory=list)
 
@@ -96,9 +100,17 @@ def _calib_identity(cfg: SweepConfig, spec: QuantSpec) -> dict[str, Any] | None:
     return cfg.calibration.model_dump()
 
 
-def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepSummary:
-    """Quantize and evaluate every checkpoint of a trajectory for every variant; resumable."""
+def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_index: int | None = None,
+          array_count: int | None = None) -> SweepSummary:
+    """Quantize and evaluate every checkpoint of a trajectory for every variant; resumable.
+
+    Several workers may run on one results folder at once: each checkpoint group is claimed first
+    (``claims.py``). ``array_index`` / ``array_count`` give this worker every ``array_count``-th
+    checkpoint starting at ``array_index`` (job arrays)."""
     cfg = config if isinstance(config, SweepConfig) else parse_config(SweepConfig, config, "sweep config")
+    if array_count is not None or array_index is not None:
+        if array_count is None or array_index is None or array_count < 1 or not 0 <= array_index < array_count:
+            raise ConfigError(f"job array needs 0 <= index < count, got index {array_index}, count {array_count}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
@@ -108,8 +120,10 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
     store.save_trajectory(traj)
     sets = _Sets(cfg)
     summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
-    overall = tqdm(total=len(traj) * len(specs), desc="sweep", disable=not progress, unit="job")
-    for listed in traj:
+    mine = [c for i, c in enumerate(traj) if array_count is None or i % array_count == array_index]
+    overall = tqdm(total=len(mine) * len(specs), desc="sweep", disable=not progress, unit="job")
+    worker = worker_id()
+    for listed in mine:
         # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
         # repo and revision, with the local snapshot folder as its path
         ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
@@ -130,8 +144,16 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
         overall.update(len(specs) - len(todo))
         if not todo:
             continue
-        _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
-                        todo, keys, summary, progress, overall)
+        claim = Claim(store.root, record_key({"checkpoint": ident}), worker, cfg.claim_ttl_s)
+        if not claim.acquire():
+            summary.claimed_elsewhere += 1
+            overall.update(len(todo))
+            continue
+        try:
+            _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
+                            todo, keys, summary, progress, overall, claim)
+        finally:
+            claim.release()
     overall.close()
     summary.seconds = time.perf_counter() - t_start
     return summary
@@ -139,7 +161,8 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True) -> SweepS
 
 def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
                     data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store, todo: list[QuantSpec],
-                    keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool, bar: tqdm) -> None:
+                    keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool, bar: tqdm,
+                    claim: Claim | None = None) -> None:
     """One checkpoint group: load once, FP loss once (or from the store), then every missing variant."""
     es = sets.eval_set(data_cfg, tok, tok_fp)
     t0 = time.perf_counter()
@@ -157,6 +180,12 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         store.put(fp_key, fp, kind="fp")
     shared: CalibrationSet | None = None  # this checkpoint's calibration, and what its variants share
     for spec in todo:
+        if claim is not None and not claim.held():  # stalled past the claim's ttl: another worker has it
+            summary.lost_claims += 1
+            return
+        if store.has(keys[spec]):  # written meanwhile by a worker that took over a stale claim
+            bar.update(1)
+            continue
         calib, calib_info = None, None
         if get_quantizer(spec.method).needs_calibration:
             tokens, calib_info = sets.calibration(data_cfg, tok, tok_fp,

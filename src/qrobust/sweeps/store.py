@@ -130,9 +130,35 @@ class Store:
             w.writeheader()
             w.writerows(rows)
             text = buf.getvalue()
+        elif fmt == "parquet":
+            if path is None:
+                raise QrobustError("parquet export needs an output file (--out FILE.parquet)")
+            self._write_parquet(rows, Path(path))
+            return f"wrote {len(rows)} rows to {path}\n"
         else:
-            raise QrobustError(f"unknown export format '{fmt}'; use csv or json")
+            raise QrobustError(f"unknown export format '{fmt}'; use csv, json or parquet")
         if path is not None:
             atomic_write_text(Path(path), text)
         return text
+
+    @staticmethod
+    def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise QrobustError("parquet export needs pyarrow (pip install pyarrow); use csv or json") from None
+        import os
+        import tempfile
+        table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in COLUMNS})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
