@@ -184,3 +184,15 @@ def test_results_export_parquet(tiny_run, tmp_path, capsys):
     assert len(table) == 8 and sorted(r["metrics.dq_rel"] for r in table) == sorted(r["metrics.dq_rel"] for r in rows)
     assert main(["results", str(tmp_path / "res"), "--format", "parquet"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_executor_matches_local(tiny_run, tmp_path):
+    pytest.importorskip("ray")
+    from qrobust.api import sweep as api_sweep
+    s = api_sweep(_cfg(tiny_run, tmp_path / "ray"), progress=False, executor="ray", cpus_per_task=1)
+    assert s.checkpoints == 4 and s.model_loads == 4 and s.fp_evals == 4 and s.records_written == 8
+    sweep(_cfg(tiny_run, tmp_path / "local"), progress=False)
+    assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")
+    again = api_sweep(_cfg(tiny_run, tmp_path / "ray"), progress=False, executor="ray")
+    assert again.records_written == 0 and again.records_skipped == 8 and again.model_loads == 0

@@ -47,13 +47,22 @@ def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> Swee
 
 
 def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_index: int | None = None,
-          array_count: int | None = None, **kwargs: Any) -> SweepSummary:
+          array_count: int | None = None, executor: str = "local", ray_address: str | None = None,
+          cpus_per_task: int = 1, gpus_per_task: float = 0.0, **kwargs: Any) -> SweepSummary:
     """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size).
 
-    ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint)."""
+    ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint).
+    ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``)."""
+    from .sweeps.executors import EXECUTORS, run_ray
     from .sweeps.run import sweep as _sweep
-    return _sweep(_config(SweepConfig, config, kwargs, "sweep config"), progress=progress,
-                  array_index=array_index, array_count=array_count)
+    cfg = _config(SweepConfig, config, kwargs, "sweep config")
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        if array_count is not None:
+            raise ConfigError("job arrays and the ray executor do not combine; choose one")
+        return run_ray(cfg, progress, ray_address, cpus_per_task, gpus_per_task)
+    return _sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:

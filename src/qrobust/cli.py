@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this worker's index in a job array (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
     p.add_argument("--array-count", type=_positive, default=None,
                    help="workers in the job array; each takes every COUNT-th checkpoint (default: $SLURM_ARRAY_TASK_COUNT)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: one Ray task per checkpoint (local Ray, or --ray-address)")
+    p.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start one here)")
+    p.add_argument("--cpus-per-task", type=_positive, default=1, help="CPUs (and torch threads) per Ray task")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per Ray task")
     p.add_argument("--emit-slurm", action="store_true",
                    help="print an sbatch script that runs this sweep as a job array (needs --array-count), then exit")
     p.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -331,7 +336,8 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
         return 0
     index, count = _array_from_env(a)
     over = {k: v for k, v in (("out", a.out), ("threads", a.threads)) if v}
-    s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, **over)
+    s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, executor=a.executor,
+                  ray_address=a.ray_address, cpus_per_task=a.cpus_per_task, gpus_per_task=a.gpus_per_task, **over)
     part = f" (array task {index} of {count})" if count else ""
     busy = f", {s.claimed_elsewhere} held by other workers" if s.claimed_elsewhere else ""
     print(f"sweep{part}: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already "

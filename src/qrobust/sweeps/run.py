@@ -101,12 +101,13 @@ def _calib_identity(cfg: SweepConfig, spec: QuantSpec) -> dict[str, Any] | None:
 
 
 def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_index: int | None = None,
-          array_count: int | None = None) -> SweepSummary:
+          array_count: int | None = None, only: list[int] | None = None) -> SweepSummary:
     """Quantize and evaluate every checkpoint of a trajectory for every variant; resumable.
 
     Several workers may run on one results folder at once: each checkpoint group is claimed first
     (``claims.py``). ``array_index`` / ``array_count`` give this worker every ``array_count``-th
-    checkpoint starting at ``array_index`` (job arrays)."""
+    checkpoint starting at ``array_index`` (job arrays); ``only`` restricts it to those checkpoint
+    indices (one executor task per checkpoint)."""
     cfg = config if isinstance(config, SweepConfig) else parse_config(SweepConfig, config, "sweep config")
     if array_count is not None or array_index is not None:
         if array_count is None or array_index is None or array_count < 1 or not 0 <= array_index < array_count:
@@ -120,7 +121,8 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
     store.save_trajectory(traj)
     sets = _Sets(cfg)
     summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
-    mine = [c for i, c in enumerate(traj) if array_count is None or i % array_count == array_index]
+    mine = [c for i, c in enumerate(traj) if (array_count is None or i % array_count == array_index)
+            and (only is None or i in only)]
     overall = tqdm(total=len(mine) * len(specs), desc="sweep", disable=not progress, unit="job")
     worker = worker_id()
     for listed in mine:

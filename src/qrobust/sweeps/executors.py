@@ -1,0 +1,75 @@
+"""Executors: where the per-checkpoint groups of a sweep run.
+
+``local`` runs them in this process, one after another (``run.sweep``). ``ray`` makes one Ray task per
+checkpoint group, with the CPUs/GPUs each needs declared, on a local Ray that qrobust starts or on an
+existing cluster (``address``). Tasks run the same ``run.sweep`` restricted to their checkpoint, so the
+numbers are the local ones, and the results folder's claims keep two tasks (or a task and a local
+worker) from doing one group twice. Job arrays (Slurm) need no executor: every array task is a local
+worker with ``--array-index/--array-count``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import SweepConfig
+from ..errors import QrobustError
+from ..sources import load_source
+from .run import SweepSummary, sweep, variants
+
+EXECUTORS = ("local", "ray")
+
+
+def _task(cfg_dict: dict[str, Any], index: int, threads: int) -> dict[str, Any]:
+    import torch
+    torch.set_num_threads(threads)
+    s = sweep(SweepConfig(**cfg_dict), progress=False, only=[index])
+    return {f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("out", "new_keys", "seconds")}
+
+
+def run_ray(cfg: SweepConfig, progress: bool = True, address: str | None = None, cpus_per_task: int = 1,
+            gpus_per_task: float = 0.0) -> SweepSummary:
+    """One Ray task per checkpoint group; returns the summed summary."""
+    try:
+        import ray
+    except ImportError:
+        raise QrobustError("executor 'ray' needs Ray: pip install 'qrobust[ray]' (or pip install ray)") from None
+    variants(cfg)  # bad methods fail here, before a cluster is started
+    traj = load_source(cfg.trajectory)
+    t0 = time.perf_counter()
+    started = not ray.is_initialized()
+    if started:
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        if address:
+            kw["address"] = address
+        else:
+            kw["num_cpus"] = os.cpu_count()
+        try:
+            ray.init(**kw)
+        except Exception as e:  # unreachable address, port clash, ...
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise QrobustError(f"cannot start or reach Ray ({address or 'local'}): {first}") from None
+    try:
+        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task)(_task)
+        cfg_dict = cfg.model_dump()
+        pending = [remote.remote(cfg_dict, i, cpus_per_task) for i in range(len(traj))]
+        total = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
+        bar = tqdm(total=len(pending), desc="sweep (ray)", unit="ckpt", disable=not progress)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            part = ray.get(done[0])
+            for k, v in part.items():
+                if k != "checkpoints":
+                    setattr(total, k, getattr(total, k) + v)
+            bar.update(1)
+        bar.close()
+    finally:
+        if started:
+            ray.shutdown()
+    total.seconds = time.perf_counter() - t0
+    return total
