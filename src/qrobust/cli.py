@@ -441,6 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"qrobust {a.cmd}: interrupted; finished checkpoints and records are kept, re-run to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except PermissionError as e:
         print(f"qrobust {a.cmd}: error: permission denied: '{e.filename}'; choose a writable location",
               file=sys.stderr)
