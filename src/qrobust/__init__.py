@@ -1,7 +1,7 @@
 """qrobust: how robust are language-model checkpoints to post-training quantization, along training?
 
 Python API (see README): ``train``, ``quantize``, ``quantized``, ``evaluate_loss``, ``eval_blocks``,
-``sweep``, ``report``, ``load_checkpoint``, ``load_trajectory``. Names load lazily so the CLI starts fast.
+``sweep``, ``average``, ``report``, ``load_checkpoint``, ``load_trajectory``. Names load lazily so the CLI starts fast.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory",
            "__version__"]
 

@@ -65,6 +65,18 @@ def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_
     return _sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
 
 
+def average(sources: str | dict | list, averager: str, out: str | Path, window: int = 5, stride: int = 1,
+            beta: float = 0.9, runs: list[str] | None = None, eval: dict | None = None,
+            progress: bool = True, allow_pickle: bool = False) -> Trajectory:
+    """Average checkpoints: ``lawa`` (window, stride) or ``ema`` (beta) along one trajectory, ``soup`` or
+    ``greedy-soup`` over the last checkpoint of every run of the sources. Streams from safetensors; writes
+    averaged checkpoints + a manifest (originals and averaged runs) to ``out``; returns that trajectory."""
+    from .averaging import average as _average
+    srcs = sources if isinstance(sources, list) else [sources]
+    return _average(srcs, averager, out, window=window, stride=stride, beta=beta, runs=runs, eval_config=eval,
+                    progress=progress, allow_pickle=allow_pickle)
+
+
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
     from .reporting import write_report
@@ -107,5 +119,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

@@ -150,6 +150,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parquet needs --out and pyarrow (installed with datasets)")
     p.add_argument("--out", default=None, help="write to this file instead of stdout")
 
+    p = sub.add_parser("average", help="weight averaging: LAWA / EMA along a trajectory, uniform or greedy soups",
+                       description="Writes averaged checkpoints (streamed from safetensors, fp32 accumulation) and "
+                                   "OUT/trajectory.json holding the original and the averaged runs: sweep it like any "
+                                   "trajectory.")
+    p.add_argument("averager", choices=["lawa", "ema", "soup", "greedy-soup"])
+    p.add_argument("sources", nargs="+", help="trajectory source(s); soups use the last checkpoint of every run")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--window", type=_positive, default=5, help="LAWA: checkpoints per mean (default 5)")
+    p.add_argument("--stride", type=_positive, default=1, help="LAWA: take every STRIDE-th checkpoint (default 1)")
+    p.add_argument("--beta", type=float, default=0.9, help="EMA decay per checkpoint (default 0.9)")
+    p.add_argument("--run", action="append", default=None, help="only these runs (LAWA / EMA), repeatable")
+    p.add_argument("--n-blocks", type=_positive, default=64, help="greedy soup: held-out blocks (default 64)")
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("trajectory", help="inspect trajectory sources")
     tsub = p.add_subparsers(dest="tcmd", metavar="ACTION", required=True)
     t = tsub.add_parser("list", help="the checkpoints a source resolves to (nothing is downloaded)",
@@ -391,6 +406,17 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]) + "\n"
 
 
+def _cmd_average(a: argparse.Namespace) -> int:
+    from . import api
+    traj = api.average(a.sources, a.averager, a.out, window=a.window, stride=a.stride, beta=a.beta, runs=a.run,
+                       eval={"n_blocks": a.n_blocks}, progress=not a.quiet, allow_pickle=a.allow_pickle)
+    made = [c for c in traj if c.path.startswith(str(Path(a.out).resolve()))]
+    runs = sorted({c.run for c in made})
+    print(f"average ({a.averager}): {len(made)} averaged checkpoints in run(s) {', '.join(runs)} -> "
+          f"{Path(a.out) / 'trajectory.json'} (with the {len(traj) - len(made)} originals)")
+    return 0
+
+
 def _cmd_trajectory(a: argparse.Namespace) -> int:
     from .sources import load_source, preset_files
     if a.presets:
@@ -423,7 +449,8 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
-            "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory}
+            "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory,
+            "average": _cmd_average}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
