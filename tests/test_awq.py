@@ -167,3 +167,14 @@ def test_bad_input_is_one_line():
     with pytest.raises(QrobustError, match="no decoder blocks found"):
         with quantized(Flat(), QuantSpec(method="awq", bits=4, group_size=8), calib):
             pass
+
+
+def test_cli_eval_with_awq(tiny_run, capsys):
+    import json as _json
+
+    from qrobust.cli import main
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    assert main(["eval", str(ck), "--method", "awq", "--bits", "3", "--group-size", "16", "--asym",
+                 "--opt", "n_grid=5", "--calib-samples", "8", "--n-blocks", "4", "--json"]) == 0
+    out = _json.loads(capsys.readouterr().out)
+    assert out["variant"] == "awq-w3g16-asym-n_grid=5" and out["loss_q"] > 0

@@ -148,3 +148,16 @@ def test_cli_trajectory_list(tiny_run, capsys):
     assert main(["trajectory", "list", "preset:nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert "unknown preset 'nope'" in err and "\n" not in err
+
+
+def test_amber_apertus_open_sci_ref_presets(tmp_path, monkeypatch):
+    amber = load_source("preset:amber-7b")
+    assert len(amber) == 360 and amber.checkpoints[-1].revision == "ckpt_359"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _hub_cache(tmp_path / "hub", "swiss-ai/Apertus-8B-2509", {"step50000-tokens210B": None, "main": None})
+    (c,) = load_source("preset:apertus-8b").checkpoints
+    assert (c.step, c.tokens, c.lr, c.phase) == (50000, 210 * 10 ** 9, None, None)  # cooldown start not encoded
+    _hub_cache(tmp_path / "hub", "open-sci/open-sci-ref-v0.01-1.7b-nemotron-hq-1T-4096-lr4e-3",
+               {"iter_0010000": None, "iter_0020000": None, "iter_20000": None})
+    assert [c.step for c in load_source("preset:open-sci-ref-1.7b")] == [10000, 20000]  # 7-digit names only

@@ -401,6 +401,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         body.append([str(r["checkpoint.name"]), str(r["checkpoint.step"]), str(r["checkpoint.tokens"] or ""),
                      str(r["checkpoint.phase"] or ""), variant, f"{r['metrics.loss_fp']:.4f}",
                      f"{r['metrics.loss_q']:.4f}", f"{100 * r['metrics.dq_rel']:+.3f}"])
+    return _table(head, body)
+
+
+def _table(head: list[str], body: list[list[str]]) -> str:
+    """Left-aligned columns, two spaces apart, one line per row."""
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]) + "\n"
@@ -438,9 +443,7 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
     body = [[c.run, str(c.step), f"{c.tokens:,}" if c.tokens is not None else "",
              f"{c.lr:.3g}" if c.lr is not None else "", c.phase or "",
              f"{c.repo}@{c.revision}" if c.repo else c.path] for c in traj]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print("\n".join([fmt.format(*head)] + [fmt.format(*b) for b in body]))
+    sys.stdout.write(_table(head, body))
     runs = sorted({c.run for c in traj})
     print(f"{traj.name}: {len(traj)} checkpoints in {len(runs)} run(s) ({', '.join(runs)})")
     for u in (traj.data or {}).get("uncertain", []) if isinstance(traj.data, dict) else []:

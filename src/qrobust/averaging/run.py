@@ -45,7 +45,7 @@ def _run_job(job: AverageJob, out: Path, allow_pickle: bool = False) -> Checkpoi
     if not (done.is_file() and json.loads(done.read_text()) == prov):
         like = paths[job.inputs.index(job.like)]
         write_checkpoint(weighted_mean(paths, job.weights), like, folder, prov, _state(like, job.step))
-    parent = job.like.run if not job.run.startswith("soup") and job.run != "greedy-soup" else None
+    parent = None if job.params["averager"] in ("soup", "greedy-soup") else job.like.run
     return Checkpoint(name=f"step-{job.step:07d}", path=str(folder.resolve()), step=job.step, tokens=job.like.tokens,
                       lr=None, phase=job.like.phase, run=job.run, parent=parent)
 

@@ -174,11 +174,12 @@ def _first(out: Any) -> torch.Tensor:
 class _Capture:
     """One FP pass of a block: per-batch inputs of inspected modules, |x| sums and clip samples per linear."""
 
-    def __init__(self, block, inputs, linears, maps, clip_tokens):
+    def __init__(self, block, inputs, linears, maps, clip_tokens, clip_names: set[str]):
         self.calls: dict[nn.Module, list[tuple[tuple, dict]]] = {m: [] for mp in maps for m in mp.inspect}
         self.abs_sum: dict[str, torch.Tensor] = {}
         self.count: dict[str, int] = {}
-        self.samples: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+        self.scaled_first = {mp.layers[0] for mp in maps}  # x̄ is needed only for each mapping's input
+        self.samples: dict[str, list[torch.Tensor]] = {n: [] for n in clip_names}
         total = sum(a[0].shape[0] * a[0].shape[1] if a[0].dim() == 3 else a[0].shape[0] for a, _ in inputs)
         self.stride = max(1, total // clip_tokens)
         self.offset: dict[str, int] = {}
@@ -187,7 +188,8 @@ class _Capture:
             handles.append(mod.register_forward_pre_hook(
                 lambda m, a, k: self.calls[m].append((a, k)), with_kwargs=True))
         for n, lin in linears.items():
-            handles.append(lin.register_forward_pre_hook(lambda m, a, n=n: self._see(n, a[0])))
+            if n in self.scaled_first or n in self.samples:
+                handles.append(lin.register_forward_pre_hook(lambda m, a, n=n: self._see(n, a[0])))
         try:
             self.outputs = [block(*a, **k) for a, k in inputs]
         finally:
@@ -196,9 +198,12 @@ class _Capture:
 
     def _see(self, name: str, x: torch.Tensor) -> None:
         x2 = x.detach().reshape(-1, x.shape[-1])
-        s = x2.abs().float().sum(0)
-        self.abs_sum[name] = self.abs_sum[name] + s if name in self.abs_sum else s
-        self.count[name] = self.count.get(name, 0) + x2.shape[0]
+        if name in self.scaled_first:
+            s = x2.abs().float().sum(0)
+            self.abs_sum[name] = self.abs_sum[name] + s if name in self.abs_sum else s
+            self.count[name] = self.count.get(name, 0) + x2.shape[0]
+        if name not in self.samples:
+            return
         off = self.offset.get(name, 0)
         first = (-off) % self.stride
         self.samples[name].append(x2[first::self.stride].float().clone())
@@ -342,7 +347,8 @@ class AWQ(Quantizer):
         maps = None if opts.mapping == "generic" else _known_mappings(block, set(linears))
         if maps is None:
             maps = _generic_mappings(block, linears, lambda: block(*args0, **kwargs0))
-        cap = _Capture(block, inputs, linears, maps, opts.clip_tokens)
+        clip_names = {n for n in linears if opts.clip and not any(a in n for a in AVOID_CLIP)}
+        cap = _Capture(block, inputs, linears, maps, opts.clip_tokens, clip_names)
         fp_outputs = [_first(o) for o in cap.outputs]
         originals = {n: lin.weight.detach().float().clone() for n, lin in linears.items()}
         found = [(m, _search_scale(m, linears, cap, spec, opts)) for m in maps]
@@ -360,7 +366,7 @@ class AWQ(Quantizer):
                                                      awq_rtn_loss=res["rtn_loss"])
         for n, lin in linears.items():
             s = scale_of.get(n)
-            if opts.clip and not any(a in n for a in AVOID_CLIP) and cap.samples[n]:
+            if cap.samples.get(n):
                 x = torch.cat(cap.samples[n])
                 if s is not None:
                     x = x / s.view(1, -1)

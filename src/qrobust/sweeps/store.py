@@ -16,8 +16,10 @@ import csv
 import hashlib
 import io
 import json
+import os
 import platform
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -148,8 +150,6 @@ class Store:
             import pyarrow.parquet as pq
         except ImportError:
             raise QrobustError("parquet export needs pyarrow (pip install pyarrow); use csv or json") from None
-        import os
-        import tempfile
         table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in COLUMNS})
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
