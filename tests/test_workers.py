@@ -196,3 +196,22 @@ def test_ray_executor_matches_local(tiny_run, tmp_path):
     assert _metrics(tmp_path / "ray") == _metrics(tmp_path / "local")
     again = api_sweep(_cfg(tiny_run, tmp_path / "ray"), progress=False, executor="ray")
     assert again.records_written == 0 and again.records_skipped == 8 and again.model_loads == 0
+
+
+def test_store_opening_races_are_harmless(tmp_path):
+    """Workers opening one results folder at once: each write probe is private (a shared name made one
+    worker's unlink fail when another had removed it first)."""
+    errors = []
+
+    def open_store():
+        try:
+            for _ in range(50):
+                Store(tmp_path / "res")
+        except Exception as e:  # pragma: no cover - the failure being tested against
+            errors.append(e)
+    ts = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors

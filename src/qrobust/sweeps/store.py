@@ -72,9 +72,10 @@ class Store:
             try:
                 for sub in ("records", "fp", "trajectories"):
                     (self.root / sub).mkdir(parents=True, exist_ok=True)
-                probe = self.root / ".write-probe"
-                probe.write_text("ok")
-                probe.unlink()
+                # a private probe name: concurrent workers must not delete each other's probe
+                fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=self.root)
+                os.close(fd)
+                os.unlink(probe)
             except OSError as e:
                 raise QrobustError(f"cannot write to results folder '{self.root}': {e.strerror}; "
                                    "choose a writable --out") from None
