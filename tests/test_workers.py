@@ -154,16 +154,23 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tiny_run, tmp_
     cfg = _cfg(tiny_run, tmp_path / "res", methods=["rtn", {"name": "gptq", "profile": "reference"}],
                calibration={"n_samples": 16})
     rng = random.Random(0)
+    records = tmp_path / "res" / "records"
     kills = 0
     for _ in range(5):
+        # kill at a random moment of the work itself (after 1-3 new records plus up to 0.5 s), not at a
+        # wall time: how long start-up takes varies too much between machines
+        n0 = len(list(records.glob("*.json"))) if records.is_dir() else 0
+        target, extra = n0 + rng.randint(1, 3), rng.uniform(0.0, 0.5)
         p = _spawn(cfg)
-        time.sleep(rng.uniform(3.0, 8.0))  # python + torch start up in ~3 s; the sweep then takes ~10 s
+        while p.poll() is None and (len(list(records.glob("*.json"))) if records.is_dir() else 0) < target:
+            time.sleep(0.02)
+        time.sleep(extra)
         if p.poll() is not None:
             break
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
-        for f in (tmp_path / "res" / "records").glob("*.json"):
+        for f in records.glob("*.json"):
             json.loads(f.read_text())  # every record that exists is whole
     p = _spawn(cfg)  # the restart takes over the dead workers' claims at once (same host, dead pid)
     out, err = p.communicate(timeout=300)
