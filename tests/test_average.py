@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from qrobust.averaging import average, ema_weights, greedy_soup, mean_of, weighted_mean
 from qrobust.averaging.averagers import plan_lawa
+from qrobust.averaging.stream import PROVENANCE
 from qrobust.cli import main
 from qrobust.errors import CheckpointError, ConfigError
 from qrobust.models import build_model
@@ -197,3 +198,37 @@ def test_soups_over_runs(tiny_run, tmp_path):
     assert log[0]["kept"] and len(log) == 2
     with pytest.raises(ConfigError, match="one source"):
         average([str(tiny_run), str(tiny_run)], "lawa", tmp_path / "x", progress=False)
+
+
+def test_sweep_averages_then_quantizes_then_evaluates(tiny_run, tmp_path):
+    """One sweep config: LAWA(2) and EMA(0.5) runs of 'main' and a soup are made in OUT/averaged, swept beside
+    the originals, and made only once (a re-run neither rewrites them nor re-quantizes)."""
+    from qrobust.sweeps import sweep
+    from qrobust.sweeps.store import Store
+    out = tmp_path / "res"
+    cfg = {"trajectory": str(tiny_run), "out": str(out), "bits": [3], "group_sizes": [16], "eval": {"n_blocks": 4},
+           "average": [{"averager": "lawa", "window": 2, "runs": ["main"]},
+                       {"averager": "ema", "beta": 0.5, "runs": ["main"]}, {"averager": "soup"},
+                       {"averager": "greedy-soup"}]}
+    s = sweep(cfg, progress=False)
+    # originals: main 4, 8, 12 + decay8 12; LAWA: 8, 12; EMA: 4, 8, 12; soup: 12; greedy soup: 12
+    assert (s.checkpoints, s.averaged, s.records_written) == (11, 7, 11)
+    ema12 = out / "averaged" / "checkpoints" / "main-ema0.5" / "step-0000012"
+    main_ck = tiny_run / "checkpoints" / "main"
+    a, b, c = (load_file(str(main_ck / f"step-{st:07d}" / "model.safetensors")) for st in (4, 8, 12))
+    got = load_file(str(ema12 / "model.safetensors"))
+    assert all(torch.allclose(got[k], 0.25 * a[k] + 0.25 * b[k] + 0.5 * c[k], atol=1e-6) for k in got)
+    recs = Store(out).records()
+    runs = sorted({r["checkpoint"]["run"] for r in recs})
+    assert runs == ["decay8", "greedy-soup", "main", "main-ema0.5", "main-lawa2", "soup"]
+    greedy = json.loads((out / "averaged" / "checkpoints" / "greedy-soup" / "step-0000012" / PROVENANCE).read_text())
+    assert greedy["plan"]["eval"]["n_blocks"] == 4 and len(greedy["params"]["log"]) == 2
+    assert {r["trajectory"] for r in recs} == {"t"}  # one trajectory: averaged runs plot beside the originals
+    traj = json.loads(next((out / "trajectories").glob("*.json")).read_text())
+    assert traj["runs"]["main-lawa2"]["averaged"] == {"averager": "lawa", "window": 2, "stride": 1}
+    mtime = (ema12 / "model.safetensors").stat().st_mtime_ns
+    again = sweep(cfg, progress=False)
+    assert (again.averaged, again.records_written, again.model_loads) == (0, 0, 0)
+    assert (ema12 / "model.safetensors").stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="LAWA window 9"):
+        sweep({**cfg, "average": [{"averager": "lawa", "window": 9}]}, progress=False)

@@ -161,3 +161,24 @@ def test_deterministic_names(tmp_path: Path) -> None:
     second = write_report(tmp_path / "res")  # re-run in place: same names, same bytes, no temp leftovers
     assert second == first and sorted(p.name for p in second.parent.iterdir()) == a
     assert {p.name: p.read_bytes() for p in second.parent.glob("*.png")} == png_a
+
+
+def test_averaged_runs_get_the_f4_figure_and_are_not_cooldowns(tmp_path: Path) -> None:
+    store = _demo_store(tmp_path / "res")
+    lawa = {300: 301, 400: 352}  # ΔQ L (bp) of the LAWA run at 3 bits
+    for step, bp in lawa.items():
+        rec = _record("demo", "main-lawa3", step, 3, bp, loss_fp=3.9)
+        store.put(f"demo-lawa-{step}", rec)
+    traj = store.trajectories()["demo"]
+    traj["runs"]["main-lawa3"] = {"averaged": {"averager": "lawa", "window": 3, "stride": 1}, "parent": "main"}
+    store.save_trajectory(Trajectory.from_dict(traj, tmp_path))
+    (g,) = _groups(store.records(), store.trajectories())
+    from qrobust.reporting.figures import _pairs, _run_label
+    assert _run_label(g, "main-lawa3") == "main-lawa3 (LAWA of main, window 3)"
+    w3 = [r for r in g.recs if r["variant"]["bits"] == 3]
+    assert [p[1] for p in _pairs(g, [("w3", w3)])] == ["decay200"]  # LAWA is not a cooldown branch
+    assert _series(g, w3, "metrics.dq_rel")["main-lawa3"] == [(300 * TPS, 0.0301), (400 * TPS, 0.0352)]
+    index = write_report(tmp_path / "res")
+    names = sorted(p.name for p in index.parent.glob("averaging_*.png"))
+    assert names == ["averaging_demo_rtn-w3g128.png", "averaging_demo_rtn-w4g128.png"]
+    assert "weight averaging vs LR decay" in index.read_text()

@@ -72,6 +72,29 @@ class BranchConfig(Strict):
         return self.name or f"decay{self.from_step}"
 
 
+class TrainAverageConfig(Strict):
+    """Averaged weights kept during training and saved beside the raw ones at every checkpoint.
+
+    ``ema``: per-step exponential moving average e ← β·e + (1 − β)·θ (after every optimizer step).
+    ``lawa``: uniform mean of the last ``window`` snapshots taken every ``every`` steps (default: at
+    each checkpoint)."""
+
+    kind: Literal["ema", "lawa"]
+    beta: float = Field(default=0.999, gt=0, lt=1)
+    window: int = Field(default=5, ge=1)
+    every: int | None = Field(default=None, ge=1)
+    name: str | None = None  # run-name suffix; default ema<β> / lawa<window>[e<every>]
+
+    def suffix(self, checkpoint_every: int) -> str:
+        """The averaged run of run R is called ``R-<suffix>``."""
+        if self.name:
+            return self.name
+        if self.kind == "ema":
+            return f"ema{self.beta:g}"
+        every = self.every or checkpoint_every
+        return f"lawa{self.window}" + (f"e{every}" if every != checkpoint_every else "")
+
+
 class TrainConfig(Strict):
     name: str = "run"
     out: str = "runs/run"
@@ -84,6 +107,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     branches: list[BranchConfig] = Field(default_factory=list)
+    averaging: list[TrainAverageConfig] = Field(default_factory=list)
     threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -96,6 +120,9 @@ class TrainConfig(Strict):
                     f"branch from_step {b.from_step} is not a checkpoint step (checkpoint_every={self.checkpoint_every})")
             if b.from_step > self.steps:
                 raise ValueError(f"branch from_step {b.from_step} is beyond steps={self.steps}")
+        names = [a.suffix(self.checkpoint_every) for a in self.averaging]
+        if len(set(names)) != len(names):
+            raise ValueError(f"averaging entries must have distinct names, got {names}; set 'name' on one")
         return self
 
 
@@ -116,6 +143,19 @@ class CalibrationConfig(Strict):
     seed: int = 0
 
 
+class AverageConfig(Strict):
+    """One offline averager: the options of ``qrobust average``, or an entry of a sweep's ``average`` list
+    (averaged checkpoints made before quantizing). Averaging during training: :class:`TrainAverageConfig`."""
+
+    averager: Literal["lawa", "ema", "soup", "greedy-soup"]
+    window: int = Field(default=5, ge=1)  # lawa: checkpoints per mean
+    stride: int = Field(default=1, ge=1)  # lawa: every stride-th checkpoint
+    beta: float = Field(default=0.9, ge=0, lt=1)  # ema: decay per checkpoint
+    runs: list[str] | None = None  # lawa / ema: only these runs
+    # soups: the ingredient sources (the last checkpoint of each of their runs); default: the swept trajectory
+    sources: list[str | dict[str, Any]] | None = None
+
+
 class SweepConfig(Strict):
     claim_ttl_s: float = Field(default=600.0, gt=0)  # a worker silent this long loses its checkpoint claim
     # a source spec (run folder, model folder, folders:GLOB, hf:ORG/NAME@REVS, preset:NAME, with ?every=...)
@@ -129,6 +169,8 @@ class SweepConfig(Strict):
     sym: bool = True
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
+    # averaged checkpoints made before quantizing (LAWA / EMA runs beside the originals, soups)
+    average: list[AverageConfig] = Field(default_factory=list)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     allow_pickle: bool = False

@@ -176,8 +176,9 @@ class _AtomicDir:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
-                    extra_tensors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None) -> Path:
-    """``save_pretrained`` (safetensors) + tokenizer + optional state/optimizer/text side files, atomically."""
+                    extra_tensors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None,
+                    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """``save_pretrained`` (safetensors) + tokenizer + optional state/optimizer/text/tensor side files, atomically."""
     from safetensors.torch import save_file
 
     final = Path(path)
@@ -190,4 +191,6 @@ def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[s
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / "optimizer.safetensors"))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        for name, tensors in (tensor_files or {}).items():
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / name))
     return final

@@ -7,7 +7,7 @@
 - ``soup``: the uniform mean of the ingredients (the last checkpoint of every run in the sources).
 - ``greedy-soup``: ingredients sorted by held-out loss; each is added only if the held-out loss of the
   uniform mean improves (Wortsman et al. 2022).
-Each job names its inputs and weights; ``average.py`` streams them and writes checkpoints with provenance.
+Each job names its inputs and weights; ``run.py`` streams them and writes checkpoints with provenance.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ class AverageJob:
     weights: list[float]
     like: Checkpoint  # whose metadata (tokens, phase, config files) the result carries
     params: dict[str, Any] = field(default_factory=dict)
+    greedy: bool = False  # inputs are candidates; the kept ones are chosen when the soup is made
 
 
 def _by_run(traj: Trajectory) -> dict[str, list[Checkpoint]]:

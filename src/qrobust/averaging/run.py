@@ -1,12 +1,14 @@
-"""``average``: plan, stream, write averaged checkpoints with provenance, and a manifest that puts the
-averaged runs beside the original ones (so ``sweep`` and ``report`` treat them like any checkpoint).
+"""Plan averaged checkpoints, make them (streamed, with provenance), and put them beside the originals.
 
 Output folder::
 
     checkpoints/<averaged run>/step-NNNNNNN/   model.safetensors + config/tokenizer + qrobust_average.json
     trajectory.json                            original runs (their own paths) + averaged runs
 
-Re-running skips averaged checkpoints whose provenance (inputs and weights) is unchanged.
+Planning is cheap and happens up front (bad windows, too few ingredients fail before anything is read);
+making one averaged checkpoint is a separate step so a sweep can do it lazily, under the same claim as the
+quantization of that checkpoint. A folder whose recorded plan (inputs, weights, averager options) equals
+the current plan is never rewritten.
 """
 from __future__ import annotations
 
@@ -16,17 +18,144 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..config import AverageConfig, EvalConfig, parse_config
 from ..errors import ConfigError
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
-from .averagers import AVERAGERS, AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
+from .averagers import AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
 from .stream import PROVENANCE, weighted_mean, write_checkpoint
 
 
-def _provenance(job: AverageJob, paths: list[Path]) -> dict[str, Any]:
-    return {"params": job.params, "run": job.run, "step": job.step,
-            "inputs": [{"path": str(p), "run": c.run, "step": c.step, "weight": w}
-                       for p, c, w in zip(paths, job.inputs, job.weights)]}
+def plan(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
+    """The averaged checkpoints one averager makes from the given trajectories."""
+    if spec.averager in ("lawa", "ema") and len(trajs) != 1:
+        raise ConfigError(f"{spec.averager} averages along one trajectory; name exactly one source")
+    if spec.averager == "lawa":
+        return plan_lawa(trajs[0], spec.window, spec.stride, spec.runs)
+    if spec.averager == "ema":
+        return plan_ema(trajs[0], spec.beta, spec.runs)
+    if spec.averager == "soup":
+        return plan_soup(trajs)
+    ing = ingredients(trajs)
+    if len(ing) < 2:
+        raise ConfigError(f"a greedy soup needs at least 2 ingredients (the last checkpoint of each run); "
+                          f"got {len(ing)}")
+    # which ingredients are kept is decided when the soup is made (it needs held-out losses)
+    return [AverageJob("greedy-soup", max(c.step for c in ing), ing, [1 / len(ing)] * len(ing), ing[0],
+                       {"averager": "greedy-soup", "ingredients": len(ing)}, greedy=True)]
+
+
+def folder_of(job: AverageJob, out: Path) -> Path:
+    return Path(out) / "checkpoints" / job.run / f"step-{job.step:07d}"
+
+
+def _plan_id(job: AverageJob, paths: list[Path], eval_cfg: EvalConfig | None) -> dict[str, Any]:
+    """What the folder's content is a function of; an equal recorded plan means 'already made'."""
+    pid: dict[str, Any] = {"run": job.run, "step": job.step, "params": job.params,
+                           "inputs": [str(p) for p in paths]}
+    if job.greedy:
+        pid["eval"] = (eval_cfg or EvalConfig()).model_dump()
+    else:
+        pid["weights"] = job.weights
+    return pid
+
+
+def _local_paths(job: AverageJob, allow_pickle: bool) -> list[Path]:
+    return [resolve_checkpoint(c, allow_pickle) for c in job.inputs]
+
+
+def is_made(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None) -> bool:
+    """True when the averaged folder exists with this exact plan (inputs named by their listed paths)."""
+    done = folder_of(job, out) / PROVENANCE
+    if not done.is_file():
+        return False
+    try:
+        return json.loads(done.read_text()).get("plan") == _plan_id(job, [Path(c.path) for c in job.inputs],
+                                                                    eval_cfg)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_pickle: bool = False) -> Path:
+    """Write the averaged checkpoint of ``job`` unless it is already made; returns its folder."""
+    folder = folder_of(job, out)
+    if is_made(job, out, eval_cfg):
+        return folder
+    paths = _local_paths(job, allow_pickle)
+    inputs, weights, params = job.inputs, job.weights, dict(job.params)
+    if job.greedy:
+        kept, log = _choose_greedy(paths, eval_cfg or EvalConfig(), allow_pickle)
+        inputs, weights = [job.inputs[i] for i in kept], [1 / len(kept)] * len(kept)
+        paths = [paths[i] for i in kept]
+        params["log"] = log
+    prov = {"plan": _plan_id(job, [Path(c.path) for c in job.inputs], eval_cfg), "params": params, "run": job.run,
+            "step": job.step, "inputs": [{"path": str(p), "run": c.run, "step": c.step, "weight": w}
+                                         for p, c, w in zip(paths, inputs, weights)]}
+    like = paths[0] if job.greedy else paths[job.inputs.index(job.like)]
+    write_checkpoint(weighted_mean(paths, weights), like, folder, prov, _state(like, job.step))
+    return folder
+
+
+def checkpoint_of(job: AverageJob, out: Path) -> Checkpoint:
+    """The averaged checkpoint as a trajectory entry (its folder may not be made yet)."""
+    parent = None if job.params["averager"] in ("soup", "greedy-soup") else job.like.run
+    return Checkpoint(name=f"{job.run}/step-{job.step:07d}", path=str(folder_of(job, out).resolve()), step=job.step,
+                      tokens=job.like.tokens, lr=None, phase=job.like.phase, run=job.run, parent=parent)
+
+
+def combined(base: Trajectory, originals: list[Checkpoint], jobs: list[AverageJob], out: Path,
+             name: str | None = None) -> Trajectory:
+    """Originals + averaged checkpoints; averaged runs are marked ``averaged`` in the run table."""
+    runs = dict(base.runs)
+    for j in jobs:
+        parent = None if j.params["averager"] in ("soup", "greedy-soup") else j.like.run
+        runs.setdefault(j.run, {"averaged": {k: v for k, v in j.params.items() if k != "log"}, "parent": parent})
+    made = [checkpoint_of(j, out) for j in jobs]
+    return Trajectory(name=name or base.name, checkpoints=list(originals) + made, runs=runs, data=base.data,
+                      source=str(out))
+
+
+def plan_for_sweep(traj: Trajectory, specs: list[AverageConfig], out: Path
+                   ) -> tuple[Trajectory, dict[str, AverageJob]]:
+    """A sweep's trajectory with its averaged checkpoints added, and averaged path -> job (made lazily)."""
+    jobs: list[AverageJob] = []
+    extra: list[Checkpoint] = []
+    for spec in specs:
+        trajs = [load_source(s) for s in spec.sources] if spec.sources else [traj]
+        if spec.sources:  # soup ingredients from other sources are swept too, as originals
+            extra += [c for t in trajs for c in t if c.path not in {x.path for x in traj}]
+        jobs += plan(trajs, spec)
+    runs = [j.run for j in jobs]
+    clash = sorted({r for r in runs if r in {c.run for c in traj}})
+    if clash:
+        raise ConfigError(f"averaged run name '{clash[0]}' is already a run of '{traj.name}'; rename that run")
+    keyed: dict[str, AverageJob] = {}
+    for j in jobs:
+        k = str(folder_of(j, out).resolve())
+        if k in keyed:
+            raise ConfigError(f"two averagers in 'average' make the same checkpoint {j.run}/step-{j.step}; "
+                              "remove the duplicate entry")
+        keyed[k] = j
+    return combined(traj, list(traj) + extra, jobs, out), keyed
+
+
+def average(sources: list[str | dict], averager: str, out: str | Path, window: int = 5, stride: int = 1,
+            beta: float = 0.9, runs: list[str] | None = None, eval_config: dict | None = None,
+            progress: bool = True, allow_pickle: bool = False) -> Trajectory:
+    """Average checkpoints of ``sources``; returns the trajectory of originals + averaged runs (also saved)."""
+    spec = parse_config(AverageConfig, {"averager": averager, "window": window, "stride": stride, "beta": beta,
+                                        "runs": runs}, "averaging options")
+    if not sources:
+        raise ConfigError("name at least one trajectory source to average")
+    out = Path(out)
+    trajs = [load_source(s) for s in sources]
+    jobs = plan(trajs, spec)
+    ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")
+    for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt"):
+        make(j, out, ecfg, allow_pickle)
+    traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{averager}")
+    traj.save(out / "trajectory.json")
+    return traj
 
 
 def _state(like: Path, step: int) -> dict[str, Any] | None:
@@ -37,75 +166,23 @@ def _state(like: Path, step: int) -> dict[str, Any] | None:
     return {"step": step, "data": data} if data else {"step": step}
 
 
-def _run_job(job: AverageJob, out: Path, allow_pickle: bool = False) -> Checkpoint:
-    paths = [resolve_checkpoint(c, allow_pickle) for c in job.inputs]
-    prov = _provenance(job, paths)
-    folder = out / "checkpoints" / job.run / f"step-{job.step:07d}"
-    done = folder / PROVENANCE
-    if not (done.is_file() and json.loads(done.read_text()) == prov):
-        like = paths[job.inputs.index(job.like)]
-        write_checkpoint(weighted_mean(paths, job.weights), like, folder, prov, _state(like, job.step))
-    parent = None if job.params["averager"] in ("soup", "greedy-soup") else job.like.run
-    return Checkpoint(name=f"step-{job.step:07d}", path=str(folder.resolve()), step=job.step, tokens=job.like.tokens,
-                      lr=None, phase=job.like.phase, run=job.run, parent=parent)
-
-
-def average(sources: list[str | dict], averager: str, out: str | Path, window: int = 5, stride: int = 1,
-            beta: float = 0.9, runs: list[str] | None = None, eval_config: dict | None = None,
-            progress: bool = True, allow_pickle: bool = False) -> Trajectory:
-    """Average checkpoints of ``sources``; returns the trajectory of originals + averaged runs (also saved)."""
-    if averager not in AVERAGERS:
-        raise ConfigError(f"unknown averager '{averager}'; known: {', '.join(AVERAGERS)}")
-    if not sources:
-        raise ConfigError("name at least one trajectory source to average")
-    out = Path(out)
-    trajs = [load_source(s) for s in sources]
-    if averager in ("lawa", "ema") and len(trajs) != 1:
-        raise ConfigError(f"{averager} averages along one trajectory; name exactly one source")
-    if averager == "lawa":
-        jobs = plan_lawa(trajs[0], window, stride, runs)
-    elif averager == "ema":
-        jobs = plan_ema(trajs[0], beta, runs)
-    elif averager == "soup":
-        jobs = plan_soup(trajs)
-    else:
-        jobs = [_greedy_job(trajs, eval_config or {}, allow_pickle)]
-    made = [_run_job(j, out, allow_pickle) for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt")]
-    base = trajs[0]
-    originals = [c for t in trajs for c in t]
-    runs_meta = dict(base.runs)
-    for j in jobs:
-        runs_meta.setdefault(j.run, {"averaged": j.params, "parent": j.like.run})
-    traj = Trajectory(name=f"{base.name}-{averager}", checkpoints=originals + made, runs=runs_meta, data=base.data,
-                      source=str(out))
-    traj.save(out / "trajectory.json")
-    return traj
-
-
-def _greedy_job(trajs: list[Trajectory], eval_config: dict, allow_pickle: bool) -> AverageJob:
-    """Greedy soup with held-out loss on the evaluation blocks the sweep would use."""
-    from ..config import EvalConfig, parse_config
+def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool) -> tuple[list[int], list[dict]]:
+    """Greedy soup with held-out loss on the evaluation blocks a sweep would use."""
     from ..data.tokenizer import load_tokenizer
     from ..evaluate import evaluate_loss
     from ..models import load_checkpoint
     from ..sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
-    from .stream import weighted_mean as wmean
 
-    ing = ingredients(trajs)
-    if len(ing) < 2:
-        raise ConfigError(f"a greedy soup needs at least 2 ingredients; got {len(ing)}")
-    paths = [resolve_checkpoint(c, allow_pickle) for c in ing]
-    ecfg = parse_config(EvalConfig, eval_config, "eval settings")
-    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), load_tokenizer(paths[0]), tokenizer_fingerprint(paths[0]))
+    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), load_tokenizer(paths[0]),
+                        tokenizer_fingerprint(paths[0]))
     model = load_checkpoint(paths[0], allow_pickle=allow_pickle)
 
     def loss_of(tensors) -> float:
         model.load_state_dict(tensors, strict=False)
         return evaluate_loss(model, es.blocks, ecfg.batch_size).loss
 
-    singles = [loss_of(wmean([p], [1.0])) for p in paths]
-    kept, log = greedy_soup(paths, lambda ps: loss_of(wmean(ps, [1 / len(ps)] * len(ps))), singles)
-    chosen = [ing[i] for i in kept]
-    return AverageJob("greedy-soup", max(c.step for c in chosen), chosen, [1 / len(chosen)] * len(chosen), chosen[0],
-                      {"averager": "greedy-soup", "ingredients": len(ing), "log": log,
-                       "eval": {"n_blocks": ecfg.n_blocks, "split": ecfg.split}})
+    singles = [loss_of(weighted_mean([p], [1.0])) for p in paths]
+    return greedy_soup(paths, lambda ps: loss_of(weighted_mean(ps, [1 / len(ps)] * len(ps))), singles)
+
+
+__all__ = ["average", "checkpoint_of", "combined", "folder_of", "is_made", "make", "plan", "plan_for_sweep"]

@@ -36,7 +36,7 @@ DQ_LABEL = "ΔQ L = L_q / L_fp − 1 (%)"
 class FigureOut:
     """One written figure; ``png`` holds the bytes so the HTML can embed them without re-reading."""
     path: Path
-    kind: str  # dq | loss | stable_vs_decay
+    kind: str  # dq | loss | stable_vs_decay | averaging
     trajectory: str
     title: str
     caption: str
@@ -159,7 +159,8 @@ def _run_info(tdict: dict[str, Any], recs: list[dict[str, Any]]) -> dict[str, di
         name = _run(r)
         t = truns.get(name) if isinstance(truns.get(name), dict) else {}
         cur = info.setdefault(name, {"parent": t.get("parent"), "from_step": t.get("from_step"),
-                                     "lr_curve": t.get("lr_curve") or []})
+                                     "lr_curve": t.get("lr_curve") or [],
+                                     "averaged": t.get("averaged") if isinstance(t.get("averaged"), dict) else None})
         cur["parent"] = cur["parent"] or get(r, "checkpoint.parent")
         cur["from_step"] = cur["from_step"] if cur["from_step"] is not None else get(r, "checkpoint.parent_step")
     return info
@@ -187,8 +188,31 @@ def _series(g: _Group, recs: list[dict[str, Any]], metric: str) -> dict[str, lis
 
 
 def _run_label(g: _Group, run: str) -> str:
-    fs = g.runs[run].get("from_step")
-    return f"{run} (cooldown from step {fs})" if g.runs[run].get("parent") and fs is not None else run
+    info = g.runs[run]
+    if info.get("averaged"):
+        return f"{run} ({_averaged_desc(info['averaged'], info.get('parent'))})"
+    fs = info.get("from_step")
+    return f"{run} (cooldown from step {fs})" if info.get("parent") and fs is not None else run
+
+
+def _averaged_desc(a: dict[str, Any], parent: Any) -> str:
+    """'LAWA of main, window 3' and the like, from the averager parameters the trajectory file records."""
+    kind = str(a.get("averager", "average"))
+    of = f" of {parent}" if parent else ""
+    if kind.endswith("lawa"):
+        every = f", every {a['every']} steps" if a.get("every") else ""
+        return f"LAWA{of}, window {a.get('window')}{every}"
+    if kind.endswith("ema"):
+        return f"{'per-step ' if kind.startswith('train') else ''}EMA{of}, β={a.get('beta')}"
+    if kind == "soup":
+        return f"uniform soup of {a.get('ingredients')} runs"
+    if kind == "greedy-soup":
+        return f"greedy soup of {a.get('ingredients')} candidates"
+    return kind
+
+
+def _is_averaged(g: _Group, run: str) -> bool:
+    return bool(g.runs.get(run, {}).get("averaged"))
 
 
 # -- drawing -------------------------------------------------------------------------------------------
@@ -306,7 +330,7 @@ def _pairs(g: _Group, variants: list[tuple[str, list[dict[str, Any]]]]) -> list[
         for run in g.order:
             parent = g.runs[run].get("parent")
             ends = [r for r in recs if _run(r) == run]
-            if not parent or not ends:
+            if not parent or not ends or _is_averaged(g, run):
                 continue
             end = max(ends, key=lambda r: get(r, "checkpoint.step"))
             step = get(end, "checkpoint.step")
@@ -343,6 +367,35 @@ def _svd_figure(g: _Group, pairs: list[tuple[str, str, int, float, float]], path
     return FigureOut(path, "stable_vs_decay", g.traj, title, caption, "branch", _save(fig, path))
 
 
+def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) -> FigureOut:
+    """The paper's F4 view: FP loss, quantized loss and ΔQ L side by side for the constant-LR run, its
+    averaged runs (dashed) and its cooldowns, so averaging and LR decay are compared at equal tokens."""
+    fig = Figure(figsize=(13.5, 4.3))
+    axes = fig.subplots(1, 3)
+    panels = (("metrics.loss_fp", "FP eval loss (nats/token)", "full precision"),
+              ("metrics.loss_q", "quantized eval loss (nats/token)", label),
+              ("metrics.dq_rel", DQ_LABEL, f"ΔQ L, {label}"))
+    handles: dict[str, Any] = {}
+    for ax, (metric, ylabel, title) in zip(axes, panels):
+        for run, pts in _series(g, recs, metric).items():
+            avg = _is_averaged(g, run)
+            (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--" if avg else "-", marker="s" if avg else "o",
+                           ms=3.5, lw=1.6, color=g.colours[run], label=_run_label(g, run), zorder=3)
+            handles.setdefault(run, h)
+        _shade(ax, g, list(handles))
+        _style_x(ax, g.use_tokens)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+    axes[2].yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    axes[1].legend(handles=list(handles.values()), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15),
+                   ncol=min(3, len(handles)), frameon=False)
+    title = f"{g.traj}: weight averaging vs LR decay, {label}"
+    fig.suptitle(title, fontsize=11)
+    caption = (f"Weight averaging (dashed) beside the runs it averages and their cooldowns (solid) along '{g.traj}': "
+               f"FP loss (left), quantized loss (middle) and ΔQ L (right) for {label}; shaded: LR decay phases.")
+    return FigureOut(path, "averaging", g.traj, title, caption, "tokens" if g.use_tokens else "step", _save(fig, path))
+
+
 def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str, Any]],
                  out_dir: str | Path) -> list[FigureOut]:
     """Write every figure for the given records into ``out_dir``; deterministic names, sorted order."""
@@ -353,15 +406,20 @@ def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str
         for r in g.recs:
             by_var.setdefault(variant_id(r), []).append(r)
         slugs = [k[0] for k in by_var]
-        variants = []
+        variants, names = [], []
         for key in sorted(by_var, key=lambda k: (_variant_order(by_var[k][0]), k)):
             name = key[0] if slugs.count(key[0]) == 1 else f"{key[0]}-{key[1]}"
             label = get(by_var[key][0], "variant.label") or key[0]
             label = label if slugs.count(key[0]) == 1 else f"{label} [{key[1]}]"
             variants.append((label, by_var[key]))
+            names.append(name)
             path = out_dir / f"dq_{slug(g.traj)}{g.suffix}_{name}.png"
             figs.append(_dq_figure(g, label, by_var[key], path))
         figs.append(_loss_figure(g, variants, out_dir / f"loss_{slug(g.traj)}{g.suffix}.png"))
+        if any(_is_averaged(g, r) for r in g.runs):
+            for (label, recs), name in zip(variants, names):
+                path = out_dir / f"averaging_{slug(g.traj)}{g.suffix}_{name}.png"
+                figs.append(_averaging_figure(g, label, recs, path))
         pairs = [p for p in _pairs(g, variants) if p[3] is not None and p[4] is not None]
         if pairs:
             figs.append(_svd_figure(g, pairs, out_dir / f"stable_vs_decay_{slug(g.traj)}{g.suffix}.png"))

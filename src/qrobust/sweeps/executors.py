@@ -19,8 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import SweepConfig
 from ..errors import QrobustError
-from ..sources import load_source
-from .run import SweepSummary, sweep, variants
+from .run import SweepSummary, sweep, sweep_trajectory, variants
 
 EXECUTORS = ("local", "ray")
 
@@ -40,7 +39,7 @@ def run_ray(cfg: SweepConfig, progress: bool = True, address: str | None = None,
     except ImportError:
         raise QrobustError("executor 'ray' needs Ray: pip install 'qrobust[ray]' (or pip install ray)") from None
     variants(cfg)  # bad methods fail here, before a cluster is started
-    traj = load_source(cfg.trajectory)
+    traj, _ = sweep_trajectory(cfg)
     t0 = time.perf_counter()
     started = not ray.is_initialized()
     if started:

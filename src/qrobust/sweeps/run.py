@@ -20,6 +20,8 @@ from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
 from ..models import check_vocab, load_checkpoint
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
+from ..averaging.averagers import AverageJob
+from ..averaging.run import folder_of, is_made, make, plan_for_sweep
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
 from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
@@ -37,6 +39,7 @@ class SweepSummary:
     records_skipped: int = 0
     model_loads: int = 0
     fp_evals: int = 0
+    averaged: int = 0  # averaged checkpoints this worker made (sweeps with an 'average' list)
     claimed_elsewhere: int = 0  # checkpoint groups another worker held when this one reached them
     lost_claims: int = 0  # groups this worker stopped because its claim went stale and was taken over
     seconds: float = 0.0
@@ -50,6 +53,20 @@ def variants(cfg: SweepConfig) -> list[QuantSpec]:
     for s in specs:
         get_quantizer(s.method).check_options(dict(s.options))
     return specs
+
+
+def sweep_trajectory(cfg: SweepConfig) -> tuple[Trajectory, dict[str, AverageJob]]:
+    """The swept trajectory: the source, plus the averaged checkpoints of ``cfg.average`` (folder -> job).
+
+    Averaged checkpoints live in ``OUT/averaged`` and are made lazily, by the worker that claims them."""
+    traj = load_source(cfg.trajectory)
+    if not cfg.average:
+        return traj, {}
+    return plan_for_sweep(traj, cfg.average, averaged_dir(cfg))
+
+
+def averaged_dir(cfg: SweepConfig) -> Path:
+    return Path(cfg.out) / "averaged"
 
 
 def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
@@ -116,7 +133,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     specs = variants(cfg)  # bad methods / options fail before anything is loaded or written
-    traj = load_source(cfg.trajectory)
+    traj, pending = sweep_trajectory(cfg)
     store = Store(cfg.out)
     store.save_trajectory(traj)
     sets = _Sets(cfg)
@@ -126,6 +143,11 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
     overall = tqdm(total=len(mine) * len(specs), desc="sweep", disable=not progress, unit="job")
     worker = worker_id()
     for listed in mine:
+        job = pending.get(listed.path)
+        if job is not None and not _make_average(cfg, job, store, worker, summary):
+            summary.claimed_elsewhere += 1  # another worker is averaging it; it will sweep it too
+            overall.update(len(specs))
+            continue
         # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
         # repo and revision, with the local snapshot folder as its path
         ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
@@ -159,6 +181,22 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
     overall.close()
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _make_average(cfg: SweepConfig, job: AverageJob, store: Store, worker: str, summary: SweepSummary) -> bool:
+    """Make an averaged checkpoint under a claim (made already: nothing to do); False if claimed elsewhere."""
+    out = averaged_dir(cfg)
+    if is_made(job, out, cfg.eval):
+        return True
+    claim = Claim(store.root, record_key({"average": str(folder_of(job, out))}), worker, cfg.claim_ttl_s)
+    if not claim.acquire():
+        return False
+    try:
+        make(job, out, cfg.eval, cfg.allow_pickle)
+        summary.averaged += 1
+    finally:
+        claim.release()
+    return True
 
 
 def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],

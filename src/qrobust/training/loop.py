@@ -7,6 +7,7 @@ checkpoint folders are written atomically, so the last one present is complete.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -16,12 +17,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import TrainConfig
+from ..config import TrainAverageConfig, TrainConfig
 from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError
 from ..models import build_model, load_checkpoint, save_checkpoint
 from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
+from .averages import STATE_FILE, RunningAverages, swapped_parameters
 from .schedule import Schedule
 from .state import flatten_optimizer, restore_optimizer
 
@@ -40,6 +42,15 @@ def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
     names = [b.run_name for b in cfg.branches]
     if len(set(names)) != len(names) or "main" in names:
         raise ConfigError(f"branch names must be unique and not 'main': {names}")
+    averaged = {f"{r}-{a.suffix(cfg.checkpoint_every)}" for r in ["main", *names] for a in cfg.averaging}
+    if averaged & set(names):
+        raise ConfigError(f"branch name '{sorted(averaged & set(names))[0]}' is also the name of an averaged run; "
+                          "rename the branch")
+
+
+def averaged_runs(cfg: TrainConfig, run: str) -> dict[str, TrainAverageConfig]:
+    """Averaged run name -> its spec, for the averages kept while training ``run``."""
+    return {f"{run}-{a.suffix(cfg.checkpoint_every)}": a for a in cfg.averaging}
 
 
 @dataclass
@@ -93,11 +104,16 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
     for b in cfg.branches:
         bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
         runs[b.run_name] = {"schedule": bs.to_dict(), "parent": "main", "from_step": b.from_step}
-    for name, r in runs.items():
+    for name, r in list(runs.items()):
         s = Schedule(**r["schedule"])
         lo = r["from_step"] or 0
         r["lr_curve"] = [[st, st * tokens_per_step, lr] for st, lr in s.curve() if st >= lo]
         r["tokens_per_step"] = tokens_per_step
+    for name in list(runs):
+        for avg_run, a in averaged_runs(cfg, name).items():
+            opts = {"beta": a.beta} if a.kind == "ema" else {"window": a.window, "every": a.every or cfg.checkpoint_every}
+            runs[avg_run] = {"averaged": {"averager": f"train-{a.kind}", **opts},
+                             "parent": name, "from_step": None, "tokens_per_step": tokens_per_step}
     cks: list[Checkpoint] = []
     for run in runs:
         d = out / "checkpoints" / run
@@ -145,11 +161,15 @@ class _Trainer:
             opt = _make_optimizer(model, cfg)
             restore_optimizer(opt, start_dir / "optimizer.safetensors", state["optimizer_groups"])
             step = state["step"]
+            avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
+            if avgs:
+                avgs.restore(start_dir, state.get("averaging"))
         else:
             model = build_model(cfg.model.arch, cfg.model.preset, len(self.data.tokenizer), cfg.data.seq_len,
                                 seed=cfg.seed, overrides=cfg.model.overrides)
             opt = _make_optimizer(model, cfg)
             step = first_step
+            avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
         for g in opt.param_groups:
             g["lr"] = sched.lr(step)
             g["initial_lr"] = cfg.optim.lr
@@ -175,6 +195,8 @@ class _Trainer:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                 opt.step()
                 step += 1
+                if avgs:
+                    avgs.update(model, step)
                 lv = loss.item()
                 ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
                 logf.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
@@ -182,14 +204,17 @@ class _Trainer:
                 bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
                 if step % cfg.checkpoint_every == 0 or step == last_step:
                     logf.flush()
-                    self._save(run, sched, step, model, opt, ema_loss)
+                    self._save(run, sched, step, model, opt, ema_loss, avgs)
                 if on_step is not None:
                     on_step(run, step)
         bar.close()
 
     def _save(self, run: str, sched: Schedule, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-              ema_loss: float | None) -> None:
-        """Checkpoint folder (weights, tokenizer, AdamW state, step/LR/phase) written atomically, then the manifest."""
+              ema_loss: float | None, avgs: RunningAverages) -> None:
+        """Checkpoint folder (weights, tokenizer, AdamW state, step/LR/phase) written atomically, then the manifest.
+
+        Averaged checkpoints are written first: a raw folder on disk implies its averaged siblings are
+        complete, and the raw folder carries the averaging state that resume continues from."""
         cfg = self.cfg
         tensors, groups = flatten_optimizer(opt)
         prev = max(step - 1, 0)  # the LR and phase of the last update that produced these weights
@@ -199,8 +224,20 @@ class _Trainer:
                  "data": cfg.data.model_dump(), "time": time.time()}
         was_training = model.training
         model.eval()
+        files = {}
+        if avgs:
+            for avg_run, a in averaged_runs(cfg, run).items():
+                values = avgs.averaged(a.suffix(cfg.checkpoint_every))
+                if values is None:
+                    continue
+                meta = {k: state[k] for k in ("step", "tokens", "lr", "phase", "samples_seen", "data", "time")}
+                meta.update(run=avg_run, averaged=avgs.info(a.suffix(cfg.checkpoint_every)), averaged_from=run)
+                with swapped_parameters(model, values):
+                    save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, avg_run, step), extra=meta)
+            avg_tensors, state["averaging"] = avgs.state()
+            files[STATE_FILE] = avg_tensors
         save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, run, step), extra=state,
-                        extra_tensors=tensors)
+                        extra_tensors=tensors, tensor_files=files)
         model.train(was_training)
         write_manifest(cfg, self.out, main_schedule(cfg), self.tokens_per_step)
 
@@ -222,6 +259,8 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
     mine = cfg.model_dump(exclude={"out", "threads"})
     if cfg_file.is_file():
         theirs = json.loads(cfg_file.read_text())
+        with contextlib.suppress(Exception):  # written by an older qrobust: compare with today's defaults filled in
+            theirs = TrainConfig.model_validate(theirs).model_dump(exclude={"out", "threads"})
         # branches may be added to a finished run; everything else must match
         a = {k: v for k, v in mine.items() if k != "branches"}
         b = {k: v for k, v in theirs.items() if k != "branches"}
