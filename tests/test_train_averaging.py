@@ -95,3 +95,18 @@ def test_averaging_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="differs in: averaging"):
         train(parse_config(TrainConfig, tiny_config(out, steps=4, branches=[], averaging=[{"kind": "ema"}])),
               progress=False)
+
+
+def test_training_state_files_are_not_weights(per_step, tmp_path):
+    """averaging.safetensors beside the weights is neither averaged nor part of a checkpoint's identity."""
+    from qrobust.averaging import weighted_mean
+    from qrobust.sweeps.run import _ck_identity
+    from qrobust.trajectory import load_trajectory
+    out = tmp_path / "avg"
+    train(_averaging_cfg(out), progress=False)
+    raw = out / "checkpoints" / "main" / "step-0000004"
+    assert (raw / "averaging.safetensors").is_file()
+    got = weighted_mean([raw, per_step / "checkpoints" / "main" / "step-0000004"], [0.5, 0.5])
+    assert set(got) == set(_w(out, "main", 4))
+    mine, theirs = (next(c for c in load_trajectory(o) if c.name == "main/step-0000004") for o in (out, per_step))
+    assert _ck_identity(mine) == _ck_identity(theirs)  # same weights: sweep records are shared

@@ -88,8 +88,19 @@ def build_model(arch: str, preset: str, vocab_size: int, max_positions: int, see
     return model
 
 
+# training state kept in a qrobust checkpoint folder beside the weights: never model tensors
+OPTIMIZER_FILE = "optimizer.safetensors"
+AVERAGING_FILE = "averaging.safetensors"
+STATE_TENSOR_FILES = (OPTIMIZER_FILE, AVERAGING_FILE)
+
+
+def weight_safetensors(folder: Path) -> list[Path]:
+    """The model's own safetensors files in a folder (training-state files excluded)."""
+    return sorted(f for f in Path(folder).glob("*.safetensors") if f.name not in STATE_TENSOR_FILES)
+
+
 def _weight_files(p: Path) -> tuple[list[Path], list[Path]]:
-    safe = sorted(p.glob("*.safetensors"))
+    safe = weight_safetensors(p)
     pickle = sorted(list(p.glob("*.bin")) + list(p.glob("*.pt")) + list(p.glob("*.pth")))
     return safe, [f for f in pickle if f.name not in ("training_args.bin",)]
 
@@ -188,7 +199,7 @@ def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[s
         if extra is not None:
             (tmp / "qrobust_state.json").write_text(json.dumps(extra, indent=1, sort_keys=True))
         if extra_tensors:
-            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / "optimizer.safetensors"))
+            save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / OPTIMIZER_FILE))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         for name, tensors in (tensor_files or {}).items():

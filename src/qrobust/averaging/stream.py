@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..models import atomic_dir
+from ..models import atomic_dir, weight_safetensors
 
 # config keys that do not change the architecture
 _CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
@@ -33,7 +33,7 @@ def tensor_files(folder: Path) -> dict[str, Path]:
     if index.is_file():
         wm = json.loads(index.read_text()).get("weight_map", {})
         return {k: folder / v for k, v in wm.items()}
-    files = sorted(p for p in folder.glob("*.safetensors") if p.name != "optimizer.safetensors")
+    files = weight_safetensors(folder)
     if not files:
         raise CheckpointError(f"'{folder}' has no *.safetensors weights to average (pickle weights: re-save as safetensors)")
     from safetensors import safe_open

@@ -144,7 +144,9 @@ def _groups(records: list[dict[str, Any]], trajectories: dict[str, dict[str, Any
             use_tokens = all(isinstance(get(r, "checkpoint.tokens"), int) for r in recs)
             g = _Group(name, "" if len(by_eval) == 1 else f"_{slug(eid)}", recs, runs, use_tokens)
             roots = [n for n in runs if not runs[n].get("parent")]
-            g.order = sorted(runs, key=lambda n: (n not in roots, n != "main", runs[n].get("from_step") or 0, n))
+            # roots (main first), then cooldowns by branch step, then averaged runs
+            g.order = sorted(runs, key=lambda n: (bool(runs[n].get("averaged")), n not in roots, n != "main",
+                                                  runs[n].get("from_step") or 0, n))
             palette = iter(BRANCH_COLOURS * (1 + len(runs) // len(BRANCH_COLOURS)))
             g.colours = {n: ROOT_COLOUR if i == 0 else next(palette) for i, n in enumerate(g.order)}
             out.append(g)
@@ -367,11 +369,24 @@ def _svd_figure(g: _Group, pairs: list[tuple[str, str, int, float, float]], path
     return FigureOut(path, "stable_vs_decay", g.traj, title, caption, "branch", _save(fig, path))
 
 
+def _zoom_late(ax: Any, series: dict[str, list[tuple[float, float]]]) -> None:
+    """Fit y to the last two thirds of training: early losses (5+ nats) would flatten the differences
+    between averaging and decay that the figure is about; earlier points run off the top."""
+    xs = [x for pts in series.values() for x, _ in pts]
+    if not xs:
+        return
+    cut = min(xs) + (max(xs) - min(xs)) / 3
+    ys = [y for pts in series.values() for x, y in pts if x >= cut]
+    if len(ys) >= 2 and max(ys) > min(ys):
+        pad = 0.08 * (max(ys) - min(ys))
+        ax.set_ylim(min(ys) - pad, max(ys) + pad)
+
+
 def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) -> FigureOut:
     """The paper's F4 view: FP loss, quantized loss and ΔQ L side by side for the constant-LR run, its
     averaged runs (dashed) and its cooldowns, so averaging and LR decay are compared at equal tokens."""
     fig = Figure(figsize=(13.5, 4.3))
-    axes = fig.subplots(1, 3)
+    axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3})
     panels = (("metrics.loss_fp", "FP eval loss (nats/token)", "full precision"),
               ("metrics.loss_q", "quantized eval loss (nats/token)", label),
               ("metrics.dq_rel", DQ_LABEL, f"ΔQ L, {label}"))
@@ -384,6 +399,8 @@ def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: P
             handles.setdefault(run, h)
         _shade(ax, g, list(handles))
         _style_x(ax, g.use_tokens)
+        if metric != "metrics.dq_rel":
+            _zoom_late(ax, _series(g, recs, metric))
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
     axes[2].yaxis.set_major_formatter(PercentFormatter(xmax=1.0))

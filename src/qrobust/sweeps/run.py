@@ -18,7 +18,7 @@ from ..config import DataConfig, SweepConfig, parse_config
 from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
-from ..models import check_vocab, load_checkpoint
+from ..models import check_vocab, load_checkpoint, weight_safetensors
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..averaging.averagers import AverageJob
 from ..averaging.run import folder_of, is_made, make, plan_for_sweep
@@ -77,8 +77,7 @@ def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
 
 
 def _ck_identity(ck: Checkpoint) -> dict[str, Any]:
-    weights = sorted(Path(ck.path).glob("*.safetensors"))
-    weights = [w for w in weights if w.name != "optimizer.safetensors"] or sorted(Path(ck.path).glob("*.bin"))
+    weights = weight_safetensors(Path(ck.path)) or sorted(Path(ck.path).glob("*.bin"))
     return {"name": ck.name, "step": ck.step, "weights": file_fingerprint(weights) if weights else ck.path}
 
 

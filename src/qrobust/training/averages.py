@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 
 from ..config import TrainAverageConfig
 from ..errors import CheckpointError
+from ..models import AVERAGING_FILE
 
-STATE_FILE = "averaging.safetensors"
+STATE_FILE = AVERAGING_FILE
 
 
 class RunningAverages:

@@ -21,7 +21,7 @@ from ..config import TrainAverageConfig, TrainConfig
 from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError
-from ..models import build_model, load_checkpoint, save_checkpoint
+from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, save_checkpoint
 from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
 from .averages import STATE_FILE, RunningAverages, swapped_parameters
 from .schedule import Schedule
@@ -159,7 +159,7 @@ class _Trainer:
                 return
             model = load_checkpoint(start_dir)
             opt = _make_optimizer(model, cfg)
-            restore_optimizer(opt, start_dir / "optimizer.safetensors", state["optimizer_groups"])
+            restore_optimizer(opt, start_dir / OPTIMIZER_FILE, state["optimizer_groups"])
             step = state["step"]
             avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
             if avgs:
