@@ -77,6 +77,26 @@ def average(sources: str | dict | list, averager: str, out: str | Path, window: 
                     progress=progress, allow_pickle=allow_pickle)
 
 
+def geometry(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
+             **settings: Any) -> dict[str, Any]:
+    """Loss geometry of one checkpoint: Hessian λmax (Lanczos, with residuals), trace (Hutch++ with a
+    95 % interval), optional per-layer λmax, weight statistics. ``settings`` are :class:`GeometryConfig`
+    keys (top_k, iters, trace, trace_matvecs, params, per_layer, n_blocks, ...)."""
+    from .config import GeometryConfig
+    from .data.tokenizer import load_tokenizer
+    from .geometry.measure import measure
+    from .models import check_vocab, load_checkpoint
+    from .sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
+
+    cfg = parse_config(GeometryConfig, settings, "geometry settings")
+    p = Path(checkpoint)
+    model = load_checkpoint(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(p)
+    check_vocab(model, tok, p)
+    es = build_eval_set(cfg.eval_config(), checkpoint_data_config(p), tok, tokenizer_fingerprint(p))
+    return {"checkpoint": str(p), "eval_set": {"id": es.id, **es.info}, **measure(model, es.blocks, cfg)}
+
+
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
     from .reporting import write_report
@@ -119,5 +139,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["average", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "geometry", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

@@ -117,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    p = sub.add_parser("sharpness", help="Hessian λmax and trace, per-layer sharpness, weight statistics of a checkpoint",
+                       description="Curvature of the mean token loss over the first N eval blocks: top eigenvalues "
+                                   "by Lanczos (with residuals), trace by Hutch++ (95%% interval).")
+    p.add_argument("checkpoint")
+    p.add_argument("--top-k", type=_positive, default=1, help="eigenvalues to report (default 1)")
+    p.add_argument("--iters", type=_positive, default=20, help="Lanczos steps / power iterations (default 20)")
+    p.add_argument("--method", choices=["lanczos", "power"], default="lanczos")
+    p.add_argument("--trace", choices=["hutch++", "hutchinson", "none"], default="hutch++")
+    p.add_argument("--trace-matvecs", type=_positive, default=30, help="Hessian products for the trace (default 30)")
+    p.add_argument("--params", action="append", default=None,
+                   help="parameter glob, or 'linear' (quantized linears' weights); repeatable (default: all)")
+    p.add_argument("--per-layer", action="store_true", help="also λmax of each quantized linear alone")
+    p.add_argument("--n-blocks", type=_positive, default=8)
+    p.add_argument("--seq-len", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--corpus", default=None, help="corpus spec (default: the checkpoint's training corpus)")
+    p.add_argument("--split", choices=["val", "train", "all"], default="val")
+    p.add_argument("--seed", type=int, default=0)
+    _add_load_args(p)
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+
     p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder",
                        description="Load each checkpoint once, evaluate FP once, then quantize + evaluate every "
                                    "variant; finished records are skipped. Config keys: trajectory, out, methods, "
@@ -307,6 +328,37 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sharpness(a: argparse.Namespace) -> int:
+    from . import api
+    r = api.geometry(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                     top_k=a.top_k, iters=max(a.iters, a.top_k), method=a.method, trace=a.trace,
+                     trace_matvecs=max(a.trace_matvecs, 3), params=a.params, per_layer=a.per_layer,
+                     n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size, corpus=a.corpus,
+                     split=a.split, seed=a.seed)
+    if a.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"loss {r['loss']:.4f} over {r['n_blocks']}x{r['seq_len']} tokens, {r['n_params']:,} parameters, "
+          f"|grad| {r['grad_norm']:.4g}")
+    e = r.get("eigen")
+    if e:
+        vals = ", ".join(f"{v:.5g} (res {res:.2g})" for v, res in zip(e["values"], e["residuals"]))
+        state = "converged" if e["converged"] else f"not converged in {e['iterations']} steps"
+        print(f"top eigenvalues: {vals}  [{e['method']}, {e['matvecs']} products, {state}]")
+    t = r.get("trace")
+    if t:
+        print(f"trace: {t['trace']:.5g}  95% CI [{t['ci_low']:.5g}, {t['ci_high']:.5g}]  "
+              f"[{t['method']}, {t['matvecs']} products]")
+    for name, le in (r.get("layers") or {}).items():
+        print(f"  λmax {le['values'][0]:10.5g}  {name}")
+    w = (r.get("weights") or {}).get("overall")
+    if w:
+        k = r["weights"]["k"]
+        print(f"weights (quantized linears): max/RMS {w['max_over_rms']:.3g}, kurtosis {w['kurtosis']:.3g}, "
+              f"beyond {k:g}σ {100 * w[f'frac_beyond_{k:g}sigma']:.3f}%")
+    return 0
+
+
 def _array_from_env(a: argparse.Namespace) -> tuple[int | None, int | None]:
     """--array-index/--array-count, else Slurm's job-array variables; (None, None) outside an array."""
     index, count = a.array_index, a.array_count
@@ -452,7 +504,7 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
+COMMANDS = {"sharpness": _cmd_sharpness, "demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
             "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory,
             "average": _cmd_average}
 

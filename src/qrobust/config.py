@@ -143,6 +143,45 @@ class CalibrationConfig(Strict):
     seed: int = 0
 
 
+class GeometryConfig(Strict):
+    """Loss-geometry measurements of one checkpoint (``qrobust sharpness``, and a sweep's ``geometry``).
+
+    Curvature is of the mean token loss over the first ``n_blocks`` blocks of the eval split, w.r.t. the
+    parameters matching ``params`` (globs, ``linear`` = the quantized linears' weights, default all)."""
+
+    sharpness: bool = True  # top eigenvalue(s) of the Hessian
+    top_k: int = Field(default=1, ge=1)
+    method: Literal["lanczos", "power"] = "lanczos"
+    iters: int = Field(default=20, ge=1)
+    tol: float = Field(default=1e-3, gt=0)
+    trace: Literal["hutch++", "hutchinson", "none"] = "hutch++"
+    trace_matvecs: int = Field(default=30, ge=3)  # Hutch++ budget, or Hutchinson probes
+    per_layer: bool = False  # also λmax of each quantized linear's weight alone
+    per_layer_iters: int = Field(default=10, ge=1)
+    weight_stats: bool = True
+    k_sigma: float = Field(default=3.0, gt=0)
+    params: list[str] | None = None
+    n_blocks: int = Field(default=8, ge=1)
+    seq_len: int | None = Field(default=None, ge=8)
+    batch_size: int = Field(default=8, ge=1)
+    corpus: str | None = None
+    field: str | None = None
+    split: Literal["val", "train", "all"] = "val"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "GeometryConfig":
+        if self.method == "lanczos" and self.iters < self.top_k:
+            raise ValueError(f"iters ({self.iters}) must be at least top_k ({self.top_k})")
+        if self.method == "power" and self.top_k != 1:
+            raise ValueError("power iteration finds one eigenvalue; use method: lanczos for top_k > 1")
+        return self
+
+    def eval_config(self) -> "EvalConfig":
+        return EvalConfig(corpus=self.corpus, field=self.field, split=self.split, n_blocks=self.n_blocks,
+                          seq_len=self.seq_len, batch_size=self.batch_size)
+
+
 class AverageConfig(Strict):
     """One offline averager: the options of ``qrobust average``, or an entry of a sweep's ``average`` list
     (averaged checkpoints made before quantizing). Averaging during training: :class:`TrainAverageConfig`."""
