@@ -29,6 +29,7 @@ test-fast: venv
 bench: venv
 	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_gptq.py
+	$(BIN)/python bench/bench_hvp.py --repeats 15 --json bench/results/hvp_cpu.json
 
 # llm-compressor pins its own transformers, so it gets its own venv next to ours
 bench-llmcompressor:

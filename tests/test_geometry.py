@@ -183,3 +183,32 @@ def test_cli_sharpness_bad_params_is_one_line(tiny_run, capsys):
     assert main(["sharpness", str(ck), "--params", "nope.*", "--n-blocks", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no parameter matches" in err[0]
+
+
+def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path):
+    from qrobust import api
+    from qrobust.reporting import write_report
+    from qrobust.reporting.geometry import rank_correlation
+    from qrobust.sweeps import sweep
+    from qrobust.sweeps.store import Store
+    out = tmp_path / "res"
+    base = {"trajectory": str(tiny_run), "out": str(out), "bits": [3], "group_sizes": [16], "eval": {"n_blocks": 4}}
+    s = sweep(base, progress=False)
+    assert (s.records_written, s.geometry) == (4, 0)
+    geo = {"iters": 6, "trace_matvecs": 6, "n_blocks": 2}
+    s = sweep({**base, "geometry": geo}, progress=False)  # added later: only the geometry is computed
+    assert (s.records_written, s.geometry, s.fp_evals) == (0, 4, 0)
+    again = sweep({**base, "geometry": geo}, progress=False)
+    assert (again.geometry, again.model_loads) == (0, 0)
+    recs = Store(out).geometry()
+    assert len(recs) == 4 and {r["trajectory"] for r in recs} == {"t"}
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    mine = next(r for r in recs if r["checkpoint"]["name"] == "main/step-0000012")
+    direct = api.geometry(ck, **geo)  # same settings, same blocks: the same numbers on CPU
+    assert mine["geometry"]["lambda_max"] == direct["lambda_max"]
+    assert mine["geometry"]["trace"]["trace"] == direct["trace"]["trace"]
+    index = write_report(out)
+    names = {p.name for p in index.parent.glob("*.png")}
+    assert {"geometry_t.png", "dq_vs_geometry_t_rtn-w3g16.png"} <= names
+    assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4])[0] == pytest.approx(0.8)  # 1 − 6·2 / (4·15)
+    assert math.isnan(rank_correlation([1, 2], [2, 1])[0])

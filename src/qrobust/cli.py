@@ -408,6 +408,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     part = f" (array task {index} of {count})" if count else ""
     busy = f", {s.claimed_elsewhere} held by other workers" if s.claimed_elsewhere else ""
     busy += f", {s.averaged} averaged checkpoints made" if s.averaged else ""
+    busy += f", geometry of {s.geometry} checkpoints" if s.geometry else ""
     print(f"sweep{part}: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already "
           f"done{busy}, {s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
     return 0

@@ -210,6 +210,8 @@ class SweepConfig(Strict):
     exclude: list[str] = Field(default_factory=list)
     # averaged checkpoints made before quantizing (LAWA / EMA runs beside the originals, soups)
     average: list[AverageConfig] = Field(default_factory=list)
+    # loss geometry per checkpoint (λmax, trace, weight statistics), stored beside the records
+    geometry: GeometryConfig | None = None
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     allow_pickle: bool = False

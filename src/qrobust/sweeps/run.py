@@ -18,6 +18,7 @@ from ..config import DataConfig, SweepConfig, parse_config
 from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
+from ..geometry.measure import measure
 from ..models import check_vocab, load_checkpoint, weight_safetensors
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..averaging.averagers import AverageJob
@@ -39,6 +40,7 @@ class SweepSummary:
     records_skipped: int = 0
     model_loads: int = 0
     fp_evals: int = 0
+    geometry: int = 0  # checkpoints whose loss geometry this worker measured
     averaged: int = 0  # averaged checkpoints this worker made (sweeps with an 'average' list)
     claimed_elsewhere: int = 0  # checkpoint groups another worker held when this one reached them
     lost_claims: int = 0  # groups this worker stopped because its claim went stale and was taken over
@@ -87,6 +89,7 @@ class _Sets:
     def __init__(self, cfg: SweepConfig):
         self.cfg = cfg
         self.evals: dict[str, EvalSet] = {}
+        self.geos: dict[str, EvalSet] = {}
         self.calibs: dict[str, tuple[torch.Tensor, dict]] = {}
 
     @staticmethod
@@ -102,6 +105,15 @@ class _Sets:
         if k not in self.evals:
             self.evals[k] = build_eval_set(self.cfg.eval, data_cfg, tok, tok_fp)
         return self.evals[k]
+
+    def geometry_set(self, data_cfg: DataConfig | None, tok, tok_fp: str) -> EvalSet | None:
+        """The (smaller) block set curvature is measured on; None when the sweep measures no geometry."""
+        if self.cfg.geometry is None:
+            return None
+        k = self._k(data_cfg, tok_fp)
+        if k not in self.geos:
+            self.geos[k] = build_eval_set(self.cfg.geometry.eval_config(), data_cfg, tok, tok_fp)
+        return self.geos[k]
 
     def calibration(self, data_cfg: DataConfig | None, tok, tok_fp: str, seq_len: int) -> tuple[torch.Tensor, dict]:
         k = (self._k(data_cfg, tok_fp), seq_len)
@@ -165,7 +177,13 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         todo = [s for s in specs if not store.has(keys[s])]
         summary.records_skipped += len(specs) - len(todo)
         overall.update(len(specs) - len(todo))
-        if not todo:
+        geo_key = None
+        if cfg.geometry is not None:
+            tok = tok or load_tokenizer(ck.path)
+            gs = sets.geometry_set(data_cfg, tok, tok_fp)
+            geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs.id})
+            geo_key = None if store.has(geo_key, kind="geometry") else geo_key
+        if not todo and geo_key is None:
             continue
         claim = Claim(store.root, record_key({"checkpoint": ident}), worker, cfg.claim_ttl_s)
         if not claim.acquire():
@@ -174,7 +192,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             continue
         try:
             _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
-                            todo, keys, summary, progress, overall, claim)
+                            todo, keys, summary, progress, overall, claim, geo_key)
         finally:
             claim.release()
     overall.close()
@@ -201,7 +219,7 @@ def _make_average(cfg: SweepConfig, job: AverageJob, store: Store, worker: str, 
 def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
                     data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store, todo: list[QuantSpec],
                     keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool, bar: tqdm,
-                    claim: Claim | None = None) -> None:
+                    claim: Claim | None = None, geo_key: str | None = None) -> None:
     """One checkpoint group: load once, FP loss once (or from the store), then every missing variant."""
     es = sets.eval_set(data_cfg, tok, tok_fp)
     t0 = time.perf_counter()
@@ -217,6 +235,14 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
               "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
         store.put(fp_key, fp, kind="fp")
+    if geo_key is not None and not store.has(geo_key, kind="geometry"):
+        gs = sets.geometry_set(data_cfg, tok, tok_fp)
+        t0 = time.perf_counter()
+        geo = measure(model, gs.blocks, cfg.geometry)
+        store.put(geo_key, {"trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
+                            "eval_set": {"id": gs.id, **gs.info}, "geometry": geo,
+                            "seconds": time.perf_counter() - t0}, kind="geometry")
+        summary.geometry += 1
     shared: CalibrationSet | None = None  # this checkpoint's calibration, and what its variants share
     for spec in todo:
         if claim is not None and not claim.held():  # stalled past the claim's ttl: another worker has it

@@ -112,6 +112,18 @@ class Store:
                                 _get(r, "variant.bits") or 0, _get(r, "variant.group_size") or 0))
         return out
 
+    def geometry(self) -> list[dict[str, Any]]:
+        """Loss-geometry records (λmax, trace, weight statistics per checkpoint), sorted like records."""
+        out = []
+        for p in sorted((self.root / "geometry").glob("*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except json.JSONDecodeError:
+                continue
+        out.sort(key=lambda r: (r.get("trajectory", ""), _get(r, "checkpoint.run") or "",
+                                _get(r, "checkpoint.step") or 0))
+        return out
+
     # -- trajectories --------------------------------------------------------------------------------
     def save_trajectory(self, traj: Trajectory) -> None:
         atomic_write_text(self.root / "trajectories" / f"{traj.name}.json", json.dumps(traj.to_dict(), indent=1))
