@@ -97,6 +97,14 @@ def geometry(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_co
     return {"checkpoint": str(p), "eval_set": {"id": es.id, **es.info}, **measure(model, es.blocks, cfg)}
 
 
+def landscape(source: str | dict, out: str | Path, plane: str = "pca", **settings: Any) -> dict[str, Any]:
+    """Trajectory PCA (exact, streamed) and a 2-D loss landscape in its plane (``plane="pca"``) or along
+    two filter-normalised random directions (``"random"``); writes landscape.json and PNGs to ``out``.
+    ``settings``: runs, grid, margin, span, center, n_blocks, seq_len, batch_size, params, seed, progress."""
+    from .geometry.landscape import trajectory_landscape
+    return trajectory_landscape(source, out, plane=plane, **settings)
+
+
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
     from .reporting import write_report
@@ -139,5 +147,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["average", "geometry", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "geometry", "landscape", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

@@ -138,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.add_argument("--json", action="store_true", help="print everything as JSON")
 
+    p = sub.add_parser("landscape", help="trajectory PCA and a 2-D loss landscape (PCA plane or random directions)",
+                       description="Exact PCA of the checkpoints (Gram matrix, streamed from safetensors) and the eval "
+                                   "loss on a grid; writes OUT/landscape.json, landscape_<plane>.png and "
+                                   "pca_projection.png.")
+    p.add_argument("source", help="trajectory source (run folder, folders:GLOB, hf:..., preset:...)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--plane", choices=["pca", "random"], default="pca")
+    p.add_argument("--run", action="append", default=None, help="only these runs, repeatable (default: all)")
+    p.add_argument("--grid", type=_positive, default=11, help="points per side (default 11)")
+    p.add_argument("--margin", type=float, default=0.25, help="pca: grid margin beyond the checkpoints (0.25)")
+    p.add_argument("--span", type=float, default=1.0, help="random: grid half-width in filter-norm units (1.0)")
+    p.add_argument("--center", default=None, help="random: checkpoint name at the centre (default: the last)")
+    p.add_argument("--params", action="append", default=None, help="tensor glob(s) the plane moves (default all)")
+    p.add_argument("--n-blocks", type=_positive, default=8)
+    p.add_argument("--seq-len", type=_positive, default=None)
+    p.add_argument("--batch-size", type=_positive, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allow-pickle", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder",
                        description="Load each checkpoint once, evaluate FP once, then quantize + evaluate every "
                                    "variant; finished records are skipped. Config keys: trajectory, out, methods, "
@@ -359,6 +379,21 @@ def _cmd_sharpness(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_landscape(a: argparse.Namespace) -> int:
+    from . import api
+    r = api.landscape(a.source, a.out, plane=a.plane, runs=a.run, grid=a.grid, margin=a.margin, span=a.span,
+                      center=a.center, n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size,
+                      params=a.params, seed=a.seed, progress=not a.quiet, allow_pickle=a.allow_pickle)
+    if a.plane == "pca":
+        evr = r["explained_variance_ratio"]
+        print(f"PCA of {len(r['checkpoints'])} checkpoints, {r['n_params']:,} parameters: PC1 {100 * evr[0]:.1f} %, "
+              f"PC2 {100 * evr[1]:.1f} % of the variance" if len(evr) > 1 else "")
+    flat = [v for row in r["landscape"]["loss"] for v in row]
+    print(f"landscape ({a.plane}, {a.grid}x{a.grid}): loss {min(flat):.4f} .. {max(flat):.4f} -> "
+          f"{Path(a.out) / 'landscape.json'}")
+    return 0
+
+
 def _array_from_env(a: argparse.Namespace) -> tuple[int | None, int | None]:
     """--array-index/--array-count, else Slurm's job-array variables; (None, None) outside an array."""
     index, count = a.array_index, a.array_count
@@ -505,7 +540,7 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sharpness": _cmd_sharpness, "demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
+COMMANDS = {"sharpness": _cmd_sharpness, "landscape": _cmd_landscape, "demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
             "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory,
             "average": _cmd_average}
 
