@@ -195,7 +195,7 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     base = {"trajectory": str(tiny_run), "out": str(out), "bits": [3], "group_sizes": [16], "eval": {"n_blocks": 4}}
     s = sweep(base, progress=False)
     assert (s.records_written, s.geometry) == (4, 0)
-    geo = {"iters": 6, "trace_matvecs": 6, "n_blocks": 2}
+    geo = {"iters": 6, "trace_matvecs": 6, "n_blocks": 2, "per_layer": True, "per_layer_iters": 2}
     s = sweep({**base, "geometry": geo}, progress=False)  # added later: only the geometry is computed
     assert (s.records_written, s.geometry, s.fp_evals) == (0, 4, 0)
     again = sweep({**base, "geometry": geo}, progress=False)
@@ -209,6 +209,7 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     assert mine["geometry"]["trace"]["trace"] == direct["trace"]["trace"]
     index = write_report(out)
     names = {p.name for p in index.parent.glob("*.png")}
-    assert {"geometry_t.png", "dq_vs_geometry_t_rtn-w3g16.png"} <= names
+    assert {"geometry_t.png", "dq_vs_geometry_t_rtn-w3g16.png", "layer_sharpness_t.png"} <= names
+    assert len(mine["geometry"]["layers"]) == 8
     assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4])[0] == pytest.approx(0.8)  # 1 − 6·2 / (4·15)
     assert math.isnan(rank_correlation([1, 2], [2, 1])[0])

@@ -161,3 +161,14 @@ def test_amber_apertus_open_sci_ref_presets(tmp_path, monkeypatch):
     _hub_cache(tmp_path / "hub", "open-sci/open-sci-ref-v0.01-1.7b-nemotron-hq-1T-4096-lr4e-3",
                {"iter_0010000": None, "iter_0020000": None, "iter_20000": None})
     assert [c.step for c in load_source("preset:open-sci-ref-1.7b")] == [10000, 20000]  # 7-digit names only
+
+
+def test_selection_query_on_a_local_run_folder(tiny_run, tmp_path):
+    from qrobust.sources import load_source
+    assert [c.step for c in load_source(f"{tiny_run}?run=main")] == [4, 8, 12]
+    assert [c.name for c in load_source(f"{tiny_run}?run=decay8&max=1")] == ["decay8/step-0000012"]
+    odd = tmp_path / "a?b"  # a '?' that is part of the folder name is not a query
+    odd.mkdir()
+    import shutil
+    shutil.copytree(tiny_run / "checkpoints" / "main" / "step-0000004", odd / "ck")
+    assert load_source(str(odd / "ck")).checkpoints[0].step == 4

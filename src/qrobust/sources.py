@@ -44,14 +44,18 @@ def load_source(spec: str | Path | dict[str, Any]) -> Trajectory:
             raise ConfigError("a trajectory given as a mapping needs 'source' (e.g. {source: 'preset:pythia-160m'})")
         spec = opts.pop("source")
     text = str(spec)
-    base, _, query = text.partition("?") if text.startswith(("preset:", "hf:", "folders:")) else (text, "", "")
+    base, query = text, ""
+    head, _, tail = text.partition("?")
+    # a selection query on a prefixed spec, or on a local folder (when the '?' is not part of its name)
+    if text.startswith(("preset:", "hf:", "folders:")) or (tail and not Path(text).exists() and Path(head).exists()):
+        base, query = head, tail
     opts.update(_parse_query(query))
     step_pattern = opts.pop("step_pattern", None)
     if base.startswith("preset:"):
         traj = _preset(base[len("preset:"):])
     elif base.startswith("hf:"):
         traj = _hub(base[len("hf:"):])
-    elif base.startswith("folders:") or any(c in base for c in GLOB_CHARS):
+    elif base.startswith("folders:") or (any(c in base for c in GLOB_CHARS) and not Path(base).exists()):
         traj = _folders(base[len("folders:"):] if base.startswith("folders:") else base, step_pattern)
     else:
         traj = load_local(base)

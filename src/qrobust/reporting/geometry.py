@@ -8,6 +8,7 @@ decay shading of the ΔQ L figures.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +107,47 @@ def dq_vs_geometry(g: _Group, label: str, recs: list[dict[str, Any]], geos: list
     return FigureOut(path, "dq_vs_geometry", g.traj, title, caption, "geometry", _save(fig, path))
 
 
+def _natural(name: str) -> list[Any]:
+    """'layers.10' after 'layers.9': digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def layer_sharpness(g: _Group, geos: list[dict[str, Any]], path: Path) -> FigureOut | None:
+    """Heatmap of per-layer λmax (each quantized linear's weight alone): layers × checkpoints."""
+    from matplotlib.colors import LogNorm
+    cols = [r for run in g.order for r in sorted((x for x in geos if _run(x) == run and get(x, "geometry.layers")),
+                                                 key=lambda x: get(x, "checkpoint.step") or 0)]
+    if not cols:
+        return None
+    layers = sorted(get(cols[0], "geometry.layers"), key=_natural)
+    # layer names contain dots: index the layer table directly, not by dotted path
+    vals = [[num(((get(c, "geometry.layers") or {}).get(layer) or {}).get("values", [None])[0]) for c in cols]
+            for layer in layers]
+    pos = [v for row in vals for v in row if v is not None and v > 0]
+    if not pos:
+        return None
+    grid = [[v if v is not None and v > 0 else float("nan") for v in row] for row in vals]
+    fig = Figure(figsize=(max(6.0, 0.32 * len(cols) + 3.5), max(3.5, 0.26 * len(layers) + 1.8)))
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, aspect="auto", cmap="magma", norm=LogNorm(vmin=min(pos), vmax=max(pos)))
+    fig.colorbar(im, ax=ax, label="λmax of the layer's weight alone")
+    ax.set_yticks(range(len(layers)), layers, fontsize=6)
+    ax.set_xticks(range(len(cols)), [f"{_run(c)}@{get(c, 'checkpoint.step')}" for c in cols], rotation=90, fontsize=6)
+    title = f"{g.traj}: per-layer sharpness"
+    ax.set_title(title, fontsize=11)
+    caption = (f"Top Hessian eigenvalue of the loss w.r.t. each quantized linear's weight alone (the other weights "
+               f"fixed), per checkpoint of '{g.traj}' (columns: runs in order, then steps); log colour scale.")
+    return FigureOut(path, "layer_sharpness", g.traj, title, caption, "layer", _save(fig, path))
+
+
 def geometry_figures(g: _Group, variants: list[tuple[str, str, list[dict[str, Any]]]], geos: list[dict[str, Any]],
                      out_dir: Path) -> list[FigureOut]:
     """All geometry figures of one trajectory group (``variants``: (label, file-name part, records))."""
     mine = [r for r in geos if str(r.get("trajectory") or "unnamed") == g.traj and _run(r) in g.runs]
     if not mine:
         return []
-    figs = [geometry_along(g, mine, out_dir / f"geometry_{slug(g.traj)}{g.suffix}.png")]
+    figs = [geometry_along(g, mine, out_dir / f"geometry_{slug(g.traj)}{g.suffix}.png"),
+            layer_sharpness(g, mine, out_dir / f"layer_sharpness_{slug(g.traj)}{g.suffix}.png")]
     for label, name, recs in variants:
         figs.append(dq_vs_geometry(g, label, recs, mine, out_dir / f"dq_vs_geometry_{slug(g.traj)}{g.suffix}_{name}.png"))
     return [f for f in figs if f is not None]
