@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a trajectory (main run + cooldown branches) from a YAML config",
                        description="Train the main run and its cooldown branches; re-running resumes exactly. "
                                    "Config keys: name, out, seed, steps, batch_size, checkpoint_every, data.*, "
-                                   "model.*, optim.*, schedule.*, branches[] (see README / experiments/).")
+                                   "model.*, optim.*, schedule.*, branches[], averaging[] (see README / experiments/).")
     p.add_argument("config", help="YAML training config (e.g. experiments/cooldown_tiny.yaml)")
     p.add_argument("--out", default=None, help="run folder (overrides the config's 'out')")
     p.add_argument("--steps", type=_positive, default=None, help="override 'steps'")
