@@ -46,5 +46,9 @@ def test_api_functions_are_not_shadowed_by_subpackages():
     import qrobust.reporting.figures  # noqa: F401
     import qrobust.sweeps.run  # noqa: F401
     import qrobust.training.loop  # noqa: F401
-    for name in ("train", "sweep", "report", "quantize", "evaluate_loss"):
+    import qrobust.geometry.landscape  # noqa: F401
+    import qrobust.averaging.run  # noqa: F401
+    import qrobust.stats  # noqa: F401
+    for name in ("train", "sweep", "report", "quantize", "evaluate_loss", "sharpness", "landscape", "average",
+                 "compare_dq", "dq_interval"):
         assert callable(getattr(qrobust, name)), name

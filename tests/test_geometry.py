@@ -204,7 +204,7 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     assert len(recs) == 4 and {r["trajectory"] for r in recs} == {"t"}
     ck = tiny_run / "checkpoints" / "main" / "step-0000012"
     mine = next(r for r in recs if r["checkpoint"]["name"] == "main/step-0000012")
-    direct = api.geometry(ck, **geo)  # same settings, same blocks: the same numbers on CPU
+    direct = api.sharpness(ck, **geo)  # same settings, same blocks: the same numbers on CPU
     assert mine["geometry"]["lambda_max"] == direct["lambda_max"]
     assert mine["geometry"]["trace"]["trace"] == direct["trace"]["trace"]
     index = write_report(out)

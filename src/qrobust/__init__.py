@@ -1,7 +1,8 @@
 """qrobust: how robust are language-model checkpoints to post-training quantization, along training?
 
 Python API (see README): ``train``, ``quantize``, ``quantized``, ``evaluate_loss``, ``eval_blocks``,
-``sweep``, ``average``, ``report``, ``load_checkpoint``, ``load_trajectory``. Names load lazily so the CLI starts fast.
+``sweep``, ``average``, ``sharpness``, ``landscape``, ``compare_dq``, ``report``, ``load_checkpoint``,
+``load_trajectory``. Names load lazily so the CLI starts fast.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["average", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory",
            "__version__"]
 

@@ -14,6 +14,7 @@ from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary
 from .sources import load_source as load_trajectory
+from .stats import compare_dq, dq_interval
 from .trajectory import Trajectory
 
 
@@ -77,7 +78,7 @@ def average(sources: str | dict | list, averager: str, out: str | Path, window: 
                     progress=progress, allow_pickle=allow_pickle)
 
 
-def geometry(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
+def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
              **settings: Any) -> dict[str, Any]:
     """Loss geometry of one checkpoint: Hessian λmax (Lanczos, with residuals), trace (Hutch++ with a
     95 % interval), optional per-layer λmax, weight statistics. ``settings`` are :class:`GeometryConfig`
@@ -147,5 +148,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["average", "geometry", "landscape", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

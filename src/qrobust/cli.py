@@ -350,7 +350,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 def _cmd_sharpness(a: argparse.Namespace) -> int:
     from . import api
-    r = api.geometry(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+    r = api.sharpness(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                      top_k=a.top_k, iters=max(a.iters, a.top_k), method=a.method, trace=a.trace,
                      trace_matvecs=max(a.trace_matvecs, 3), params=a.params, per_layer=a.per_layer,
                      n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size, corpus=a.corpus,

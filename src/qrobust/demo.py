@@ -64,8 +64,19 @@ def stable_vs_decay(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "from_step": r["checkpoint"]["parent_step"],
                      "loss_fp_decay": r["metrics"]["loss_fp"], "loss_fp_control": ctrl["metrics"]["loss_fp"],
                      "dq_decay": r["metrics"]["dq_rel"], "dq_control": ctrl["metrics"]["dq_rel"],
-                     "dq_branch_start": start["metrics"]["dq_rel"] if start else None})
+                     "dq_branch_start": start["metrics"]["dq_rel"] if start else None,
+                     "decay_vs_control": _compare(r, ctrl)})
     return rows
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Paired bootstrap of ΔQ L(a) − ΔQ L(b) over the shared evaluation blocks; None without block losses."""
+    from .errors import QrobustError
+    from .stats import compare_dq
+    try:
+        return compare_dq(a, b)
+    except QrobustError:
+        return None
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -78,8 +89,11 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         up = sum(r["dq_decay"] > r["dq_control"] for r in rs)
         ratios = [r["dq_decay"] / r["dq_control"] for r in rs if r["dq_control"] > 0]
         med = f", median ratio {statistics.median(ratios):.2f}x" if ratios else ""
+        tested = [r["decay_vs_control"] for r in rs if r.get("decay_vs_control")]
+        sig = (f" ({sum(c['greater'] for c in tested)} with the 95 % paired-bootstrap interval above 0)"
+               if tested else "")
         name = f"{method} {bits}-bit" if method else f"{bits}-bit"
-        parts.append(f"{name}: decay > control in {up} of {len(rs)}{med}")
+        parts.append(f"{name}: decay > control in {up} of {len(rs)}{sig}{med}")
         if up == len(rs):
             shows.append(name)
     # one (branch, step) pair appears once per variant: count each pair once

@@ -278,6 +278,33 @@ def _draw_lr(ax: Any, g: _Group, runs: list[str]) -> list[Any]:
     return [Line2D([], [], color="0.5", lw=0.9, alpha=0.5, label="LR schedule (right axis)")]
 
 
+def ci_of(rec: dict[str, Any]) -> tuple[float, float] | None:
+    """The record's paired-bootstrap 95 % interval of ΔQ L (stored, or computed from its per-block
+    losses); None when the record has neither."""
+    from ..errors import QrobustError
+    from ..stats import record_interval
+    try:
+        ci = record_interval(rec)
+    except QrobustError:
+        return None
+    lo, hi = num(ci.get("low")), num(ci.get("high"))
+    return (lo, hi) if lo is not None and hi is not None else None
+
+
+def _error_bars(ax: Any, g: _Group, recs: list[dict[str, Any]]) -> bool:
+    """Vertical 95 % interval bars at each plotted ΔQ L point; True if any was drawn."""
+    xkey = "checkpoint.tokens" if g.use_tokens else "checkpoint.step"
+    drawn = False
+    for r in recs:
+        x, y, ci = get(r, xkey), num(get(r, "metrics.dq_rel")), ci_of(r)
+        if ci is None or y is None or not isinstance(x, (int, float)) or _run(r) not in g.colours:
+            continue
+        ax.errorbar([x], [y], yerr=[[max(y - ci[0], 0.0)], [max(ci[1] - y, 0.0)]], color=g.colours[_run(r)],
+                    lw=0.8, capsize=2, alpha=0.7, zorder=2)
+        drawn = True
+    return drawn
+
+
 def _dq_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) -> FigureOut:
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.add_subplot()
@@ -287,6 +314,7 @@ def _dq_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) ->
         (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, lw=1.6,
                        color=g.colours[run], label=_run_label(g, run), zorder=3)
         handles.append(h)
+    bars = _error_bars(ax, g, recs)
     handles += _draw_lr(ax, g, list(series)) + _shade(ax, g, list(series))
     _style_x(ax, g.use_tokens)
     ax.set_ylabel(DQ_LABEL)
@@ -296,7 +324,8 @@ def _dq_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) ->
     _legend_below(ax, handles)
     caption = (f"Relative loss increase from quantization ({label}) along the training trajectory '{g.traj}'; "
                "one line per run, cooldown branches fork off the main run; faint lines: LR schedule; "
-               "shaded: LR decay phases.")
+               "shaded: LR decay phases" + ("; bars: paired-bootstrap 95 % intervals over evaluation blocks." if bars
+                                             else "."))
     return FigureOut(path, "dq", g.traj, title, caption, "tokens" if g.use_tokens else "step", _save(fig, path))
 
 
@@ -325,8 +354,9 @@ def _loss_figure(g: _Group, variants: list[tuple[str, list[dict[str, Any]]]], pa
     return FigureOut(path, "loss", g.traj, title, caption, "tokens" if g.use_tokens else "step", _save(fig, path))
 
 
-def _pairs(g: _Group, variants: list[tuple[str, list[dict[str, Any]]]]) -> list[tuple[str, str, int, float, float]]:
-    """(variant, branch, step, ΔQ L of the constant-LR control, ΔQ L at the branch endpoint) when both exist."""
+def _pairs(g: _Group, variants: list[tuple[str, list[dict[str, Any]]]]) -> list[tuple[Any, ...]]:
+    """(variant, branch, step, ΔQ L of the constant-LR control, ΔQ L at the branch endpoint, control record,
+    endpoint record) when both exist."""
     out = []
     for label, recs in variants:
         for run in g.order:
@@ -338,21 +368,27 @@ def _pairs(g: _Group, variants: list[tuple[str, list[dict[str, Any]]]]) -> list[
             step = get(end, "checkpoint.step")
             ctrl = [r for r in recs if _run(r) == parent and get(r, "checkpoint.step") == step]
             if ctrl:
-                out.append((label, run, step, num(get(ctrl[0], "metrics.dq_rel")), num(get(end, "metrics.dq_rel"))))
+                out.append((label, run, step, num(get(ctrl[0], "metrics.dq_rel")), num(get(end, "metrics.dq_rel")),
+                            ctrl[0], end))
     return out
 
 
-def _svd_figure(g: _Group, pairs: list[tuple[str, str, int, float, float]], path: Path) -> FigureOut:
+def _svd_figure(g: _Group, pairs: list[tuple[Any, ...]], path: Path) -> FigureOut:
     fig = Figure(figsize=(max(6.0, 1.3 * len(pairs) + 2.5), 4.6))
     ax = fig.add_subplot()
     w = 0.38
-    for i, (_, run, _, ctrl, end) in enumerate(pairs):
+    for i, (_, run, _, ctrl, end, rc, re_) in enumerate(pairs):
         ax.bar(i - w / 2, ctrl, w, color="0.65", edgecolor="0.3", linewidth=0.6, zorder=3)
         ax.bar(i + w / 2, end, w, color=g.colours[run], edgecolor="0.3", linewidth=0.6, zorder=3)
+        for x, v, rec in ((i - w / 2, ctrl, rc), (i + w / 2, end, re_)):
+            ci = ci_of(rec)
+            if ci is not None:
+                ax.errorbar([x], [v], yerr=[[max(v - ci[0], 0.0)], [max(ci[1] - v, 0.0)]], color="0.15", lw=0.8,
+                            capsize=2, zorder=4)
         for x, v in ((i - w / 2, ctrl), (i + w / 2, end)):
             ax.annotate(f"{100 * v:.2f}%", (x, v), ha="center", va="bottom" if v >= 0 else "top", fontsize=7,
                         xytext=(0, 2 if v >= 0 else -2), textcoords="offset points")
-    ax.set_xticks(range(len(pairs)), [f"{lab}\n{run} @ step {st}" for lab, run, st, _, _ in pairs], fontsize=8)
+    ax.set_xticks(range(len(pairs)), [f"{p[0]}\n{p[1]} @ step {p[2]}" for p in pairs], fontsize=8)
     ax.axhline(0, color="0.3", lw=0.6)
     ax.set_ylabel(DQ_LABEL)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
@@ -401,6 +437,8 @@ def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: P
         _style_x(ax, g.use_tokens)
         if metric != "metrics.dq_rel":
             _zoom_late(ax, _series(g, recs, metric))
+        else:
+            _error_bars(ax, g, recs)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
     axes[2].yaxis.set_major_formatter(PercentFormatter(xmax=1.0))

@@ -42,7 +42,8 @@ _COLUMNS: list[tuple[str, str, str, bool]] = [
     ("bits", "variant.bits", "s", False), ("group", "variant.group_size", "s", False),
     ("sym", "variant.sym", "s", False), ("loss_fp", "metrics.loss_fp", "loss", False),
     ("loss_q", "metrics.loss_q", "loss", False), ("ΔQ L", "metrics.dq_rel", "pct", False),
-    ("dq_abs", "metrics.dq_abs", "loss", False),
+    ("dq_abs", "metrics.dq_abs", "loss", False), ("ΔQ L 95% CI low", "metrics.dq_ci.low", "pct", False),
+    ("ΔQ L 95% CI high", "metrics.dq_ci.high", "pct", False),
 ]
 
 

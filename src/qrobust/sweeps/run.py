@@ -19,6 +19,7 @@ from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
 from ..geometry.measure import measure
+from ..stats import dq_interval
 from ..models import check_vocab, load_checkpoint, weight_safetensors
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..averaging.averagers import AverageJob
@@ -263,7 +264,8 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         rec = {
             "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
             "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
-            "eval_set": {"id": es.id, **es.info}, "metrics": degradation(fp["loss"], rq.loss),
+            "eval_set": {"id": es.id, **es.info},
+            "metrics": {**degradation(fp["loss"], rq.loss), "dq_ci": dq_interval(fp["block_nll"], rq.block_sums)},
             "weight_error": qr.summary(), "layers": qr.layers,
             "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
             "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds, "eval_s": rq.seconds},

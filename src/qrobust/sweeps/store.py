@@ -34,6 +34,7 @@ COLUMNS = [
     "trajectory", "checkpoint.name", "checkpoint.run", "checkpoint.step", "checkpoint.tokens", "checkpoint.lr",
     "checkpoint.phase", "variant.method", "variant.bits", "variant.group_size", "variant.sym",
     "metrics.loss_fp", "metrics.loss_q", "metrics.dq_rel", "metrics.dq_abs", "metrics.ppl_fp", "metrics.ppl_q",
+    "metrics.dq_ci.low", "metrics.dq_ci.high", "metrics.dq_ci.se",
     "weight_error.rel_err_mean", "eval_set.id", "eval_set.n_tokens", "timings.quantize_s", "timings.eval_s", "key",
 ]
 
