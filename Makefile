@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qrobust-installed
 
-.PHONY: venv demo demo-quick test test-fast bench bench-llmcompressor clean
+.PHONY: venv demo demo-quick test test-fast browser bench bench-llmcompressor clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,14 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# headless Chromium + its driver (Debian packages) and Selenium, for tests/test_report_browser.py
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser: venv
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[browser]'
+	$(BIN)/python -m pytest -q tests/test_report_browser.py
 
 bench: venv
 	$(BIN)/python bench/bench_demo.py
