@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=8)
     _add_quant_args(p, bits_required=False)
     _add_load_args(p)
+    p.add_argument("--tasks", action="append", default=None,
+                   help="downstream task (builtin-nextline[:N], jsonl:PATH, preset:paper12, an lm-eval task); "
+                        "repeatable; needs pip install 'qrobust[tasks]'")
+    p.add_argument("--num-fewshot", type=int, default=0)
+    p.add_argument("--limit", type=_positive, default=None, help="items per task")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("sharpness", help="Hessian λmax and trace, per-layer sharpness, weight statistics of a checkpoint",
@@ -334,10 +339,26 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     out: dict[str, Any] = {"checkpoint": str(a.checkpoint), "n_blocks": int(blocks.shape[0]),
                            "seq_len": int(blocks.shape[1]), "n_tokens": fp.n_tokens, "loss_fp": fp.loss,
                            "ppl_fp": fp.ppl}
+    run_tasks = None
+    if a.tasks:
+        from .downstream.run import accuracy_drop, evaluate_tasks
+        from .downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
+        import tempfile
+        work = Path(tempfile.mkdtemp(prefix="qrobust-tasks-"))
+        names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
+                                        context_fits(load_tokenizer(a.checkpoint), model_context(model)))
+        import functools
+        run_tasks = functools.partial(evaluate_tasks, model, load_tokenizer(a.checkpoint), names, yaml_dir,
+                                      a.num_fewshot, a.limit)
+        out["tasks_fp"] = run_tasks()
     if spec is not None:
         with quantized(model, spec, calib) as res:
             q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
+            if run_tasks is not None:
+                out["tasks_q"] = run_tasks()
         out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
+        if run_tasks is not None:
+            out["tasks_drop"] = accuracy_drop(out["tasks_fp"], out["tasks_q"])
     if a.json:
         print(json.dumps(out, indent=1))
     else:
@@ -345,6 +366,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         if a.bits is not None:
             line += f" | {out['variant']}: loss_q {out['loss_q']:.4f}, ΔQ L {100 * out['dq_rel']:+.3f}%"
         print(line)
+        for task, r in (out.get("tasks_fp") or {}).items():
+            q_r = (out.get("tasks_q") or {}).get(task)
+            qpart = f" | quantized acc {q_r['acc']:.4f}" if q_r else ""
+            print(f"{task}: acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}, acc_norm {r['acc_norm']:.4f} "
+                  f"(n={r['n']}){qpart}")
     return 0
 
 

@@ -143,6 +143,16 @@ class CalibrationConfig(Strict):
     seed: int = 0
 
 
+class TasksConfig(Strict):
+    """Downstream accuracy with lm-evaluation-harness, FP and quantized (``sweep`` and ``eval --tasks``)."""
+
+    names: list[str] = Field(default_factory=lambda: ["builtin-nextline"])
+    num_fewshot: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1)  # items per task (None: all)
+    batch_size: int | Literal["auto"] = "auto"
+    seed: int = 0
+
+
 class GeometryConfig(Strict):
     """Loss-geometry measurements of one checkpoint (``qrobust sharpness``, and a sweep's ``geometry``).
 
@@ -212,6 +222,8 @@ class SweepConfig(Strict):
     average: list[AverageConfig] = Field(default_factory=list)
     # loss geometry per checkpoint (λmax, trace, weight statistics), stored beside the records
     geometry: GeometryConfig | None = None
+    # downstream accuracy per checkpoint (FP once) and per variant, stored in tasks/
+    tasks: TasksConfig | None = None
     eval: EvalConfig = Field(default_factory=EvalConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     allow_pickle: bool = False

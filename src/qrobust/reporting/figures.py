@@ -36,7 +36,7 @@ DQ_LABEL = "ΔQ L = L_q / L_fp − 1 (%)"
 class FigureOut:
     """One written figure; ``png`` holds the bytes so the HTML can embed them without re-reading."""
     path: Path
-    kind: str  # dq | loss | stable_vs_decay | averaging | geometry | dq_vs_geometry
+    kind: str  # dq | loss | stable_vs_decay | averaging | geometry | dq_vs_geometry | tasks | ...
     trajectory: str
     title: str
     caption: str
@@ -452,10 +452,12 @@ def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: P
 
 
 def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str, Any]],
-                 out_dir: str | Path, geometry: list[dict[str, Any]] | None = None) -> list[FigureOut]:
+                 out_dir: str | Path, geometry: list[dict[str, Any]] | None = None,
+                 tasks: list[dict[str, Any]] | None = None) -> list[FigureOut]:
     """Write every figure for the given records (and loss-geometry records) into ``out_dir``;
     deterministic names, sorted order."""
     from .geometry import geometry_figures
+    from .tasks import task_figures
     out_dir = Path(out_dir)
     figs: list[FigureOut] = []
     for g in _groups(records, trajectories):
@@ -480,6 +482,9 @@ def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str
         pairs = [p for p in _pairs(g, variants) if p[3] is not None and p[4] is not None]
         if pairs:
             figs.append(_svd_figure(g, pairs, out_dir / f"stable_vs_decay_{slug(g.traj)}{g.suffix}.png"))
+        named = [(lab, n, recs) for (lab, recs), n in zip(variants, names)]
         if geometry:
-            figs += geometry_figures(g, [(lab, n, recs) for (lab, recs), n in zip(variants, names)], geometry, out_dir)
+            figs += geometry_figures(g, named, geometry, out_dir)
+        if tasks:
+            figs += task_figures(g, named, tasks, out_dir)
     return figs

@@ -205,7 +205,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     geometry = [r for r in store.geometry() if isinstance(r, dict)]
-    figs = make_figures(records, trajs, out, geometry)
+    tasks = [r for r in store.side_records("tasks") if isinstance(r, dict)]
+    figs = make_figures(records, trajs, out, geometry, tasks)
     page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc))
     index = out / "index.html"
     atomic_write_text(index, page)

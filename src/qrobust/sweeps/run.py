@@ -42,6 +42,7 @@ class SweepSummary:
     model_loads: int = 0
     fp_evals: int = 0
     geometry: int = 0  # checkpoints whose loss geometry this worker measured
+    task_evals: int = 0  # (checkpoint, variant) downstream-task evaluations this worker ran
     averaged: int = 0  # averaged checkpoints this worker made (sweeps with an 'average' list)
     claimed_elsewhere: int = 0  # checkpoint groups another worker held when this one reached them
     lost_claims: int = 0  # groups this worker stopped because its claim went stale and was taken over
@@ -175,7 +176,10 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             es_id = sets.eval_set(data_cfg, tok, tok_fp).id
         keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
                                   "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
-        todo = [s for s in specs if not store.has(keys[s])]
+        tkeys = ({spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
+                                    "calibration": _calib_identity(cfg, spec), "tasks": cfg.tasks.model_dump()})
+                  for spec in specs} if cfg.tasks is not None else {})
+        todo = [s for s in specs if not store.has(keys[s]) or (tkeys and not store.has(tkeys[s], kind="tasks"))]
         summary.records_skipped += len(specs) - len(todo)
         overall.update(len(specs) - len(todo))
         geo_key = None
@@ -193,7 +197,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             continue
         try:
             _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
-                            todo, keys, summary, progress, overall, claim, geo_key)
+                            todo, keys, summary, progress, overall, claim, geo_key, tkeys)
         finally:
             claim.release()
     overall.close()
@@ -220,7 +224,8 @@ def _make_average(cfg: SweepConfig, job: AverageJob, store: Store, worker: str, 
 def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
                     data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store, todo: list[QuantSpec],
                     keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool, bar: tqdm,
-                    claim: Claim | None = None, geo_key: str | None = None) -> None:
+                    claim: Claim | None = None, geo_key: str | None = None,
+                    tkeys: dict[QuantSpec, str] | None = None) -> None:
     """One checkpoint group: load once, FP loss once (or from the store), then every missing variant."""
     es = sets.eval_set(data_cfg, tok, tok_fp)
     t0 = time.perf_counter()
@@ -245,11 +250,14 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
                             "seconds": time.perf_counter() - t0}, kind="geometry")
         summary.geometry += 1
     shared: CalibrationSet | None = None  # this checkpoint's calibration, and what its variants share
+    tasks = _TaskRunner(cfg, ck, ident, traj.name, model, tok, store) if tkeys else None
     for spec in todo:
         if claim is not None and not claim.held():  # stalled past the claim's ttl: another worker has it
             summary.lost_claims += 1
             return
-        if store.has(keys[spec]):  # written meanwhile by a worker that took over a stale claim
+        need_rec = not store.has(keys[spec])  # either may have been written meanwhile by a worker that
+        need_tasks = bool(tkeys) and not store.has(tkeys[spec], kind="tasks")  # took over a stale claim
+        if not need_rec and not need_tasks:
             bar.update(1)
             continue
         calib, calib_info = None, None
@@ -259,8 +267,17 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
             if shared is None or shared.tokens is not tokens:
                 shared = CalibrationSet(tokens)
             calib = shared
+        if need_tasks:
+            tasks.fp()  # before quantizing: the FP accuracy comes from the FP model
         with quantized(model, spec, calib) as qr:
-            rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
+            if need_rec:
+                rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
+            if need_tasks:
+                tasks.quantized(spec, tkeys[spec])
+                summary.task_evals += 1
+        if not need_rec:
+            bar.update(1)
+            continue
         rec = {
             "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
             "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
@@ -274,3 +291,48 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         summary.records_written += 1
         summary.new_keys.append(keys[spec])
         bar.update(1)
+
+
+class _TaskRunner:
+    """Downstream tasks of one checkpoint group: FP accuracy once (stored), then per quantized variant."""
+
+    def __init__(self, cfg: SweepConfig, ck: Checkpoint, ident: dict[str, Any], traj_name: str, model, tok,
+                 store: Store):
+        self.cfg, self.ck, self.ident, self.traj, self.model, self.tok, self.store = (
+            cfg, ck, ident, traj_name, model, tok, store)
+        self.fp_key = record_key({"checkpoint": ident, "tasks": cfg.tasks.model_dump()})
+        self._fp: dict[str, Any] | None = None
+        self._names: tuple[list[str], Path] | None = None
+
+    def _run(self) -> dict[str, Any]:
+        from ..downstream.run import evaluate_tasks
+        from ..downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
+        t = self.cfg.tasks
+        if self._names is None:
+            ctx = model_context(self.model)
+            # one folder per (task specs, training data): checkpoints of a run share generated tasks and
+            # lm-eval's task index
+            data = checkpoint_data_config(self.ck.path)
+            work = self.store.root / "tasks_work" / record_key({"tasks": t.names, "context": ctx,
+                                                                "data": data.model_dump() if data else None})
+            self._names = resolve_tasks(t.names, work, held_out_documents(Path(self.ck.path)),
+                                        context_fits(self.tok, ctx))
+        return evaluate_tasks(self.model, self.tok, *self._names, t.num_fewshot, t.limit, t.batch_size, t.seed)
+
+    def fp(self) -> dict[str, Any]:
+        if self._fp is None:
+            got = self.store.get(self.fp_key, kind="tasks_fp")
+            if got is None:
+                got = {"checkpoint": self.ck.to_dict(), "tasks": self._run()}
+                self.store.put(self.fp_key, got, kind="tasks_fp")
+            self._fp = got
+        return self._fp["tasks"]
+
+    def quantized(self, spec: QuantSpec, key: str) -> None:
+        from ..downstream.run import accuracy_drop
+        fp = self.fp()
+        q = self._run()
+        self.store.put(key, {"trajectory": self.traj, "checkpoint": self.ck.to_dict(), "checkpoint_id": self.ident,
+                             "variant": {**spec.to_dict(), "label": spec.label},
+                             "tasks_config": self.cfg.tasks.model_dump(), "fp": fp, "q": q,
+                             "drop": accuracy_drop(fp, q)}, kind="tasks")

@@ -114,9 +114,13 @@ class Store:
         return out
 
     def geometry(self) -> list[dict[str, Any]]:
-        """Loss-geometry records (λmax, trace, weight statistics per checkpoint), sorted like records."""
+        """Loss-geometry records (λmax, trace, weight statistics per checkpoint)."""
+        return self.side_records("geometry")
+
+    def side_records(self, kind: str) -> list[dict[str, Any]]:
+        """Records stored beside the quantization records (``geometry``, ``tasks``), sorted like them."""
         out = []
-        for p in sorted((self.root / "geometry").glob("*.json")):
+        for p in sorted((self.root / kind).glob("*.json")):
             try:
                 out.append(json.loads(p.read_text()))
             except json.JSONDecodeError:
