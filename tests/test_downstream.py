@@ -72,10 +72,10 @@ def test_builtin_nextline_items_are_exact_and_seeded(tiny_run):
 def test_bad_task_files_are_one_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"query": "a", "choices": ["x"], "gold": 0}\n')
-    with pytest.raises(DataError, match="line 1 needs"):
+    with pytest.raises(DataError, match="bad.jsonl:1: needs"):
         check_mc_jsonl(p)
     p.write_text("not json\n")
-    with pytest.raises(DataError, match="line 1 is not JSON"):
+    with pytest.raises(DataError, match="bad.jsonl:1: not valid JSON"):
         check_mc_jsonl(p)
     with pytest.raises(DataError, match="not found"):
         check_mc_jsonl(tmp_path / "missing.jsonl")

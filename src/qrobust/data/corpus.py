@@ -18,7 +18,7 @@ import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import DataError
 from .builtin import builtin_documents
@@ -130,25 +130,30 @@ def _text(spec: CorpusSpec) -> list[str]:
     return [para for para in text.replace("\r\n", "\n").split("\n\n") if para.strip()]
 
 
-@register_source("jsonl")
-def _jsonl(spec: CorpusSpec) -> list[str]:
-    p = _require_path(spec)
-    key = spec.field or "text"
-    docs = []
+def iter_jsonl(p: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for each non-blank line; a malformed line is one error line."""
     with p.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                yield i, json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(obj, dict) or key not in obj:
-                raise DataError(f"{p}:{i}: no field '{key}'; set the text field with 'field' (--field)")
-            val = obj[key]
-            if not isinstance(val, str):
-                raise DataError(f"{p}:{i}: field '{key}' is {type(val).__name__}, expected a string")
-            docs.append(val)
+
+
+@register_source("jsonl")
+def _jsonl(spec: CorpusSpec) -> list[str]:
+    p = _require_path(spec)
+    key = spec.field or "text"
+    docs = []
+    for i, obj in iter_jsonl(p):
+        if not isinstance(obj, dict) or key not in obj:
+            raise DataError(f"{p}:{i}: no field '{key}'; set the text field with 'field' (--field)")
+        val = obj[key]
+        if not isinstance(val, str):
+            raise DataError(f"{p}:{i}: field '{key}' is {type(val).__name__}, expected a string")
+        docs.append(val)
     return docs
 
 

@@ -50,19 +50,14 @@ def check_mc_jsonl(path: Path) -> int:
     """Validate a local multiple-choice file; returns the number of items."""
     if not path.is_file():
         raise DataError(f"task file not found: '{path}'")
+    from ..data.corpus import iter_jsonl
     n = 0
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"'{path}' line {i} is not JSON ({e.msg})") from None
+    for i, d in iter_jsonl(path):
         ok = (isinstance(d, dict) and isinstance(d.get("query"), str) and isinstance(d.get("choices"), list)
               and len(d["choices"]) >= 2 and all(isinstance(c, str) for c in d["choices"])
               and isinstance(d.get("gold"), int) and 0 <= d["gold"] < len(d["choices"]))
         if not ok:
-            raise DataError(f"'{path}' line {i} needs {{\"query\": str, \"choices\": [str, str, ...], "
+            raise DataError(f"{path}:{i}: needs {{\"query\": str, \"choices\": [str, str, ...], "
                             "\"gold\": index into choices}")
         n += 1
     if n == 0:
