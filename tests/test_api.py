@@ -30,6 +30,14 @@ def test_readme_api_flow(tiny_run, tmp_path):
     assert s.records_written == 4
     html = qrobust.report(tmp_path / "res")
     assert html.is_file() and html.name == "index.html"
+    geo = qrobust.sharpness(last, top_k=2, iters=6, trace_matvecs=6, n_blocks=1, params=["linear"])
+    assert len(geo["eigen"]["values"]) == 2 and "trace" in geo and "weights" in geo
+    land = qrobust.landscape(str(tiny_run), tmp_path / "land", grid=3, n_blocks=1, progress=False)
+    assert len(land["landscape"]["loss"]) == 3
+    from qrobust.sweeps.store import Store
+    recs = Store(tmp_path / "res").records()
+    cmp = qrobust.compare_dq(recs[0], recs[1])
+    assert cmp["paired"] and cmp["low"] <= cmp["diff"] <= cmp["high"]
 
 
 def test_train_kwargs_override_and_bad_keys_are_one_line(tmp_path):

@@ -159,6 +159,13 @@ def test_bad_input_is_one_line(tmp_path):
         weighted_mean([llama, cut], [0.5, 0.5])
     with pytest.raises(CheckpointError, match="weights"):
         weighted_mean([llama, llama], [0.5, 0.6])
+    a, b = tmp_path / "sa", tmp_path / "sb"  # same config, different shapes: the tensor check names it
+    for p, shape in ((a, (2, 3)), (b, (3, 2))):
+        p.mkdir()
+        (p / "config.json").write_text('{"model_type": "toy"}')
+        save_file({"w": torch.ones(shape)}, str(p / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"'w' has shape \[3, 2\] .* but \[2, 3\]"):
+        weighted_mean([a, b], [0.5, 0.5])
 
 
 def test_cli_lawa_then_sweep_the_averaged_trajectory(tiny_run, tmp_path, capsys):
@@ -187,7 +194,8 @@ def test_cli_lawa_then_sweep_the_averaged_trajectory(tiny_run, tmp_path, capsys)
 
 
 def test_soups_over_runs(tiny_run, tmp_path):
-    traj = average([str(tiny_run)], "soup", tmp_path / "soup", progress=False)
+    import qrobust
+    traj = qrobust.average(str(tiny_run), "soup", tmp_path / "soup", progress=False)  # the public API
     soup = [c for c in traj if c.run == "soup"]
     assert len(soup) == 1
     prov = json.loads((Path(soup[0].path) / "qrobust_average.json").read_text())

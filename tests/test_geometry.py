@@ -113,21 +113,28 @@ def _full_hessian(model, blocks, params, batch_size):
         model.set_attn_implementation("sdpa")
 
 
-def test_hvp_eigenvalues_and_trace_match_the_full_hessian(tiny):
-    model, blocks = tiny
-    params = select_parameters(model, ["gpt_neox.layers.1.attention.dense.*", "gpt_neox.final_layer_norm.*"])
-    assert sum(p.numel() for _, p in params) == 32 * 32 + 32 + 64
+@pytest.mark.parametrize("arch,patterns,n_params,frozen", [
+    ("gpt_neox", ["gpt_neox.layers.1.attention.dense.*", "gpt_neox.final_layer_norm.*"], 32 * 32 + 32 + 64,
+     "gpt_neox.embed_in.weight"),
+    ("llama", ["model.layers.1.self_attn.o_proj.*", "model.norm.*"], 32 * 32 + 32, "model.embed_tokens.weight"),
+])
+def test_hvp_eigenvalues_and_trace_match_the_full_hessian(tiny, arch, patterns, n_params, frozen):
+    _, blocks = tiny
+    model = build_model(arch, "micro", vocab_size=64, max_positions=32, seed=0)
+    params = select_parameters(model, patterns)
+    assert sum(p.numel() for _, p in params) == n_params
     H = _full_hessian(model, blocks, params, batch_size=4).double()
     assert torch.allclose(H, H.T, atol=1e-5)
     evals = torch.linalg.eigvalsh(H)
+    outside = dict(model.named_parameters())[frozen]
     with HessianOperator(model, blocks, params, batch_size=4) as op:
         assert model.config._attn_implementation == "eager"
-        assert not model.gpt_neox.embed_in.weight.requires_grad  # outside the subset: no gradients
+        assert not outside.requires_grad  # outside the subset: no gradients
         v = torch.randn(op.dim, generator=torch.Generator().manual_seed(2))
         assert torch.allclose(op.matvec(v).double(), H @ v.double(), rtol=1e-4, atol=1e-5)
         top = lanczos(op.matvec, op.dim, k=3, iters=60, tol=1e-5)
         tr = hutchpp(op.matvec, op.dim, matvecs=60)
-    assert model.config._attn_implementation == "sdpa" and model.gpt_neox.embed_in.weight.requires_grad
+    assert model.config._attn_implementation == "sdpa" and outside.requires_grad
     assert top.values == pytest.approx(evals.flip(0)[:3].tolist(), rel=1e-3)
     assert abs(tr.trace - float(torch.trace(H))) < 4 * tr.stderr
 
@@ -206,6 +213,9 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     mine = next(r for r in recs if r["checkpoint"]["name"] == "main/step-0000012")
     direct = api.sharpness(ck, **geo)  # same settings, same blocks: the same numbers on CPU
     assert mine["geometry"]["lambda_max"] == direct["lambda_max"]
+    cheap = api.sharpness(ck, sharpness=False, trace="none", n_blocks=1)  # weight statistics only: no HVPs
+    assert "eigen" not in cheap and "trace" not in cheap
+    assert cheap["weights"]["overall"] == direct["weights"]["overall"]
     assert mine["geometry"]["trace"]["trace"] == direct["trace"]["trace"]
     index = write_report(out)
     names = {p.name for p in index.parent.glob("*.png")}

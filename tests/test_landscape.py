@@ -55,7 +55,8 @@ def test_directions_are_orthonormal_and_give_the_coordinates(tiny_run):
 
 
 def test_pca_landscape_losses_equal_independently_built_models(tiny_run, tmp_path):
-    r = trajectory_landscape(str(tiny_run), tmp_path / "land", grid=3, n_blocks=2, progress=False)
+    import qrobust
+    r = qrobust.landscape(str(tiny_run), tmp_path / "land", grid=3, n_blocks=2, progress=False)
     land = r["landscape"]
     assert (tmp_path / "land" / "landscape_pca.png").is_file() and (tmp_path / "land" / "pca_projection.png").is_file()
     assert json.loads((tmp_path / "land" / "landscape.json").read_text())["landscape"]["loss"] == land["loss"]

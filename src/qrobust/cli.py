@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -166,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder",
                        description="Load each checkpoint once, evaluate FP once, then quantize + evaluate every "
                                    "variant; finished records are skipped. Config keys: trajectory, out, methods, "
-                                   "bits, group_sizes, sym, include, exclude, eval.*, calibration.* "
+                                   "bits, group_sizes, sym, include, exclude, eval.*, calibration.*, average[], geometry.*, "
+                                   "tasks.* "
                                    "(see experiments/sweep_rtn.yaml).")
     p.add_argument("config", help="YAML sweep config (e.g. experiments/sweep_rtn.yaml)")
     p.add_argument("--out", default=None, help="results folder (overrides the config's 'out')")
@@ -331,7 +333,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     spec = _spec(a) if a.bits is not None else None  # bad options fail before any work
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
-    check_vocab(model, load_tokenizer(a.checkpoint), a.checkpoint)
+    tok = load_tokenizer(a.checkpoint)
+    check_vocab(model, tok, a.checkpoint)
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
     calib = _calibration_for(a, a.checkpoint) if spec is not None else None
     progress = not a.json
@@ -339,26 +342,19 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     out: dict[str, Any] = {"checkpoint": str(a.checkpoint), "n_blocks": int(blocks.shape[0]),
                            "seq_len": int(blocks.shape[1]), "n_tokens": fp.n_tokens, "loss_fp": fp.loss,
                            "ppl_fp": fp.ppl}
-    run_tasks = None
-    if a.tasks:
-        from .downstream.run import accuracy_drop, evaluate_tasks
-        from .downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
-        import tempfile
-        work = Path(tempfile.mkdtemp(prefix="qrobust-tasks-"))
-        names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
-                                        context_fits(load_tokenizer(a.checkpoint), model_context(model)))
-        import functools
-        run_tasks = functools.partial(evaluate_tasks, model, load_tokenizer(a.checkpoint), names, yaml_dir,
-                                      a.num_fewshot, a.limit)
-        out["tasks_fp"] = run_tasks()
-    if spec is not None:
-        with quantized(model, spec, calib) as res:
-            q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
-            if run_tasks is not None:
-                out["tasks_q"] = run_tasks()
-        out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
+    with tempfile.TemporaryDirectory(prefix="qrobust-tasks-") as work:  # generated task files live only here
+        run_tasks = _task_runner(a, model, tok, Path(work)) if a.tasks else None
         if run_tasks is not None:
-            out["tasks_drop"] = accuracy_drop(out["tasks_fp"], out["tasks_q"])
+            out["tasks_fp"] = run_tasks()
+        if spec is not None:
+            with quantized(model, spec, calib) as res:
+                q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
+                if run_tasks is not None:
+                    out["tasks_q"] = run_tasks()
+            out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
+    if "tasks_q" in out:
+        from .downstream.run import accuracy_drop
+        out["tasks_drop"] = accuracy_drop(out["tasks_fp"], out["tasks_q"])
     if a.json:
         print(json.dumps(out, indent=1))
     else:
@@ -372,6 +368,17 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             print(f"{task}: acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}, acc_norm {r['acc_norm']:.4f} "
                   f"(n={r['n']}){qpart}")
     return 0
+
+
+def _task_runner(a: argparse.Namespace, model, tok, work: Path):
+    """A no-argument callable running the requested downstream tasks on ``model`` as it is when called."""
+    import functools
+
+    from .downstream.run import evaluate_tasks
+    from .downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
+    names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
+                                    context_fits(tok, model_context(model)))
+    return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, a.num_fewshot, a.limit)
 
 
 def _cmd_sharpness(a: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ Two planes:
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +135,6 @@ def pca_landscape(model: nn.Module, pca: TrajectoryPCA, blocks: torch.Tensor, gr
 def random_landscape(model: nn.Module, center_name: str, blocks: torch.Tensor, grid: int = 11, span: float = 1.0,
                      seed: int = 0, batch_size: int = 8, params: list[str] | None = None,
                      progress: bool = False) -> Landscape:
-    import fnmatch
     weights = {n: p.detach().float().clone() for n, p in model.named_parameters()
                if not params or any(fnmatch.fnmatchcase(n, pat) for pat in params)}
     if not weights:

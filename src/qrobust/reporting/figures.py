@@ -405,57 +405,12 @@ def _svd_figure(g: _Group, pairs: list[tuple[Any, ...]], path: Path) -> FigureOu
     return FigureOut(path, "stable_vs_decay", g.traj, title, caption, "branch", _save(fig, path))
 
 
-def _zoom_late(ax: Any, series: dict[str, list[tuple[float, float]]]) -> None:
-    """Fit y to the last two thirds of training: early losses (5+ nats) would flatten the differences
-    between averaging and decay that the figure is about; earlier points run off the top."""
-    xs = [x for pts in series.values() for x, _ in pts]
-    if not xs:
-        return
-    cut = min(xs) + (max(xs) - min(xs)) / 3
-    ys = [y for pts in series.values() for x, y in pts if x >= cut]
-    if len(ys) >= 2 and max(ys) > min(ys):
-        pad = 0.08 * (max(ys) - min(ys))
-        ax.set_ylim(min(ys) - pad, max(ys) + pad)
-
-
-def _averaging_figure(g: _Group, label: str, recs: list[dict[str, Any]], path: Path) -> FigureOut:
-    """The paper's F4 view: FP loss, quantized loss and ΔQ L side by side for the constant-LR run, its
-    averaged runs (dashed) and its cooldowns, so averaging and LR decay are compared at equal tokens."""
-    fig = Figure(figsize=(13.5, 4.3))
-    axes = fig.subplots(1, 3, gridspec_kw={"wspace": 0.3})
-    panels = (("metrics.loss_fp", "FP eval loss (nats/token)", "full precision"),
-              ("metrics.loss_q", "quantized eval loss (nats/token)", label),
-              ("metrics.dq_rel", DQ_LABEL, f"ΔQ L, {label}"))
-    handles: dict[str, Any] = {}
-    for ax, (metric, ylabel, title) in zip(axes, panels):
-        for run, pts in _series(g, recs, metric).items():
-            avg = _is_averaged(g, run)
-            (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="--" if avg else "-", marker="s" if avg else "o",
-                           ms=3.5, lw=1.6, color=g.colours[run], label=_run_label(g, run), zorder=3)
-            handles.setdefault(run, h)
-        _shade(ax, g, list(handles))
-        _style_x(ax, g.use_tokens)
-        if metric != "metrics.dq_rel":
-            _zoom_late(ax, _series(g, recs, metric))
-        else:
-            _error_bars(ax, g, recs)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=10)
-    axes[2].yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-    axes[1].legend(handles=list(handles.values()), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15),
-                   ncol=min(3, len(handles)), frameon=False)
-    title = f"{g.traj}: weight averaging vs LR decay, {label}"
-    fig.suptitle(title, fontsize=11)
-    caption = (f"Weight averaging (dashed) beside the runs it averages and their cooldowns (solid) along '{g.traj}': "
-               f"FP loss (left), quantized loss (middle) and ΔQ L (right) for {label}; shaded: LR decay phases.")
-    return FigureOut(path, "averaging", g.traj, title, caption, "tokens" if g.use_tokens else "step", _save(fig, path))
-
-
 def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str, Any]],
                  out_dir: str | Path, geometry: list[dict[str, Any]] | None = None,
                  tasks: list[dict[str, Any]] | None = None) -> list[FigureOut]:
     """Write every figure for the given records (and loss-geometry records) into ``out_dir``;
     deterministic names, sorted order."""
+    from .averaging import averaging_figure
     from .geometry import geometry_figures
     from .tasks import task_figures
     out_dir = Path(out_dir)
@@ -478,7 +433,7 @@ def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str
         if any(_is_averaged(g, r) for r in g.runs):
             for (label, recs), name in zip(variants, names):
                 path = out_dir / f"averaging_{slug(g.traj)}{g.suffix}_{name}.png"
-                figs.append(_averaging_figure(g, label, recs, path))
+                figs.append(averaging_figure(g, label, recs, path))
         pairs = [p for p in _pairs(g, variants) if p[3] is not None and p[4] is not None]
         if pairs:
             figs.append(_svd_figure(g, pairs, out_dir / f"stable_vs_decay_{slug(g.traj)}{g.suffix}.png"))

@@ -98,8 +98,9 @@ class _Sets:
     def _k(data_cfg: DataConfig | None, tok_fp: str) -> str:
         return f"{tok_fp}:{data_cfg.model_dump_json() if data_cfg else ''}"
 
-    def known_id(self, data_cfg: DataConfig | None, tok_fp: str) -> str | None:
-        es = self.evals.get(self._k(data_cfg, tok_fp))
+    def known_id(self, data_cfg: DataConfig | None, tok_fp: str, geometry: bool = False) -> str | None:
+        """The id of an eval (or geometry) block set already built for this tokenizer: no tokenizer load."""
+        es = (self.geos if geometry else self.evals).get(self._k(data_cfg, tok_fp))
         return es.id if es else None
 
     def eval_set(self, data_cfg: DataConfig | None, tok, tok_fp: str) -> EvalSet:
@@ -184,9 +185,11 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         overall.update(len(specs) - len(todo))
         geo_key = None
         if cfg.geometry is not None:
-            tok = tok or load_tokenizer(ck.path)
-            gs = sets.geometry_set(data_cfg, tok, tok_fp)
-            geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs.id})
+            gs_id = sets.known_id(data_cfg, tok_fp, geometry=True)
+            if gs_id is None:
+                tok = tok or load_tokenizer(ck.path)
+                gs_id = sets.geometry_set(data_cfg, tok, tok_fp).id
+            geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs_id})
             geo_key = None if store.has(geo_key, kind="geometry") else geo_key
         if not todo and geo_key is None:
             continue
