@@ -59,3 +59,23 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert min(state["widths"]) > 300
     assert state["rows"] == n_records and state["external"] == []
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_reproduction_page_renders_in_headless_chromium(tmp_path: Path) -> None:
+    from test_reproduce import synthetic_page
+    path, result, figs = synthetic_page(tmp_path)
+    driver = _driver()
+    try:
+        driver.get(path.as_uri())
+        state = driver.execute_script("""
+            const imgs = Array.from(document.images);
+            return {decoded: imgs.filter(i => i.complete && i.naturalWidth > 0).length, images: imgs.length,
+                    claims: document.querySelectorAll('tr.claim').length,
+                    comparisons: document.querySelectorAll('tr.comparison').length,
+                    summary: document.getElementById('summary').textContent};""")
+    finally:
+        driver.quit()
+    assert state["images"] == state["decoded"] == len(figs)
+    assert state["claims"] == len(result["claims"])
+    assert state["comparisons"] == sum(c["n"] for c in result["claims"])
+    assert state["summary"] == result["summary"]

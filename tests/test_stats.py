@@ -75,3 +75,51 @@ def test_sweep_stores_the_interval(tiny_run, tmp_path):
     ci = rec["metrics"]["dq_ci"]
     assert ci == dq_interval(rec["blocks"]["nll_fp"], rec["blocks"]["nll_q"])
     assert ci["low"] <= rec["metrics"]["dq_rel"] <= ci["high"] and ci["dq"] == pytest.approx(rec["metrics"]["dq_rel"])
+
+
+# -- losses and ΔQ L at equal FP loss (the reproduction verdicts) ------------------------------------------
+def _loss_rec(fp, q, tokens_per_block=10, eval_id="e", step=0):
+    fp, q = np.asarray(fp, float), np.asarray(q, float)
+    n = fp.size * tokens_per_block
+    return {"blocks": {"nll_fp": list(fp), "nll_q": list(q)}, "eval_set": {"id": eval_id},
+            "checkpoint": {"step": step, "run": "main"},
+            "metrics": {"loss_fp": fp.sum() / n, "loss_q": q.sum() / n, "dq_rel": q.sum() / fp.sum() - 1}}
+
+
+def test_compare_loss_is_the_difference_of_mean_token_losses():
+    from qrobust.stats import compare_loss
+    rng = np.random.default_rng(3)
+    fp = rng.gamma(5.0, 20.0, size=40)
+    a, b = _loss_rec(fp, fp * 1.10), _loss_rec(fp, fp * 1.04)
+    res = compare_loss(a, b)
+    assert res["diff"] == pytest.approx(0.06 * fp.sum() / 400)
+    assert 0 < res["low"] < res["diff"] < res["high"] and res["greater"] and res["paired"]
+    flat = np.full(40, 30.0)  # identical blocks: every resample gives the same difference
+    res = compare_loss(_loss_rec(flat, flat * 1.1), _loss_rec(flat, flat * 1.2))
+    assert res["diff"] == pytest.approx(-0.3) and res["low"] == pytest.approx(-0.3) and res["high"] == pytest.approx(-0.3)
+    assert not res["greater"] and res["p_greater"] == 1.0
+    fp_only = compare_loss(a, b, which="fp")
+    assert fp_only["diff"] == pytest.approx(0.0) and not fp_only["greater"]
+
+
+def test_crossing_finds_the_first_bracketing_pair():
+    from qrobust.stats import crossing
+    assert crossing([6.0, 5.0, 4.0, 3.5], 4.5) == (1, pytest.approx(0.5))
+    assert crossing([6.0, 5.0, 4.0], 5.0) == (0, pytest.approx(1.0))
+    assert crossing([6.0, 5.0, 4.0], 3.0) is None
+    assert crossing([6.0, 4.0, 5.0, 3.0], 4.5) == (0, pytest.approx(0.75))  # first crossing wins
+
+
+def test_dq_at_equal_fp_loss_is_the_linear_interpolation_between_bracketing_checkpoints():
+    from qrobust.stats import compare_dq_at_fp_loss
+    fp = np.full(20, 50.0)  # 20 blocks of 10 tokens: loss = 5.0 × scale
+    # run a: FP loss 5.0, 4.0, 3.0 with ΔQ L 1 %, 2 %, 4 %; run b: FP loss 4.5, 3.5 with ΔQ L 0.5 %, 1 %
+    a = [_loss_rec(fp * s, fp * s * (1 + d), step=i) for i, (s, d) in enumerate([(1.0, .01), (.8, .02), (.6, .04)])]
+    b = [_loss_rec(fp * s, fp * s * (1 + d), step=i) for i, (s, d) in enumerate([(.9, .005), (.7, .01)])]
+    res = compare_dq_at_fp_loss(a, b, 3.75)
+    # a at 3.75: between 4.0 (2 %) and 3.0 (4 %), w = 0.25 -> 2.5 %; b: between 4.5 and 3.5, w = 0.75 -> 0.875 %
+    assert res["dq_a"] == pytest.approx(0.025) and res["dq_b"] == pytest.approx(0.00875)
+    assert res["diff"] == pytest.approx(0.01625) and res["greater"] and res["paired"]
+    assert res["at_a"] == {"steps": [1, 2], "weight": pytest.approx(0.25)}
+    with pytest.raises(QrobustError, match="outside the run's range"):
+        compare_dq_at_fp_loss(a, b, 2.0)

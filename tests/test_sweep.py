@@ -1,6 +1,8 @@
 """Sweeps: work grouped per checkpoint, resumable, never overwriting, numbers equal to a direct computation."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from qrobust.api import eval_blocks
@@ -129,3 +131,21 @@ def test_default_calibration_length():
     assert default_calibration_length(None, {"max_position_embeddings": 4096}) == 2048
     assert default_calibration_length(None, SimpleNamespace(n_positions=1024)) == 1024
     assert default_calibration_length(None, {}) == 2048
+
+
+def test_report_provenance_shows_training_and_sweep_configs_with_seeds(tiny_run, tmp_path):
+    """The stored trajectory carries the training config; every distinct sweep config is kept once."""
+    from qrobust.reporting import write_report
+    from qrobust.sweeps.store import Store
+    cfg = {"trajectory": f"{tiny_run}?run=decay8", "out": str(tmp_path / "r"), "bits": [2], "group_sizes": [16],
+           "eval": {"n_blocks": 4}, "calibration": {"seed": 7}}
+    sweep(cfg, progress=False)
+    sweep(cfg, progress=False)
+    sweep({**cfg, "bits": [3]}, progress=False)
+    store = Store(tmp_path / "r", create=False)
+    assert [c["bits"] for c in store.configs()] == [[2], [3]]
+    (traj,) = store.trajectories().values()
+    assert traj["config"]["seed"] == json.loads((tiny_run / "train_config.json").read_text())["seed"]
+    page = write_report(tmp_path / "r").read_text()
+    assert "Training config (seed 0, data split seed 0)" in page and "calibration seed 7" in page
+    assert page.count("<h3>Sweep configs</h3>") == 1 and "2000 resamples" in page

@@ -106,6 +106,18 @@ def landscape(source: str | dict, out: str | Path, plane: str = "pca", **setting
     return trajectory_landscape(source, out, plane=plane, **settings)
 
 
+def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", scale: float = 1.0,
+              model: str | None = None, threads: int | None = None, progress: bool = True,
+              overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run the paper's controlled experiments at CPU scale: ``"f2"``, ``"f3"``, ``"f4"``, ``"wd"``,
+    ``"all"`` or YAML paths. Each trains its runs, sweeps them, computes its verdict from the records and
+    writes ``OUT/<name>/`` (verdict.json, index.html, figures/). ``scale`` multiplies every step count;
+    ``overrides`` is merged into each experiment file (e.g. ``{"base": {"model": {"preset": "micro"}}}``)."""
+    from .reproduction import reproduce as _reproduce
+    return _reproduce(experiments, out=out, scale=scale, model=model, threads=threads, progress=progress,
+                      overrides=overrides)
+
+
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
     from .reporting import write_report
@@ -148,5 +160,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

@@ -50,6 +50,16 @@ def _positive(v: str) -> int:
     return n
 
 
+def _positive_float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got '{v}'") from None
+    if not x > 0 or x != x or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return x
+
+
 def _add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--method", default="rtn", help="quantization method (registry name; default: rtn)")
     p.add_argument("--bits", type=_bits, required=bits_required, default=None, help="weight bits, 2..8")
@@ -86,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline end-to-end demo: train, branch, quantize, evaluate, report")
     p.add_argument("--quick", action="store_true", help="a ~1 minute version (micro model, few steps)")
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
+    p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("reproduce", help="the paper's controlled experiments at CPU scale, with verdicts from the data",
+                       description="Train, sweep and judge one or more experiments: f2 (cooldowns at several "
+                                   "token budgets), f3 (peak LR at equal FP loss), f4 (LAWA vs LR decay), wd "
+                                   "(weight decay on/off), all, or a YAML file of the same shape "
+                                   "(experiments/reproduce/). Re-running resumes; shared runs are trained once.")
+    p.add_argument("experiments", nargs="+", metavar="NAME", help="f2, f3, f4, wd, all, or a YAML path")
+    p.add_argument("--out", default="reproduce-out", help="output folder (default: reproduce-out)")
+    p.add_argument("--scale", type=_positive_float, default=1.0,
+                   help="multiply every step count (token budget, checkpoint spacing, warmup, decays); default 1")
+    p.add_argument("--model", default=None, metavar="PRESET",
+                   help="model preset instead of the experiments' (e.g. pythia-14m, pythia-160m)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -244,6 +268,14 @@ def _version() -> str:
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
     run_demo(out=a.out, quick=a.quick, threads=a.threads, progress=not a.quiet)
+    return 0
+
+
+def _cmd_reproduce(a: argparse.Namespace) -> int:
+    from . import api
+    results = api.reproduce(a.experiments, out=a.out, scale=a.scale, model=a.model, threads=a.threads,
+                            progress=not a.quiet)
+    print("\n".join(["", "verdicts:"] + [r["summary"] for r in results] + [f"pages: {', '.join(r['page'] for r in results)}"]))
     return 0
 
 
@@ -575,7 +607,7 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
 
 COMMANDS = {"sharpness": _cmd_sharpness, "landscape": _cmd_landscape, "demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
             "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory,
-            "average": _cmd_average}
+            "average": _cmd_average, "reproduce": _cmd_reproduce}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

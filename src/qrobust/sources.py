@@ -111,7 +111,8 @@ def select(traj: Trajectory, every: int | None = None, steps: list[int] | None =
         cks = [cks[i] for i in sorted(chosen)]
     if not cks:
         raise ConfigError(f"the selection leaves no checkpoint of '{traj.name}' ({len(traj)} before selecting)")
-    return Trajectory(name=traj.name, checkpoints=cks, runs=traj.runs, data=traj.data, source=traj.source)
+    return Trajectory(name=traj.name, checkpoints=cks, runs=traj.runs, data=traj.data, source=traj.source,
+                      config=traj.config)
 
 
 # ------------------------------------------------------------------------------------------------ folders

@@ -74,7 +74,83 @@ def compare_dq(a: dict[str, Any], b: dict[str, Any], n_boot: int = N_BOOT, confi
     ib = ia if paired else _indices(fb.size, n_boot, seed + 1)
     diff = _dq_samples(fa, qa, ia) - _dq_samples(fb, qb, ib)
     point = float((qa.sum() / fa.sum()) - (qb.sum() / fb.sum()))
+    return _difference(point, diff, confidence, paired, n_boot)
+
+
+def _loss_samples(rec: dict[str, Any], which: str, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean loss (nats/token) of record ``rec`` for the FP (``which="fp"``) or quantized model, and its
+    bootstrap samples. Every block has the same number of target tokens, so the loss is the stored loss
+    times the ratio of the resampled to the full mean block NLL."""
+    fp, q = _blocks(rec)
+    nll = fp if which == "fp" else q
+    stored = (rec.get("metrics") or {}).get("loss_fp" if which == "fp" else "loss_q")
+    mean = nll.mean()
+    scale = float(stored) / mean if isinstance(stored, (int, float)) and mean > 0 else 1.0
+    return float(mean * scale), nll[idx].mean(axis=1) * scale
+
+
+def compare_loss(a: dict[str, Any], b: dict[str, Any], which: str = "q", n_boot: int = N_BOOT,
+                 confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+    """Is the loss (quantized by default, ``which="fp"`` for full precision) of record ``a`` greater than
+    of record ``b``? Same fields as :func:`compare_dq`; the difference is in nats per token."""
+    fa, _ = _blocks(a)
+    fb, _ = _blocks(b)
+    ea, eb = (a.get("eval_set") or {}).get("id"), (b.get("eval_set") or {}).get("id")
+    paired = ea is not None and ea == eb and fa.size == fb.size
+    ia = _indices(fa.size, n_boot, seed)
+    ib = ia if paired else _indices(fb.size, n_boot, seed + 1)
+    la, sa = _loss_samples(a, which, ia)
+    lb, sb = _loss_samples(b, which, ib)
+    return _difference(la - lb, sa - sb, confidence, paired, n_boot)
+
+
+def _difference(point: float, diff: np.ndarray, confidence: float, paired: bool, n_boot: int) -> dict[str, Any]:
     al = (1 - confidence) / 2
     lo, hi = float(np.quantile(diff, al)), float(np.quantile(diff, 1 - al))
-    return {"diff": point, "low": lo, "high": hi, "p_greater": float((diff <= 0).mean()), "greater": lo > 0,
+    return {"diff": float(point), "low": lo, "high": hi, "p_greater": float((diff <= 0).mean()), "greater": lo > 0,
             "paired": paired, "n_boot": n_boot, "confidence": confidence}
+
+
+def crossing(losses: list[float], level: float) -> tuple[int, float] | None:
+    """Where a run's FP loss first falls to ``level``: ``(i, w)`` with
+    ``level = (1 − w)·losses[i] + w·losses[i + 1]`` (``losses`` in step order), or None if it never does."""
+    for i in range(len(losses) - 1):
+        hi, lo = losses[i], losses[i + 1]
+        if hi >= level >= lo and hi > lo:
+            return i, (hi - level) / (hi - lo)
+    return None
+
+
+def _dq_at(recs: list[dict[str, Any]], level: float, idx: np.ndarray) -> tuple[float, np.ndarray, dict[str, Any]]:
+    """ΔQ L interpolated linearly between the two checkpoints whose FP losses bracket ``level``, and its
+    bootstrap samples (both checkpoints resampled with the same block indices; weights held fixed)."""
+    losses = [float(r["metrics"]["loss_fp"]) for r in recs]
+    where = crossing(losses, level)
+    if where is None:
+        raise QrobustError(f"FP loss {level:.4f} is outside the run's range [{min(losses):.4f}, {max(losses):.4f}]")
+    i, w = where
+    (f0, q0), (f1, q1) = _blocks(recs[i]), _blocks(recs[i + 1])
+    point = (1 - w) * (q0.sum() / f0.sum() - 1) + w * (q1.sum() / f1.sum() - 1)
+    samples = (1 - w) * _dq_samples(f0, q0, idx) + w * _dq_samples(f1, q1, idx)
+    at = {"steps": [recs[i]["checkpoint"]["step"], recs[i + 1]["checkpoint"]["step"]], "weight": w}
+    return float(point), samples, at
+
+
+def compare_dq_at_fp_loss(a: list[dict[str, Any]], b: list[dict[str, Any]], level: float, n_boot: int = N_BOOT,
+                          confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+    """Is ΔQ L of run ``a`` greater than of run ``b`` where both reach the FP loss ``level``?
+
+    ``a`` and ``b`` are one variant's records of each run in step order. Each run's ΔQ L at ``level`` is
+    interpolated between the two checkpoints whose FP losses bracket it; the bootstrap resamples blocks
+    (the same indices for all four checkpoints when they share one eval set). Adds ``dq_a``, ``dq_b`` and
+    where each was read (``at_a``, ``at_b``: the two steps and the interpolation weight)."""
+    sizes = {_blocks(r)[0].size for r in a + b}
+    ids = {(r.get("eval_set") or {}).get("id") for r in a + b}
+    paired = len(sizes) == 1 and len(ids) == 1 and None not in ids
+    n_a = _blocks(a[0])[0].size
+    ia = _indices(n_a, n_boot, seed)
+    ib = ia if paired else _indices(_blocks(b[0])[0].size, n_boot, seed + 1)
+    da, sa, at_a = _dq_at(a, level, ia)
+    db, sb, at_b = _dq_at(b, level, ib)
+    out = _difference(da - db, sa - sb, confidence, paired, n_boot)
+    return {**out, "level": level, "dq_a": da, "dq_b": db, "at_a": at_a, "at_b": at_b}

@@ -43,6 +43,7 @@ class Trajectory:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> {schedule, lr_curve, parent, ...}
     data: dict[str, Any] | None = None  # the DataConfig the run was trained with
     source: str = ""
+    config: dict[str, Any] | None = None  # the whole training config (seed, optimizer, model), for provenance
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -57,7 +58,10 @@ class Trajectory:
             if relative_to is not None and c.repo is None:
                 d["path"] = os.path.relpath(d["path"], relative_to)
             cks.append(d)
-        return {"format": FORMAT, "name": self.name, "data": self.data, "runs": self.runs, "checkpoints": cks}
+        out = {"format": FORMAT, "name": self.name, "data": self.data, "runs": self.runs, "checkpoints": cks}
+        if self.config is not None:
+            out["config"] = self.config
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path, source: str = "") -> "Trajectory":
@@ -68,7 +72,7 @@ class Trajectory:
                 c["path"] = str((base / c["path"]).resolve())
             cks.append(Checkpoint(**c))
         return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
-                   data=d.get("data"), source=source)
+                   data=d.get("data"), source=source, config=d.get("config"))
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)

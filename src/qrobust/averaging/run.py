@@ -112,7 +112,7 @@ def combined(base: Trajectory, originals: list[Checkpoint], jobs: list[AverageJo
         runs.setdefault(j.run, {"averaged": {k: v for k, v in j.params.items() if k != "log"}, "parent": parent})
     made = [checkpoint_of(j, out) for j in jobs]
     return Trajectory(name=name or base.name, checkpoints=list(originals) + made, runs=runs, data=base.data,
-                      source=str(out))
+                      source=str(out), config=base.config)
 
 
 def plan_for_sweep(traj: Trajectory, specs: list[AverageConfig], out: Path

@@ -109,7 +109,24 @@ def _counted(values: Iterable[Any]) -> list[tuple[Any, int]]:
     return [(json.loads(k), n) for k, n in c.items()]
 
 
-def _provenance_html(records: list[dict[str, Any]], trajs: dict[str, dict[str, Any]]) -> str:
+def _sweep_configs_html(configs: list[dict[str, Any]]) -> str:
+    from ..stats import CONFIDENCE, N_BOOT
+    out = ["<h3>Sweep configs</h3>"]
+    if not configs:
+        out.append("<p>No sweep config stored (written by an older qrobust).</p>")
+    for c in configs:
+        seeds = [f"calibration seed {esc((c.get('calibration') or {}).get('seed'))}"]
+        for part in ("tasks", "geometry"):
+            if isinstance(c.get(part), dict):
+                seeds.append(f"{part} seed {esc(c[part].get('seed'))}")
+        out.append(f"<p>Trajectory <code>{esc(c.get('trajectory'))}</code>: {', '.join(seeds)}.</p>{_pre(c)}")
+    out.append(f"<p class=\"meta\">Intervals: paired bootstrap, {N_BOOT} resamples of the evaluation blocks, seed 0, "
+               f"{int(100 * CONFIDENCE)} % percentile intervals.</p>")
+    return "\n".join(out)
+
+
+def _provenance_html(records: list[dict[str, Any]], trajs: dict[str, dict[str, Any]],
+                     configs: list[dict[str, Any]] | None = None) -> str:
     out = ["<h3>Software versions</h3>"]
     for v, n in _counted(r.get("versions") for r in records):
         out.append(f"<p>{n} record(s):</p>{_pre(v)}")
@@ -147,8 +164,14 @@ def _provenance_html(records: list[dict[str, Any]], trajs: dict[str, dict[str, A
             out.append(f"<p>Run <b>{esc(rn)}</b>: parent {esc(r.get('parent') or '—')}, "
                        f"from step {esc(r.get('from_step') if r.get('from_step') is not None else '—')}, "
                        f"tokens/step {esc(r.get('tokens_per_step') or '—')}; schedule:</p>{_pre(r.get('schedule'))}")
-        data = t.get("data")
-        out.append(f"<p>Data config:</p>{_pre(data)}" if data else "<p>Data config: not recorded.</p>")
+        data, tcfg = t.get("data"), t.get("config")
+        if isinstance(tcfg, dict):
+            out.append(f"<p>Training config (seed {esc(tcfg.get('seed'))}, data split seed "
+                       f"{esc((tcfg.get('data') or {}).get('seed'))}):</p>{_pre(tcfg)}")
+        else:
+            out.append(f"<p>Data config:</p>{_pre(data)}" if data else "<p>Data config: not recorded.</p>")
+    if configs is not None:
+        out.append(_sweep_configs_html(configs))
     hosts = sorted({str(r.get("host")) for r in records if r.get("host")})
     created = sorted(str(r.get("created")) for r in records if r.get("created"))
     if created:
@@ -158,7 +181,7 @@ def _provenance_html(records: list[dict[str, Any]], trajs: dict[str, dict[str, A
 
 
 def render_page(records: list[dict[str, Any]], trajs: dict[str, dict[str, Any]], figs: list[FigureOut],
-                source: str, generated: datetime) -> str:
+                source: str, generated: datetime, configs: list[dict[str, Any]] | None = None) -> str:
     """The whole page as a string (pure: no I/O), so tests can check it without touching disk."""
     n_traj = len({str(r.get("trajectory")) for r in records} | set(trajs))
     n_ck = len({(r.get("trajectory"), get(r, "checkpoint.name")) for r in records})
@@ -177,7 +200,7 @@ def render_page(records: list[dict[str, Any]], trajs: dict[str, dict[str, Any]],
         body.append("<h2>Figures</h2>" + (_figures_html(figs) or "<p>No plottable records.</p>"))
         body.append("<h2>All records</h2><p class=\"meta\">Sorted by trajectory, run, step, variant. "
                     "ΔQ L = L_q / L_fp − 1.</p>" + _table_html(records))
-    body.append("<h2>Provenance</h2>" + _provenance_html(records, trajs))
+    body.append("<h2>Provenance</h2>" + _provenance_html(records, trajs, configs))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>qrobust report</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
@@ -207,7 +230,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     geometry = [r for r in store.geometry() if isinstance(r, dict)]
     tasks = [r for r in store.side_records("tasks") if isinstance(r, dict)]
     figs = make_figures(records, trajs, out, geometry, tasks)
-    page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc))
+    page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs())
     index = out / "index.html"
     atomic_write_text(index, page)
     os.chmod(index, 0o644)  # the temp file behind it was created 0600

@@ -150,6 +150,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
     traj, pending = sweep_trajectory(cfg)
     store = Store(cfg.out)
     store.save_trajectory(traj)
+    store.save_config(cfg.model_dump(exclude={"threads"}))
     sets = _Sets(cfg)
     summary = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
     mine = [c for i, c in enumerate(traj) if (array_count is None or i % array_count == array_index)

@@ -4,7 +4,8 @@ Layout of a results folder::
 
     records/<key>.json       one per (checkpoint, variant, calibration, eval set)
     fp/<key>.json            FP loss per (checkpoint, eval set), so a resumed sweep never re-evaluates it
-    trajectories/<name>.json the trajectories swept (schedules, LR curves) for the report
+    trajectories/<name>.json the trajectories swept (schedules, LR curves, training config) for the report
+    configs/sweep-<hash>.json every sweep config that wrote here (provenance)
 
 A record file appears whole or not at all (temp file + fsync + rename), so a kill at any moment leaves
 only complete records; a re-run skips every key already present. Changing any setting changes the key,
@@ -135,6 +136,25 @@ class Store:
 
     def trajectories(self) -> dict[str, dict[str, Any]]:
         return {p.stem: json.loads(p.read_text()) for p in sorted((self.root / "trajectories").glob("*.json"))}
+
+    # -- sweep configs -------------------------------------------------------------------------------
+    def save_config(self, cfg: dict[str, Any]) -> None:
+        """Keep every sweep config that wrote here (one file per distinct config), for the report's provenance."""
+        blob = json.dumps(cfg, sort_keys=True, default=str)
+        path = self.root / "configs" / f"sweep-{hashlib.sha1(blob.encode()).hexdigest()[:12]}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(cfg, indent=1, sort_keys=True, default=str))
+
+    def configs(self) -> list[dict[str, Any]]:
+        """Stored sweep configs, oldest first; unreadable files are skipped."""
+        out = []
+        for p in sorted((self.root / "configs").glob("sweep-*.json"), key=lambda p: p.stat().st_mtime):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
 
     # -- export --------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:

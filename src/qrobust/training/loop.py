@@ -127,7 +127,8 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
             cks.append(Checkpoint(name=f"{run}/{p.name}", path=str(p.resolve()), step=st["step"],
                                   tokens=st["tokens"], lr=st["lr"], phase=st["phase"], run=run,
                                   parent=runs[run]["parent"], parent_step=runs[run]["from_step"]))
-    traj = Trajectory(name=cfg.name, checkpoints=cks, runs=runs, data=cfg.data.model_dump(), source=str(out))
+    traj = Trajectory(name=cfg.name, checkpoints=cks, runs=runs, data=cfg.data.model_dump(), source=str(out),
+                      config=cfg.model_dump(exclude={"out", "threads"}))
     traj.save(out / MANIFEST)
     return traj
 

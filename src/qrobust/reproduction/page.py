@@ -1,0 +1,120 @@
+"""The HTML page of one reproduction: the finding, the verdict with every comparison behind it, the
+figures, and provenance (the experiment file, each run's train and sweep config with its seeds, software
+versions, eval sets). Self-contained like the results report, and written atomically."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..reporting.figures import FigureOut
+from ..reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
+from ..stats import CONFIDENCE, N_BOOT
+from ..trajectory import atomic_write_text
+
+STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
+
+
+def _diff(k: dict[str, Any]) -> str:
+    if k.get("unit") == "nats":
+        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
+    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] pts"
+
+
+def _claims_html(claims: list[dict[str, Any]]) -> str:
+    rows = []
+    for c in claims:
+        colour = STATUS_COLOUR.get(c["status"], "#ffffff")
+        rows.append(f'<tr class="claim" style="background:{colour}"><td class="l">{esc(c["cell"])}</td>'
+                    f'<td class="l">{esc(c["claim"])}</td><td class="l"><b>{esc(c["status"])}</b></td>'
+                    f'<td>{c["n_expected_direction"]}/{c["n"]}</td><td>{c["n_for"]}</td><td>{c["n_against"]}</td></tr>')
+        for k in c["comparisons"]:
+            mark = "for" if k["for"] else "against" if k["against"] else "unresolved"
+            rows.append(f'<tr class="comparison"><td></td><td class="l">{esc(k["what"])}</td>'
+                        f'<td class="l">{esc(mark)}</td><td colspan="3">{esc(_diff(k))}'
+                        f'{"" if k.get("paired") else " (unpaired)"}</td></tr>')
+    head = ("<tr><th class=\"l\">variant</th><th class=\"l\">claim / comparison (A − B)</th><th class=\"l\">status</th>"
+            "<th>expected direction</th><th>resolved for</th><th>resolved against</th></tr>")
+    return f"<div class=\"scroll\"><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _seeds(result: dict[str, Any]) -> str:
+    items = []
+    for label, r in result["runs"].items():
+        t, s = r["train_config"], r["sweep_config"]
+        items.append(f"<li>{esc(label)}: training seed {esc(t.get('seed'))}, data split seed "
+                     f"{esc((t.get('data') or {}).get('seed'))}, calibration seed "
+                     f"{esc((s.get('calibration') or {}).get('seed'))}</li>")
+    items.append(f"<li>bootstrap: {N_BOOT} resamples of the evaluation blocks, seed 0, {int(100 * CONFIDENCE)} % "
+                 "percentile intervals</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str, Any]],
+           trajs: dict[str, dict[str, Any]]) -> str:
+    body = [f"<h1>qrobust reproduce: {esc(result['experiment'])}</h1>",
+            f"<p><b>Finding under test:</b> {esc(result['finding'])}</p>",
+            f"<p class=\"meta\">Scale {esc(result['scale'])}"
+            + (f", model preset {esc(result['model'])}" if result.get("model") else "")
+            + f"; training {result['train_s']:.0f} s, sweeps {result['sweep_s']:.0f} s (this invocation; "
+            f"work already done is reused); created {esc(result['created'])}.</p>",
+            "<h2>Verdict</h2>", f"<p id=\"summary\">{esc(result['summary'])}</p>",
+            "<p class=\"meta\">A comparison is resolved when the 95 % paired-bootstrap interval of A − B excludes 0. "
+            "The intervals cover evaluation noise (which text was drawn), not training noise (another seed).</p>",
+            _claims_html(result["claims"]),
+            "<h2>Figures</h2>" + (_figures_html(figs) or "<p>No figures.</p>"),
+            "<h2>Runs</h2><ul>" + "".join(
+                f"<li>{esc(lbl)}: run <code>{esc(r['train_config']['out'])}</code>, results "
+                f"<code>{esc(r['sweep_config']['out'])}</code>, full report <a href=\"{esc(_rel(r['report'], result))}\">"
+                f"{esc(r['report'])}</a></li>" for lbl, r in result["runs"].items()) + "</ul>",
+            "<h2>Provenance</h2>", "<h3>Seeds</h3>" + _seeds(result),
+            "<h3>Experiment file</h3>" f"<pre>{esc(result['spec_yaml'])}</pre>",
+            "<h3>This invocation</h3>" + _pre(result["versions"]),
+            _provenance_html(records, trajs, [r["sweep_config"] for r in result["runs"].values()])]
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>qrobust reproduce {esc(result['experiment'])}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _rel(path: str, result: dict[str, Any]) -> str:
+    """Link target relative to the page (OUT/<name>/index.html), so the folder can be moved whole."""
+    page_dir = Path(result.get("_page_dir", "."))
+    try:
+        return os.path.relpath(Path(path).resolve(), page_dir.resolve())
+    except ValueError:
+        return str(path)
+
+
+def write_page(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str, Any]],
+               trajs: dict[str, dict[str, Any]], path: Path) -> Path:
+    page = render({**result, "_page_dir": str(path.parent)}, figs, records, trajs)
+    atomic_write_text(path, page)
+    os.chmod(path, 0o644)
+    return path
+
+
+def write_index(out: Path) -> Path:
+    """``OUT/index.html``: every experiment reproduced into ``out`` so far, its finding, its verdict per
+    claim and a link to its page (rebuilt from the ``verdict.json`` files, so it accumulates across calls)."""
+    import json
+    rows = []
+    for vf in sorted(out.glob("*/verdict.json")):
+        try:
+            v = json.loads(vf.read_text())
+        except (OSError, ValueError):
+            continue
+        cells = "".join(f'<li style="background:{STATUS_COLOUR.get(c["status"], "#fff")}"><b>{esc(c["status"])}</b>'
+                        f' — {esc(c["cell"])}: {esc(c["claim"])} ({c["n_expected_direction"]}/{c["n"]} in the expected '
+                        f'direction, {c["n_for"]} resolved for, {c["n_against"]} against)</li>' for c in v["claims"])
+        rows.append(f'<h2><a href="{esc(vf.parent.name)}/index.html">{esc(v["experiment"])}</a></h2>'
+                    f'<p><b>Finding under test:</b> {esc(v["finding"])}</p><p class="meta">scale {esc(v["scale"])}, '
+                    f'created {esc(v["created"])}</p><ul>{cells}</ul>')
+    body = "\n".join(rows) or '<p class="empty">No experiment has finished here yet.</p>'
+    page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>qrobust reproduce</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+            f"<h1>qrobust reproduce</h1>\n{body}\n</body>\n</html>\n")
+    path = out / "index.html"
+    atomic_write_text(path, page)
+    os.chmod(path, 0o644)
+    return path

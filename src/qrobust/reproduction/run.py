@@ -1,0 +1,160 @@
+"""``qrobust reproduce``: train an experiment's runs, sweep each, compute the verdict from the records,
+draw the figures and write one HTML page per experiment. Every stage resumes: finished training steps,
+records and averaged checkpoints are never redone, so a killed run picks up where it stopped."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..reporting.figures import FigureOut, make_figures, slug
+from ..reporting.runs_compare import runs_figure
+from ..sweeps.store import Store, versions
+from ..trajectory import atomic_write_text
+from . import verdicts
+from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
+
+FIGURE_KINDS = {"cooldown": {"dq", "loss", "stable_vs_decay"}, "averaging": {"averaging"}}
+
+
+def _stores(spec: ReproduceSpec, sweeps: dict[str, Any]) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
+    out = {}
+    for label, sc in sweeps.items():
+        store = Store(sc.out, create=False)
+        traj = store.trajectories().get(label) or {}
+        out[label] = ([r for r in store.records() if r.get("trajectory") == label], traj.get("runs") or {})
+    return out
+
+
+def _figures(spec: ReproduceSpec, stores: dict[str, Any], sweeps: dict[str, Any], fig_dir: Path,
+             claims: list[dict[str, Any]]) -> list[FigureOut]:
+    if spec.verdict == "equal_fp_loss":
+        order = spec.order or list(spec.runs)
+        per_run = {lbl: verdicts.by_variant(stores[lbl][0]) for lbl in order}
+        figs = []
+        for cell in sorted(set.intersection(*(set(v) for v in per_run.values()))):
+            levels = sorted({c["level"] for cl in claims if cl["cell"] == cell for c in cl["comparisons"]})
+            figs.append(runs_figure({lbl: per_run[lbl][cell] for lbl in order}, cell, f"{spec.name}: {spec.finding}",
+                                    fig_dir / f"{spec.name}_{slug(cell)}.png", levels))
+        return figs
+    figs = []
+    for label, (records, runs_meta) in stores.items():
+        averaged = {n for n, m in runs_meta.items() if m.get("averaged")}
+        recs = records if spec.verdict == "averaging" else [r for r in records
+                                                           if r["checkpoint"].get("run") not in averaged]
+        trajs = Store(sweeps[label].out, create=False).trajectories()
+        figs += [f for f in make_figures(recs, {label: trajs.get(label, {})}, fig_dir)
+                 if f.kind in FIGURE_KINDS[spec.verdict]]
+    return figs
+
+
+def summary_line(spec: ReproduceSpec, claims: list[dict[str, Any]]) -> str:
+    """One sentence per claim: which variants reproduce, partly reproduce, or do not."""
+    parts = []
+    for text in dict.fromkeys(c["claim"] for c in claims):
+        by: dict[str, list[str]] = {}
+        for c in claims:
+            if c["claim"] == text:
+                by.setdefault(c["status"], []).append(c["cell"])
+        said = "; ".join(f"{status}: {', '.join(cells)}" for status, cells in by.items())
+        parts.append(f"{text} — {said}")
+    return f"{spec.name}: " + " | ".join(parts)
+
+
+def fmt_diff(k: dict[str, Any]) -> str:
+    """A comparison's difference and interval: nats for losses, percentage points for ΔQ L."""
+    if k.get("unit") == "nats":
+        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
+    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] points"
+
+
+def format_claims(claims: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in claims:
+        lines.append(f"  [{c['status']}] {c['cell']}: {c['claim']} — {c['n_expected_direction']}/{c['n']} in the "
+                     f"expected direction, {c['n_for']} resolved for, {c['n_against']} against")
+        for k in c["comparisons"]:
+            lines.append(f"      {k['what']}: {fmt_diff(k)}")
+    return "\n".join(lines)
+
+
+def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", scale: float = 1.0,
+                  model: str | None = None, threads: int | None = None, progress: bool = True,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one experiment end to end; returns (and writes to ``OUT/<name>/verdict.json``) the verdict."""
+    from .. import api
+    from .page import write_page
+
+    spec, text = load_spec(name_or_path, overrides)
+    out = Path(out)
+    runs = resolve_runs(spec, out, scale, model, threads)
+    sweeps = {label: resolve_sweep(spec, cfg, out, threads) for label, cfg in runs.items()}
+    t0 = time.perf_counter()
+    for label, cfg in runs.items():
+        if progress:
+            print(f"[{spec.name}] training run '{label}' -> {cfg.out}", flush=True)
+        api.train(cfg, progress=progress)
+    t1 = time.perf_counter()
+    reports = {}
+    for label, sc in sweeps.items():
+        if progress:
+            print(f"[{spec.name}] sweeping run '{label}' -> {sc.out}", flush=True)
+        api.sweep(sc, progress=progress)
+        reports[label] = str(api.report(sc.out))
+    t2 = time.perf_counter()
+    stores = _stores(spec, sweeps)
+    if spec.verdict == "cooldown":
+        claims = verdicts.cooldown(stores)
+    elif spec.verdict == "averaging":
+        claims = verdicts.averaging(stores)
+    else:
+        claims = verdicts.equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
+    exp_dir = out / spec.name
+    figs = _figures(spec, stores, sweeps, exp_dir / "figures", claims)
+    result = {"experiment": spec.name, "finding": spec.finding, "summary": summary_line(spec, claims),
+              "claims": claims, "scale": scale, "model": model, "train_s": t1 - t0, "sweep_s": t2 - t1,
+              "runs": {lbl: {"train_config": cfg.model_dump(exclude={"threads"}),
+                             "sweep_config": sweeps[lbl].model_dump(exclude={"threads"}),
+                             "report": reports[lbl]} for lbl, cfg in runs.items()},
+              "figures": [str(f.path) for f in figs], "spec_yaml": text, "versions": versions(),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
+    records = [r for recs, _ in stores.values() for r in recs]
+    trajs = {lbl: Store(sc.out, create=False).trajectories().get(lbl, {}) for lbl, sc in sweeps.items()}
+    result["page"] = str(write_page(result, figs, records, trajs, exp_dir / "index.html"))
+    if progress:
+        print(f"\n{spec.name}: {spec.finding}\n{format_claims(claims)}\n{result['summary']}\n"
+              f"train {t1 - t0:.0f} s, sweep {t2 - t1:.0f} s; page: {result['page']}", flush=True)
+    return result
+
+
+def expand(names: list[str]) -> list[str]:
+    """'all' -> every built-in experiment (in the order F2, F4, F3, wd: F4 reuses F2's run, wd F3's)."""
+    out: list[str] = []
+    for n in names:
+        if n == "all":
+            order = ["f2", "f4", "f3", "wd"]
+            out += [x for x in order if x in builtin_names()] + [x for x in builtin_names() if x not in order]
+        else:
+            out.append(n)
+    if not out:
+        raise ConfigError(f"name an experiment: {', '.join(builtin_names())}, all, or a YAML path")
+    return list(dict.fromkeys(out))
+
+
+def reproduce(names: list[str] | str, out: str | Path = "reproduce-out", **kw: Any) -> list[dict[str, Any]]:
+    """Run experiments in turn (``all`` = every built-in one); each writes ``OUT/<name>/``."""
+    names = [names] if isinstance(names, str) else names
+    todo = expand(names)
+    for n in todo:  # fail on a bad name or config before hours of training, not after
+        spec, _ = load_spec(n, kw.get("overrides"))
+        resolve_runs(spec, Path(out), kw.get("scale", 1.0), kw.get("model"), kw.get("threads"))
+    from .page import write_index
+    results = []
+    for n in todo:
+        results.append(reproduce_one(n, out, **kw))
+        write_index(Path(out))
+    return results
