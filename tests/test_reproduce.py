@@ -95,14 +95,18 @@ def _lr_run(ratio, label="gptq-w3g128", seed=0):
 
 def test_equal_fp_loss_verdict_orders_runs():
     stores = {"lo": (_lr_run(3.0), {}), "mid": (_lr_run(2.0, seed=1), {}), "hi": (_lr_run(1.0, seed=2), {})}
-    good = verdicts.equal_fp_loss(stores, ["lo", "mid", "hi"], 3)
-    assert len(good) == 1 and good[0]["status"] == "reproduces" and good[0]["n"] == 6
-    levels = [c["level"] for c in good[0]["comparisons"][:3]]
+    good = verdicts.equal_fp_loss(stores, ["lo", "mid", "hi"], 3)  # one claim per neighbouring pair
+    assert [(c["comparisons"][0]["a"], c["comparisons"][0]["b"]) for c in good] == [("lo", "mid"), ("mid", "hi")]
+    assert [c["status"] for c in good] == ["reproduces", "reproduces"] and good[0]["n"] == 3
+    levels = [c["level"] for c in good[0]["comparisons"]]
     assert levels == pytest.approx([3.25, 3.75, 4.25])  # lower half of the overlap [3, 6], evenly spaced
     c = good[0]["comparisons"][0]  # at FP loss 3.25: step 9.1667 -> ΔQ L = ratio·0.002·9.1667
-    assert c["dq_a"] == pytest.approx(3 * 0.002 * (6 - 3.25) / 0.3, rel=0.05)
+    assert c["dq_a"] == pytest.approx(3 * 0.002 * (6 - 3.25) / 0.3)
+    assert c["diff"] == pytest.approx((3 - 2) * 0.002 * (6 - 3.25) / 0.3)
     bad = verdicts.equal_fp_loss(stores, ["hi", "mid", "lo"], 3)
-    assert bad[0]["status"] == "not reproduced"
+    assert [c["status"] for c in bad] == ["not reproduced", "not reproduced"]
+    mixed = verdicts.equal_fp_loss(stores, ["lo", "hi", "mid"], 3)  # holds up to 'hi', breaks beyond
+    assert [c["status"] for c in mixed] == ["reproduces", "not reproduced"]
 
 
 def test_by_variant_keeps_the_common_eval_set_and_skips_records_without_blocks():
@@ -184,6 +188,7 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     page = (tmp_path / "f4" / "index.html").read_text()
     assert "Provenance" in page and "training seed 0" in page and "averaging_" in page
     assert {Path(f).name.split("_")[0] for f in r2["figures"]} == {"dq", "loss", "stable"}
+    assert sorted(p.name for p in (tmp_path / "f4" / "figures").iterdir()) == ["averaging_constant-cooldowns_gptq-w3g32.png"]
     index = (tmp_path / "index.html").read_text()  # both experiments, linked
     assert 'href="f2/index.html"' in index and 'href="f4/index.html"' in index and index.count("<li") == 4
 
@@ -208,8 +213,7 @@ def synthetic_page(tmp_path):
     from qrobust.reproduction.page import write_page
     runs = {"lo": _lr_run(3.0), "hi": _lr_run(1.0, seed=2)}
     claims = verdicts.equal_fp_loss({k: (v, {}) for k, v in runs.items()}, ["lo", "hi"], 3)
-    levels = [c["level"] for c in claims[0]["comparisons"]]
-    figs = [runs_figure(runs, "gptq-w3g128", "x: <finding>", tmp_path / "x_gptq.png", levels)]
+    figs = [runs_figure(runs, "gptq-w3g128", "x: <finding>", tmp_path / "x_gptq.png", claims[0]["comparisons"])]
     cfg = {"train_config": {"seed": 5, "data": {"seed": 0}, "out": "runs/lo"},
            "sweep_config": {"calibration": {"seed": 3}, "out": "results/lo"}, "report": str(tmp_path / "r.html")}
     result = {"experiment": "x", "finding": "lower <ΔQ L>", "summary": "x: summary", "claims": claims, "scale": 1.0,

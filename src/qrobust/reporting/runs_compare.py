@@ -24,11 +24,44 @@ def _points(recs: list[dict[str, Any]]) -> list[tuple[float, float, float, float
     return out
 
 
+def _forest(ax: Any, comparisons: list[dict[str, Any]]) -> None:
+    """Each compared difference ΔQ L(A) − ΔQ L(B) with its 95 % interval, one row per FP-loss level,
+    grouped by pair: right of 0 is the direction the finding expects."""
+    labels: list[str] = []
+    ticks: list[float] = []
+    y = 0.0
+    pairs = list(dict.fromkeys((c["a"], c["b"]) for c in comparisons))
+    for i, (a, b) in enumerate(pairs):
+        colour = BRANCH_COLOURS[(i + 1) % len(BRANCH_COLOURS)]
+        for k, c in enumerate(sorted((c for c in comparisons if (c["a"], c["b"]) == (a, b)), key=lambda c: c["level"])):
+            ax.errorbar([c["diff"]], [y], xerr=[[c["diff"] - c["low"]], [c["high"] - c["diff"]]], fmt="o", ms=4,
+                        color=colour, capsize=2, lw=1.2, label=None if k else f"A = {a}, B = {b}")
+            labels.append(f"FP {c['level']:.2f}")
+            ticks.append(y)
+            y += 1
+        y += 0.6  # a gap between pairs
+    ax.axvline(0.0, color="#444444", lw=0.9)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.07), frameon=False)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.set_xlabel("ΔQ L(A) − ΔQ L(B) at equal FP loss, 95 % interval")
+    ax.set_title("compared differences (> 0: as the finding expects)", fontsize=10)
+    ax.grid(alpha=0.25, axis="x")
+
+
 def runs_figure(runs: dict[str, list[dict[str, Any]]], cell: str, title: str, path: Path,
-                levels: list[float] | None = None) -> FigureOut:
-    """One variant's records of several runs (label -> records), in the order given."""
-    fig = Figure(figsize=(11.5, 8.2))
-    (ax_fp, ax_dq), (ax_curve, ax_eq) = fig.subplots(2, 2, gridspec_kw={"wspace": 0.28, "hspace": 0.32})
+                comparisons: list[dict[str, Any]] | None = None) -> FigureOut:
+    """One variant's records of several runs (label -> records), in the order given; ``comparisons``
+    (a verdict's, with ``level``) mark the compared FP losses and get a panel of their own."""
+    levels = sorted({c["level"] for c in comparisons or []})
+    fig = Figure(figsize=(16.5, 8.2))
+    grid = fig.add_gridspec(2, 3, wspace=0.3, hspace=0.32, width_ratios=[1, 1, 0.9])
+    ax_fp, ax_dq = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    ax_curve, ax_eq = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    if comparisons:
+        _forest(fig.add_subplot(grid[:, 2]), comparisons)
     lows: list[float] = []
     for i, (label, recs) in enumerate(runs.items()):
         pts = _points(recs)
@@ -47,7 +80,7 @@ def runs_figure(runs: dict[str, list[dict[str, Any]]], cell: str, title: str, pa
         ax_eq.plot(fp, dq, **kw)
         lows.append(min(fp))
     if lows:  # zoom the loss views on the trained part: the first checkpoints sit at 6+ nats
-        top = max([max(lows) + 1.2 * (max(lows) - min(lows) + 0.3)] + [lv + 0.1 for lv in levels or []])
+        top = max([max(lows) + 1.2 * (max(lows) - min(lows) + 0.3)] + [lv + 0.1 for lv in levels])
         for ax in (ax_curve, ax_eq):
             ax.set_xlim(min(lows) - 0.05, top)
         ax_fp.set_ylim(min(lows) - 0.05, top)
@@ -60,8 +93,8 @@ def runs_figure(runs: dict[str, list[dict[str, Any]]], cell: str, title: str, pa
             ax_eq.set_ylim(min(dqs) - pad, max(dqs) + pad)
         lo, hi = ax_curve.get_xlim()
         ax_curve.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls=":", label="no degradation")
-    for lv in levels or []:
-        ax_eq.axvline(lv, color="#888888", lw=0.7, ls="--")
+    for lv in levels:
+        ax_eq.axvline(lv, color="#888888", lw=0.6, ls="--", alpha=0.6)
     for ax in (ax_fp, ax_dq):
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel("training tokens")
@@ -83,5 +116,6 @@ def runs_figure(runs: dict[str, list[dict[str, Any]]], cell: str, title: str, pa
     ax_curve.legend(fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=11)
     caption = (f"{title}, {cell}: FP loss and ΔQ L along training tokens (top); quantized against FP loss and "
-               "ΔQ L against FP loss, x reversed so training moves right (bottom). Main runs only.")
+               "ΔQ L against FP loss, x reversed so training moves right (bottom); right: every compared difference "
+               "with its paired-bootstrap interval. Main runs only.")
     return FigureOut(path, "runs", slug(title), title, caption, "tokens", _save(fig, path))

@@ -35,9 +35,9 @@ def _figures(spec: ReproduceSpec, stores: dict[str, Any], sweeps: dict[str, Any]
         per_run = {lbl: verdicts.by_variant(stores[lbl][0]) for lbl in order}
         figs = []
         for cell in sorted(set.intersection(*(set(v) for v in per_run.values()))):
-            levels = sorted({c["level"] for cl in claims if cl["cell"] == cell for c in cl["comparisons"]})
+            comps = [c for cl in claims if cl["cell"] == cell for c in cl["comparisons"]]
             figs.append(runs_figure({lbl: per_run[lbl][cell] for lbl in order}, cell, f"{spec.name}: {spec.finding}",
-                                    fig_dir / f"{spec.name}_{slug(cell)}.png", levels))
+                                    fig_dir / f"{spec.name}_{slug(cell)}.png", comps))
         return figs
     figs = []
     for label, (records, runs_meta) in stores.items():
@@ -45,8 +45,11 @@ def _figures(spec: ReproduceSpec, stores: dict[str, Any], sweeps: dict[str, Any]
         recs = records if spec.verdict == "averaging" else [r for r in records
                                                            if r["checkpoint"].get("run") not in averaged]
         trajs = Store(sweeps[label].out, create=False).trajectories()
-        figs += [f for f in make_figures(recs, {label: trajs.get(label, {})}, fig_dir)
-                 if f.kind in FIGURE_KINDS[spec.verdict]]
+        for f in make_figures(recs, {label: trajs.get(label, {})}, fig_dir):
+            if f.kind in FIGURE_KINDS[spec.verdict]:
+                figs.append(f)
+            else:  # drawn with the rest of the trajectory's figures; the full report has it
+                f.path.unlink(missing_ok=True)
     return figs
 
 

@@ -158,22 +158,23 @@ def fp_levels(a: Records, b: Records, n: int) -> list[float]:
 
 def equal_fp_loss(stores: dict[str, tuple[Records, dict[str, Any]]], order: list[str], n_levels: int,
                   label_of: Callable[[str], str] = str) -> list[dict[str, Any]]:
-    """Per variant, for neighbouring runs in ``order`` (expected: ΔQ L falls along it): ΔQ L of both where
-    their main runs reach the same FP loss."""
+    """Per variant and pair of neighbouring runs in ``order`` (expected: ΔQ L falls along it): ΔQ L of both
+    where their main runs reach the same FP loss. One claim per pair, so a finding that holds up to some
+    learning rate and breaks beyond it says so."""
     per_run = {lbl: by_variant(stores[lbl][0]) for lbl in order}
     cells = sorted(set.intersection(*(set(v) for v in per_run.values())))
     claims = []
     for cell in cells:
-        comps = []
         for x, y in zip(order, order[1:]):
             a = sorted((r for r in per_run[x][cell] if r["checkpoint"].get("run") == "main"),
                        key=lambda r: r["checkpoint"]["step"])
             b = sorted((r for r in per_run[y][cell] if r["checkpoint"].get("run") == "main"),
                        key=lambda r: r["checkpoint"]["step"])
+            comps = []
             for level in fp_levels(a, b, n_levels):
                 res = compare_dq_at_fp_loss(a, b, level)
                 comps.append(_comparison(f"ΔQ L at FP loss {level:.3f}: {x} − {y}", x, y, res, level=level,
                                          dq_a=res["dq_a"], dq_b=res["dq_b"], at_a=res["at_a"], at_b=res["at_b"]))
-        claims.append(claim(f"ΔQ L falls along {' → '.join(label_of(o) for o in order)} at equal FP loss",
-                            "greater", cell, comps))
+            claims.append(claim(f"ΔQ L at equal FP loss is lower for {label_of(y)} than for {label_of(x)}",
+                                "greater", cell, comps))
     return claims
