@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 _EXAMPLES = """examples:
   qrobust demo --quick                              # ~15 s offline end-to-end run
+  qrobust reproduce all                             # the paper's F2/F3/F4/weight-decay experiments + verdicts
   qrobust train experiments/cooldown_tiny.yaml      # checkpoints + trajectory.json in runs/cooldown_tiny
   qrobust sweep experiments/sweep_rtn.yaml          # RTN 3/4-bit on every checkpoint -> results/
   qrobust report results/cooldown_tiny              # figures + index.html
