@@ -59,6 +59,16 @@ def record_interval(rec: dict[str, Any], **kw: Any) -> dict[str, float]:
     return dq_interval(fp, q, **kw)
 
 
+def _draws(a: dict[str, Any], b: dict[str, Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Block indices for resampling records ``a`` and ``b``: one draw for both when they share an eval
+    set (paired), independent draws otherwise."""
+    na, nb = _blocks(a)[0].size, _blocks(b)[0].size
+    ea, eb = (a.get("eval_set") or {}).get("id"), (b.get("eval_set") or {}).get("id")
+    paired = ea is not None and ea == eb and na == nb
+    ia = _indices(na, n_boot, seed)
+    return ia, ia if paired else _indices(nb, n_boot, seed + 1), paired
+
+
 def compare_dq(a: dict[str, Any], b: dict[str, Any], n_boot: int = N_BOOT, confidence: float = CONFIDENCE,
                seed: int = 0) -> dict[str, Any]:
     """Is ΔQ L of record ``a`` greater than of record ``b``?
@@ -68,10 +78,7 @@ def compare_dq(a: dict[str, Any], b: dict[str, Any], n_boot: int = N_BOOT, confi
     interval lies above 0) and whether the resampling was paired (same eval blocks)."""
     fa, qa = _blocks(a)
     fb, qb = _blocks(b)
-    ea, eb = (a.get("eval_set") or {}).get("id"), (b.get("eval_set") or {}).get("id")
-    paired = ea is not None and ea == eb and fa.size == fb.size
-    ia = _indices(fa.size, n_boot, seed)
-    ib = ia if paired else _indices(fb.size, n_boot, seed + 1)
+    ia, ib, paired = _draws(a, b, n_boot, seed)
     diff = _dq_samples(fa, qa, ia) - _dq_samples(fb, qb, ib)
     point = float((qa.sum() / fa.sum()) - (qb.sum() / fb.sum()))
     return _difference(point, diff, confidence, paired, n_boot)
@@ -93,12 +100,7 @@ def compare_loss(a: dict[str, Any], b: dict[str, Any], which: str = "q", n_boot:
                  confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
     """Is the loss (quantized by default, ``which="fp"`` for full precision) of record ``a`` greater than
     of record ``b``? Same fields as :func:`compare_dq`; the difference is in nats per token."""
-    fa, _ = _blocks(a)
-    fb, _ = _blocks(b)
-    ea, eb = (a.get("eval_set") or {}).get("id"), (b.get("eval_set") or {}).get("id")
-    paired = ea is not None and ea == eb and fa.size == fb.size
-    ia = _indices(fa.size, n_boot, seed)
-    ib = ia if paired else _indices(fb.size, n_boot, seed + 1)
+    ia, ib, paired = _draws(a, b, n_boot, seed)
     la, sa = _loss_samples(a, which, ia)
     lb, sb = _loss_samples(b, which, ib)
     return _difference(la - lb, sa - sb, confidence, paired, n_boot)

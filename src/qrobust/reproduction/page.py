@@ -11,14 +11,9 @@ from ..reporting.figures import FigureOut
 from ..reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
 from ..stats import CONFIDENCE, N_BOOT
 from ..trajectory import atomic_write_text
+from .verdicts import fmt_diff
 
 STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
-
-
-def _diff(k: dict[str, Any]) -> str:
-    if k.get("unit") == "nats":
-        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
-    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] pts"
 
 
 def _claims_html(claims: list[dict[str, Any]]) -> str:
@@ -31,7 +26,7 @@ def _claims_html(claims: list[dict[str, Any]]) -> str:
         for k in c["comparisons"]:
             mark = "for" if k["for"] else "against" if k["against"] else "unresolved"
             rows.append(f'<tr class="comparison"><td></td><td class="l">{esc(k["what"])}</td>'
-                        f'<td class="l">{esc(mark)}</td><td colspan="3">{esc(_diff(k))}'
+                        f'<td class="l">{esc(mark)}</td><td colspan="3">{esc(fmt_diff(k))}'
                         f'{"" if k.get("paired") else " (unpaired)"}</td></tr>')
     head = ("<tr><th class=\"l\">variant</th><th class=\"l\">claim / comparison (A − B)</th><th class=\"l\">status</th>"
             "<th>expected direction</th><th>resolved for</th><th>resolved against</th></tr>")

@@ -66,20 +66,13 @@ def summary_line(spec: ReproduceSpec, claims: list[dict[str, Any]]) -> str:
     return f"{spec.name}: " + " | ".join(parts)
 
 
-def fmt_diff(k: dict[str, Any]) -> str:
-    """A comparison's difference and interval: nats for losses, percentage points for ΔQ L."""
-    if k.get("unit") == "nats":
-        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
-    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] points"
-
-
 def format_claims(claims: list[dict[str, Any]]) -> str:
     lines = []
     for c in claims:
         lines.append(f"  [{c['status']}] {c['cell']}: {c['claim']} — {c['n_expected_direction']}/{c['n']} in the "
                      f"expected direction, {c['n_for']} resolved for, {c['n_against']} against")
         for k in c["comparisons"]:
-            lines.append(f"      {k['what']}: {fmt_diff(k)}")
+            lines.append(f"      {k['what']}: {verdicts.fmt_diff(k)}")
     return "\n".join(lines)
 
 

@@ -44,6 +44,13 @@ def _comparison(what: str, a: str, b: str, res: dict[str, Any], **extra: Any) ->
             "for": res["low"] > 0, "against": res["high"] < 0}
 
 
+def fmt_diff(k: dict[str, Any]) -> str:
+    """A comparison's difference and interval: nats for losses, percentage points for ΔQ L."""
+    if k.get("unit") == "nats":
+        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
+    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] points"
+
+
 def judge(kind: str, comps: list[dict[str, Any]]) -> str:
     n = len(comps)
     if n == 0:
