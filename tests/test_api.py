@@ -59,5 +59,5 @@ def test_api_functions_are_not_shadowed_by_subpackages():
     import qrobust.stats  # noqa: F401
     import qrobust.reproduction.run  # noqa: F401
     for name in ("train", "sweep", "report", "quantize", "evaluate_loss", "sharpness", "landscape", "average",
-                 "compare_dq", "dq_interval", "reproduce"):
+                 "compare_dq", "dq_interval", "reproduce", "export"):
         assert callable(getattr(qrobust, name)), name

@@ -118,6 +118,55 @@ def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", s
                       overrides=overrides)
 
 
+def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: int = 4, group_size: int = 128,
+           sym: bool = True, include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
+           calibration: torch.Tensor | None | str = "auto", format: str = "compressed-tensors", verify_blocks: int = 0,
+           allow_pickle: bool = False, trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+    """Quantize a checkpoint and write it in a standard format (compressed-tensors pack-quantized) that
+    ``transformers`` loads without qrobust. ``calibration="auto"``: the checkpoint's own calibration
+    windows when the method needs them. ``verify_blocks=N``: reload the export with transformers and
+    compare its loss on N eval blocks with the fake-quantized model's (returned as ``loss_*``)."""
+    from .data.tokenizer import load_tokenizer
+    from .quant import QuantSpec, get_quantizer
+    from .quant.apply import quantize_inplace
+    from .quant.export import FORMATS, check_exportable, export_compressed_tensors, _require_package
+
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
+    _require_package()
+    spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
+                     exclude=tuple(exclude), options=tuple(sorted(options.items())))
+    quantizer = get_quantizer(method)
+    quantizer.check_options(options)
+    if not sym:  # refuse what the format cannot hold before loading anything big
+        check_exportable(_QuantResultProbe(spec))
+    model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    tok = load_tokenizer(checkpoint)
+    if isinstance(calibration, str):
+        calibration = calib_blocks(checkpoint) if quantizer.needs_calibration else None
+    result = quantize_inplace(model, spec, calibration)
+    check_exportable(result)
+    report: dict[str, Any] = {"source": str(Path(checkpoint).resolve()), "label": spec.label}
+    blocks = eval_blocks(checkpoint, n_blocks=verify_blocks) if verify_blocks else None
+    if blocks is not None:
+        report["loss_fake_quant"] = evaluate_loss(model, blocks).loss
+    path = export_compressed_tensors(model, result, out, tok, extra={"source": report["source"]})
+    report["out"] = str(path)
+    if blocks is not None:
+        from transformers import AutoModelForCausalLM
+        reloaded = AutoModelForCausalLM.from_pretrained(str(path))
+        report["loss_reloaded"] = evaluate_loss(reloaded, blocks).loss
+        report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
+    return report
+
+
+class _QuantResultProbe:
+    """Just enough of a QuantResult for the spec-level checks of ``check_exportable``."""
+
+    def __init__(self, spec: Any):
+        self.spec, self.layers, self.grids = spec, {}, {}
+
+
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
     from .reporting import write_report
@@ -160,5 +209,5 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     return blocks
 
 
-__all__ = ["reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["export", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

@@ -130,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_args(p)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
 
+    p = sub.add_parser("export", help="quantize a checkpoint and write it as compressed-tensors (loads in transformers)",
+                       description="Quantize (RTN or GPTQ, symmetric grid) and write integer codes + scales in the "
+                                   "compressed-tensors pack-quantized format, which transformers loads with the "
+                                   "compressed-tensors package installed, without qrobust.")
+    p.add_argument("checkpoint", help="Hugging Face model folder")
+    p.add_argument("--out", required=True, help="folder for the exported checkpoint")
+    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
+    p.add_argument("--verify", type=_positive, default=None, metavar="N_BLOCKS",
+                   help="reload the export with transformers and compare its loss on N eval blocks")
+    _add_quant_args(p, bits_required=True)
+    _add_load_args(p)
+
     p = sub.add_parser("eval", help="validation loss of a checkpoint, FP and (with --bits) quantized")
     p.add_argument("checkpoint")
     p.add_argument("--corpus", default=None, help="corpus spec (default: the checkpoint's training corpus)")
@@ -316,7 +328,8 @@ def _calibration_for(a: argparse.Namespace, checkpoint: str):
     return calib_blocks(checkpoint, a.calib_samples, a.calib_seq_len, a.calib_corpus, a.calib_seed)
 
 
-def _check_quant_out(out: Path, checkpoint: Path) -> None:
+def _check_quant_out(out: Path, checkpoint: Path, marker: str = "quantization.json",
+                     what: str = "qrobust quantize") -> None:
     """Refuse any --out that would overwrite the FP checkpoint or unrelated data."""
     o, c = out.resolve(), checkpoint.resolve()
     if o == c or c in o.parents:
@@ -326,9 +339,26 @@ def _check_quant_out(out: Path, checkpoint: Path) -> None:
     anc = next(p for p in [o, *o.parents] if p.exists())
     if not anc.is_dir():
         raise QrobustError(f"cannot write the quantized checkpoint to '{out}': '{anc}' is a file, not a folder")
-    if o.is_dir() and any(o.iterdir()) and not (o / "quantization.json").is_file():
+    if o.is_dir() and any(o.iterdir()) and not (o / marker).is_file():
         raise QrobustError(f"--out '{out}' already holds other files; choose a new or empty folder "
-                           "(only an earlier 'qrobust quantize' output is replaced)")
+                           f"(only an earlier '{what}' output is replaced)")
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from . import api
+    out = Path(a.out)
+    _check_quant_out(out, Path(a.checkpoint), marker="qrobust_export.json", what="qrobust export")
+    spec = _spec(a)
+    calibration = _calibration_for(a, a.checkpoint)
+    rep = api.export(a.checkpoint, out, method=spec.method, bits=spec.bits, group_size=spec.group_size, sym=spec.sym,
+                     include=spec.include, exclude=spec.exclude, calibration=calibration, format=a.format,
+                     verify_blocks=a.verify or 0, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                     **dict(spec.options))
+    print(f"{rep['label']}: exported as {a.format} (pack-quantized) -> {rep['out']}")
+    if "loss_reloaded" in rep:
+        print(f"check on {a.verify} eval blocks: fake-quantized loss {rep['loss_fake_quant']:.6f}, reloaded with "
+              f"transformers {rep['loss_reloaded']:.6f} (difference {rep['loss_diff']:+.2e})")
+    return 0
 
 
 def _cmd_quantize(a: argparse.Namespace) -> int:
@@ -608,7 +638,7 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
 
 COMMANDS = {"sharpness": _cmd_sharpness, "landscape": _cmd_landscape, "demo": _cmd_demo, "train": _cmd_train, "quantize": _cmd_quantize, "eval": _cmd_eval,
             "sweep": _cmd_sweep, "report": _cmd_report, "results": _cmd_results, "trajectory": _cmd_trajectory,
-            "average": _cmd_average, "reproduce": _cmd_reproduce}
+            "average": _cmd_average, "reproduce": _cmd_reproduce, "export": _cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

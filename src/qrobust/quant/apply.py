@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import QrobustError
 from .calibration import CalibrationSet
+from .grid import LayerGrid
 from .registry import QuantSpec, get_quantizer
 
 
@@ -26,6 +27,8 @@ class QuantResult:
     spec: QuantSpec
     layers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {rel_err, mse, numel, ...}
     seconds: float = 0.0
+    # name -> the grid the quantizer used (methods that record one: rtn, gptq), for export
+    grids: dict[str, LayerGrid] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, float]:
         if not self.layers:
@@ -80,6 +83,9 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         raise
     result = QuantResult(spec=spec, seconds=time.perf_counter() - t0)
     for n, lin in layers.items():
+        grid = info.get(n, {}).pop("grid", None)
+        if grid is not None:
+            result.grids[n] = grid
         w0 = originals[n].float()
         d = lin.weight.detach().float() - w0
         result.layers[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)),
@@ -94,6 +100,13 @@ def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor],
             lin.weight.copy_(originals[n])
         for n, t in (touched or {}).items():
             t.copy_(others[n])
+
+
+def quantize_inplace(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None = None
+                     ) -> QuantResult:
+    """Quantize ``model`` in place for good (no FP weights kept back): for export, where the model is
+    converted right after."""
+    return _apply(model, spec, calibration)[0]
 
 
 @contextmanager

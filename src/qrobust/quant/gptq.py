@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
+from .grid import LayerGrid
 from .hessian import XtX
 from .calibration import memoised, tokens_of
 from .blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
@@ -135,7 +136,9 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
         recon = float(torch.einsum("ij,jk,ik->", d, Sd, d)) / N
         w.copy_(q.to(w.dtype))
         info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": float(res.row_loss[row: row + rows].sum()),
-                      "seconds": seconds * rows / stacked.shape[0]}
+                      "seconds": seconds * rows / stacked.shape[0],
+                      "grid": LayerGrid(res.scale[row: row + rows].clone(), res.zero[row: row + rows].clone(),
+                                        res.g_idx.clone(), spec.bits, spec.group_size, spec.sym)}
         row += rows
 
 

@@ -27,6 +27,8 @@ class GPTQResult:
     loss: float  # GPTQ's own objective sum_i (w - q)^2 / [H^-1]_ii^2 / 2, summed over rows
     g_idx: torch.Tensor  # group index of every input column (for export)
     row_loss: torch.Tensor  # the same objective per output row (rows are independent in GPTQ)
+    scale: torch.Tensor | None = None  # grid scale per (row, group id): [out, n_groups] (for export)
+    zero: torch.Tensor | None = None  # grid zero point per (row, group id), same shape
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: float, name: str
@@ -84,7 +86,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     Q = torch.zeros_like(W)
     losses = torch.zeros(rows, device=W.device, dtype=dtype)
     g_pos = torch.zeros(cols, dtype=torch.long)  # group id by position (permuted order)
+    n_groups = 1 if group_size == -1 else -(-cols // g)
+    scales = torch.zeros(rows, n_groups, dtype=dtype, device=W.device)
+    zeros = torch.zeros(rows, n_groups, dtype=dtype, device=W.device)
     scale, zero = whole if whole is not None else (None, None)
+    if whole is not None:
+        scales[:, 0:1], zeros[:, 0:1] = whole
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
@@ -98,6 +105,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
                     orig = int(perm[col]) if perm is not None else col
                     scale, zero = static[orig // g]
                     g_pos[col] = orig // g
+                    scales[:, orig // g: orig // g + 1], zeros[:, orig // g: orig // g + 1] = scale, zero
                 else:
                     if col % g == 0:
                         # fully updated weights of the group: the in-block part from W1; columns past
@@ -108,6 +116,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
                             rest = W[:, i2:end] - Err1[:, :i].matmul(Hinv[i1:col, i2:end])
                             part = torch.cat([part, rest], dim=1)
                         scale, zero = find_params(part, bits, sym)
+                        scales[:, col // g: col // g + 1], zeros[:, col // g: col // g + 1] = scale, zero
                     g_pos[col] = col // g
             w = W1[:, i]
             d = Hinv1[i, i]
@@ -124,4 +133,5 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         inv = torch.argsort(perm)
         Q = Q[:, inv]
         g_idx = g_pos[inv]
-    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses)
+    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses, scale=scales,
+                      zero=zeros)

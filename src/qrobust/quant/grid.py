@@ -17,6 +17,8 @@ not a multiple of group_size, the last group holds the remaining ``in_features %
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import QrobustError
@@ -76,11 +78,39 @@ def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + g, in_features)) for i in range(0, in_features, g)]
 
 
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
-    """Round-to-nearest quantize + dequantize a [out, in] weight with per-group parameters (fp32 math)."""
+@dataclass
+class LayerGrid:
+    """The grid a quantizer put one linear on: ``scale`` and ``zero`` per (output row, group), and each
+    input column's group (``g_idx``). Dequantized weight = scale · (q − zero), q in [0, 2^bits − 1].
+    Kept so a quantized model can be exported as integers plus scales (``quant/export.py``)."""
+    scale: torch.Tensor  # [out, n_groups]
+    zero: torch.Tensor  # [out, n_groups]
+    g_idx: torch.Tensor  # [in]
+    bits: int
+    group_size: int
+    sym: bool
+
+    def codes(self, w: torch.Tensor) -> torch.Tensor:
+        """The integer codes of the dequantized weight ``w`` on this grid ([out, in], int32)."""
+        s, z = self.scale[:, self.g_idx], self.zero[:, self.g_idx]
+        return torch.clamp(torch.round(_compute(w) / s) + z, 0, maxq_for(self.bits)).to(torch.int32)
+
+
+def fake_quantize_grid(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> tuple[torch.Tensor, LayerGrid]:
+    """Round-to-nearest quantize + dequantize a [out, in] weight with per-group parameters (fp32 math),
+    and the grid it used."""
     out = torch.empty_like(w, dtype=torch.float32)
-    for a, b in group_bounds(w.shape[1], group_size):
+    scales, zeros, g_idx = [], [], torch.empty(w.shape[1], dtype=torch.long)
+    for k, (a, b) in enumerate(group_bounds(w.shape[1], group_size)):
         chunk = w[:, a:b].float()
         scale, zero = find_params(chunk, bits, sym)
         out[:, a:b] = quantize_dequantize(chunk, scale, zero, bits)
-    return out.to(w.dtype)
+        scales.append(scale)
+        zeros.append(zero)
+        g_idx[a:b] = k
+    return out.to(w.dtype), LayerGrid(torch.cat(scales, 1), torch.cat(zeros, 1), g_idx, bits, group_size, sym)
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
+    """Round-to-nearest quantize + dequantize a [out, in] weight with per-group parameters (fp32 math)."""
+    return fake_quantize_grid(w, bits, group_size, sym)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .grid import GroupSizeError, fake_quantize
+from .grid import GroupSizeError, fake_quantize_grid
 from .registry import Quantizer, QuantSpec, register_quantizer
 
 
@@ -16,9 +16,12 @@ class RTN(Quantizer):
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
+        info: dict[str, dict] = {}
         for name, lin in layers.items():
             try:
-                lin.weight.copy_(fake_quantize(lin.weight, spec.bits, spec.group_size, spec.sym))
+                w, grid = fake_quantize_grid(lin.weight, spec.bits, spec.group_size, spec.sym)
             except GroupSizeError as e:
                 raise GroupSizeError(f"RTN: layer '{name}': {e}") from None
-        return {}
+            lin.weight.copy_(w)
+            info[name] = {"grid": grid}
+        return info
