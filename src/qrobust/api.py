@@ -10,7 +10,7 @@ import torch
 from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
-from .models import load_checkpoint
+from .models import load_checkpoint, resolve_device, resolve_dtype
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary
 from .sources import load_source as load_trajectory
@@ -121,7 +121,8 @@ def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", s
 def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: int = 4, group_size: int = 128,
            sym: bool = True, include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
            calibration: torch.Tensor | None | str = "auto", format: str = "compressed-tensors", verify_blocks: int = 0,
-           allow_pickle: bool = False, trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+           allow_pickle: bool = False, trust_remote_code: bool = False, device: str = "auto", dtype: str = "float32",
+           **options: Any) -> dict[str, Any]:
     """Quantize a checkpoint and write it in a standard format (compressed-tensors pack-quantized) that
     ``transformers`` loads without qrobust. ``calibration="auto"``: the checkpoint's own calibration
     windows when the method needs them. ``verify_blocks=N``: reload the export with transformers and
@@ -140,7 +141,8 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     quantizer.check_options(options)
     if not sym:  # refuse what the format cannot hold before loading anything big
         check_exportable(_QuantResultProbe(spec))
-    model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
+                            device=device)
     tok = load_tokenizer(checkpoint)
     if isinstance(calibration, str):
         calibration = calib_blocks(checkpoint) if quantizer.needs_calibration else None
@@ -154,7 +156,8 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     report["out"] = str(path)
     if blocks is not None:
         from transformers import AutoModelForCausalLM
-        reloaded = AutoModelForCausalLM.from_pretrained(str(path))
+        reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype)).to(
+            resolve_device(device))
         report["loss_reloaded"] = evaluate_loss(reloaded, blocks).loss
         report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
     return report

@@ -79,6 +79,12 @@ def _add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching linears")
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model dtype (default float32); quantizer math stays fp32")
+
+
 def _add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow pickle weight files (*.bin), read with torch.load(weights_only=True)")
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
     _add_quant_args(p, bits_required=True)
     _add_load_args(p)
+    _add_device_args(p)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
 
     p = sub.add_parser("export", help="quantize a checkpoint and write it as compressed-tensors (loads in transformers)",
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reload the export with transformers and compare its loss on N eval blocks")
     _add_quant_args(p, bits_required=True)
     _add_load_args(p)
+    _add_device_args(p)
 
     p = sub.add_parser("eval", help="validation loss of a checkpoint, FP and (with --bits) quantized")
     p.add_argument("checkpoint")
@@ -152,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=8)
     _add_quant_args(p, bits_required=False)
     _add_load_args(p)
+    _add_device_args(p)
     p.add_argument("--tasks", action="append", default=None,
                    help="downstream task (builtin-nextline[:N], jsonl:PATH, preset:paper12, an lm-eval task); "
                         "repeatable; needs pip install 'qrobust[tasks]'")
@@ -209,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML sweep config (e.g. experiments/sweep_rtn.yaml)")
     p.add_argument("--out", default=None, help="results folder (overrides the config's 'out')")
     p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--device", default=None, help="overrides the config's 'device' (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="overrides the config's 'dtype' (a non-float32 dtype gets its own records)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--array-index", type=int, default=None,
                    help="this worker's index in a job array (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
@@ -353,7 +365,7 @@ def _cmd_export(a: argparse.Namespace) -> int:
     rep = api.export(a.checkpoint, out, method=spec.method, bits=spec.bits, group_size=spec.group_size, sym=spec.sym,
                      include=spec.include, exclude=spec.exclude, calibration=calibration, format=a.format,
                      verify_blocks=a.verify or 0, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
-                     **dict(spec.options))
+                     device=a.device, dtype=a.dtype, **dict(spec.options))
     print(f"{rep['label']}: exported as {a.format} (pack-quantized) -> {rep['out']}")
     if "loss_reloaded" in rep:
         print(f"check on {a.verify} eval blocks: fake-quantized loss {rep['loss_fake_quant']:.6f}, reloaded with "
@@ -369,7 +381,8 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     out = Path(a.out)
     _check_quant_out(out, Path(a.checkpoint))
     spec = _spec(a)
-    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                            dtype=a.dtype, device=a.device)
     tok = load_tokenizer(a.checkpoint)
     with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
         report = {"source": str(Path(a.checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
@@ -395,7 +408,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .quant import quantized
 
     spec = _spec(a) if a.bits is not None else None  # bad options fail before any work
-    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                            dtype=a.dtype, device=a.device)
     tok = load_tokenizer(a.checkpoint)
     check_vocab(model, tok, a.checkpoint)
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
@@ -533,7 +547,7 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
         sys.stdout.write(slurm_script(a.config, a.array_count, a.out, a.threads, a.slurm_opt))
         return 0
     index, count = _array_from_env(a)
-    over = {k: v for k, v in (("out", a.out), ("threads", a.threads)) if v}
+    over = {k: v for k, v in (("out", a.out), ("threads", a.threads), ("device", a.device), ("dtype", a.dtype)) if v}
     s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, executor=a.executor,
                   ray_address=a.ray_address, cpus_per_task=a.cpus_per_task, gpus_per_task=a.gpus_per_task, **over)
     part = f" (array task {index} of {count})" if count else ""

@@ -229,6 +229,18 @@ class SweepConfig(Strict):
     allow_pickle: bool = False
     trust_remote_code: bool = False
     threads: int | None = Field(default=None, ge=1)
+    # where models run (auto: CUDA when present) and their dtype; quantizer math stays fp32. A dtype other
+    # than float32 is part of every record key (it changes the numbers); the device is recorded, not keyed.
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        d = v.strip().lower()
+        if not (d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{v}'")
+        return d
 
     @field_validator("methods")
     @classmethod

@@ -111,9 +111,52 @@ def check_finite(model: nn.Module, where: str) -> None:
             raise CheckpointError(f"checkpoint '{where}' has NaN/Inf values in '{name}'; it cannot be evaluated")
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (CUDA when there is one, else CPU), ``cpu``, ``cuda`` or ``cuda:i``; one clear line when the
+    asked device is not there."""
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        idx = spec.partition(":")[2]
+        if idx and not idx.isdigit():
+            raise CheckpointError(f"device '{spec}' is not valid; use auto, cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise CheckpointError(f"device '{spec}' asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
+                                  "use --device cpu (or auto)")
+        if idx and int(idx) >= torch.cuda.device_count():
+            raise CheckpointError(f"device '{spec}' asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                                  "are visible")
+        return torch.device(spec)
+    raise CheckpointError(f"unknown device '{spec}'; use auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(spec: str | torch.dtype | None = "float32") -> torch.dtype:
+    """The model dtype by name (float32, bfloat16, float16 and their short forms). Quantizer math
+    (Hessians, GPTQ updates, grids) stays fp32 whatever this is."""
+    if isinstance(spec, torch.dtype):
+        return spec
+    key = (spec or "float32").strip().lower()
+    if key not in DTYPES:
+        raise CheckpointError(f"unknown dtype '{spec}'; use float32, bfloat16 or float16")
+    return DTYPES[key]
+
+
 def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
-                    dtype: torch.dtype = torch.float32, revision: str | None = None) -> nn.Module:
-    """Load a causal LM from a local ``save_pretrained`` folder, safely."""
+                    dtype: torch.dtype | str = torch.float32, revision: str | None = None,
+                    device: str | torch.device | None = None) -> nn.Module:
+    """Load a causal LM from a local ``save_pretrained`` folder, safely; on ``device`` (default CPU) in
+    ``dtype``."""
+    dtype = resolve_dtype(dtype)
+    target = resolve_device(device) if device is not None else None
     from transformers import AutoModelForCausalLM
 
     p = Path(path)
@@ -143,6 +186,8 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
         raise CheckpointError(f"cannot load '{p}': {first}") from None
     model.eval()
     check_finite(model, str(p))
+    if target is not None and target.type != "cpu":
+        model.to(target)
     return model
 
 

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..evaluate import degradation, evaluate_loss
 from ..geometry.measure import measure
 from ..stats import dq_interval
-from ..models import check_vocab, load_checkpoint, weight_safetensors
+from ..models import check_vocab, load_checkpoint, resolve_device, weight_safetensors
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..averaging.averagers import AverageJob
 from ..averaging.run import folder_of, is_made, make, plan_for_sweep
@@ -80,9 +80,13 @@ def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
     return checkpoint_data_config(ck.path)
 
 
-def _ck_identity(ck: Checkpoint) -> dict[str, Any]:
+def _ck_identity(ck: Checkpoint, dtype: str = "float32") -> dict[str, Any]:
+    """What identifies a checkpoint's numbers: its weights, and the dtype it runs in when not float32."""
     weights = weight_safetensors(Path(ck.path)) or sorted(Path(ck.path).glob("*.bin"))
-    return {"name": ck.name, "step": ck.step, "weights": file_fingerprint(weights) if weights else ck.path}
+    ident = {"name": ck.name, "step": ck.step, "weights": file_fingerprint(weights) if weights else ck.path}
+    if dtype != "float32":
+        ident["dtype"] = dtype
+    return ident
 
 
 class _Sets:
@@ -147,6 +151,10 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     specs = variants(cfg)  # bad methods / options fail before anything is loaded or written
+    if cfg.geometry is not None and cfg.dtype != "float32":
+        raise ConfigError("loss geometry (Hessian-vector products) needs float32 models; drop 'geometry' or "
+                          f"set dtype: float32 (got {cfg.dtype})")
+    resolve_device(cfg.device)  # a GPU asked for on a machine without one fails here, once
     traj, pending = sweep_trajectory(cfg)
     store = Store(cfg.out)
     store.save_trajectory(traj)
@@ -166,7 +174,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
         # repo and revision, with the local snapshot folder as its path
         ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
-        ident = _ck_identity(ck)
+        ident = _ck_identity(ck, cfg.dtype)
         data_cfg = _data_config(traj, ck)
         tok_fp = tokenizer_fingerprint(ck.path)
         # record keys include the eval-set id, which depends on the tokenizer: build the set once per
@@ -233,7 +241,8 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
     """One checkpoint group: load once, FP loss once (or from the store), then every missing variant."""
     es = sets.eval_set(data_cfg, tok, tok_fp)
     t0 = time.perf_counter()
-    model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
+    model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+                            dtype=cfg.dtype, device=cfg.device)
     check_vocab(model, tok, ck.path)
     load_s = time.perf_counter() - t0
     summary.model_loads += 1
@@ -290,6 +299,7 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
             "weight_error": qr.summary(), "layers": qr.layers,
             "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
             "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds, "eval_s": rq.seconds},
+            "device": str(next(model.parameters()).device), "dtype": cfg.dtype,
         }
         store.put(keys[spec], rec)
         summary.records_written += 1
