@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable; needs pip install 'qrobust[tasks]'")
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--limit", type=_positive, default=None, help="items per task")
+    p.add_argument("--stream", action="store_true",
+                   help="layer-streamed: one decoder block in memory at a time, FP and quantized in one pass "
+                        "(for models beyond RAM; needs --bits, RTN so far)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("sharpness", help="Hessian λmax and trace, per-layer sharpness, weight statistics of a checkpoint",
@@ -400,6 +403,24 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_streamed(a: argparse.Namespace, spec) -> int:
+    from .api import eval_blocks
+    from .layerwise import describe, streamed_losses
+    if spec is None or a.tasks:
+        raise QrobustError("--stream evaluates FP and quantized loss in one pass: give --bits, and no --tasks")
+    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
+    res = streamed_losses(a.checkpoint, spec, blocks, a.batch_size, device=a.device, dtype=a.dtype,
+                          trust_remote_code=a.trust_remote_code, progress=not a.json)
+    out = {"checkpoint": str(a.checkpoint), "streamed": True, **describe(res)}
+    if a.json:
+        print(json.dumps(out, indent=1))
+    else:
+        print(f"loss_fp {out['loss_fp']:.4f} over {out['n_tokens']} tokens | {out['label']}: loss_q {out['loss_q']:.4f}, "
+              f"ΔQ L {100 * out['dq_rel']:+.3f}% (layer-streamed, {out['blocks']} blocks, "
+              f"median {out['block_seconds_median']:.2f} s per block)")
+    return 0
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .api import eval_blocks
     from .evaluate import degradation, evaluate_loss
@@ -408,6 +429,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from .quant import quantized
 
     spec = _spec(a) if a.bits is not None else None  # bad options fail before any work
+    if a.stream:
+        return _eval_streamed(a, spec)
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                             dtype=a.dtype, device=a.device)
     tok = load_tokenizer(a.checkpoint)
