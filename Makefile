@@ -38,6 +38,7 @@ bench: venv
 	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_gptq.py
 	$(BIN)/python bench/bench_hvp.py --repeats 15 --json bench/results/hvp_cpu.json
+	$(BIN)/python bench/bench_layerwise.py --json bench/results/layerwise_cpu.json
 
 # llm-compressor pins its own transformers, so it gets its own venv next to ours
 bench-llmcompressor:

@@ -52,32 +52,70 @@ def _renamings(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(offset of the data section, header) of a safetensors file: an 8-byte little-endian length,
+    then that many bytes of JSON naming each tensor's dtype, shape and byte range."""
+    import json
+    import struct
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"'{path}' is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        try:
+            head = json.loads(f.read(n))
+        except ValueError:
+            raise CheckpointError(f"'{path}' is not a safetensors file (bad header)") from None
+    head.pop("__metadata__", None)
+    return 8 + n, head
+
+
 class WeightSource:
-    """Tensors of a checkpoint's safetensors files by the model's parameter names, read on demand
-    (memory-mapped): nothing is loaded until asked for."""
+    """Tensors of a checkpoint's safetensors files by the model's parameter names, read on demand.
+
+    Read with plain ``pread`` into a fresh buffer rather than through ``safetensors.safe_open``, whose
+    memory map keeps every page it ever touched resident in this process: for a model streamed block
+    by block that would grow to the whole file, which is what streaming is meant to avoid."""
 
     def __init__(self, folder: Path, model: nn.Module | None = None):
         import re
-
-        from safetensors import safe_open
         files = weight_safetensors(folder)
         if not files:
             raise CheckpointError(f"'{folder}' has no *.safetensors weights; layer streaming reads safetensors only")
-        self._handles = [safe_open(str(f), framework="pt", device="cpu") for f in files]
         renames = _renamings(model) if model is not None else []
-        self.where: dict[str, tuple[Any, str]] = {}
-        for h in self._handles:
-            for key in h.keys():
+        self.where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        for f in files:
+            start, head = _header(f)
+            for key, entry in head.items():
                 name = key
                 for src, tgt in renames:
                     name = re.sub(src, tgt, name)
-                self.where[name] = (h, key)
+                self.where[name] = (f, start, entry)
 
     def get(self, name: str) -> torch.Tensor:
+        import os
         if name not in self.where:
             raise CheckpointError(f"tensor '{name}' is not in the checkpoint's safetensors files")
-        h, key = self.where[name]
-        return h.get_tensor(key)
+        path, start, entry = self.where[name]
+        dtype = _ST_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"tensor '{name}' has dtype {entry['dtype']}, which layer streaming does not read")
+        a, b = entry["data_offsets"]
+        buf = bytearray(b - a)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [buf], start + a)
+        finally:
+            os.close(fd)
+        if got != b - a:
+            raise CheckpointError(f"'{path}' is truncated: tensor '{name}' needs bytes {a}..{b} of its data section")
+        t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+        return t.reshape(entry["shape"])
 
 
 def _materialize(module: nn.Module, prefix: str, source: WeightSource, device: torch.device, dtype: torch.dtype,
