@@ -64,8 +64,8 @@ def test_bf16_stream_equals_bf16_in_memory(tmp_path):
 def test_what_cannot_be_streamed_is_refused(tmp_path):
     path = _llama(tmp_path, False)
     blocks = torch.randint(0, 96, (2, 16))
-    with pytest.raises(QrobustError, match="layer streaming supports rtn"):
-        streamed_losses(path, QuantSpec(method="gptq", bits=4, group_size=16), blocks)
+    with pytest.raises(QrobustError, match="layer streaming supports rtn, gptq so far; 'awq'"):
+        streamed_losses(path, QuantSpec(method="awq", bits=4, group_size=16), blocks)
     from safetensors.torch import load_file, save_file
     f = path / "model.safetensors"
     tensors = load_file(str(f))
@@ -76,3 +76,24 @@ def test_what_cannot_be_streamed_is_refused(tmp_path):
         streamed_losses(path, QuantSpec(method="rtn", bits=4, group_size=16), blocks)
     with pytest.raises(CheckpointError, match="not a model folder"):
         streamed_losses(tmp_path / "nothing", QuantSpec(method="rtn", bits=4, group_size=16), blocks)
+
+
+def test_gptq_stream_equals_in_memory_sequential_gptq(tmp_path, tiny_run):
+    import qrobust
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    blocks = qrobust.eval_blocks(ck, n_blocks=5)
+    calib = qrobust.calib_blocks(ck, n_samples=6)
+    for options in ((), (("act_order", True), ("true_sequential", False))):
+        spec = QuantSpec(method="gptq", bits=3, group_size=16, options=options)
+        res = streamed_losses(ck, spec, blocks, batch_size=2, calibration=calib)
+        model = load_checkpoint(ck)
+        fp = evaluate_loss(model, blocks, 2)
+        with quantized(model, spec, calib):
+            q = evaluate_loss(model, blocks, 2)
+        assert res.fp.block_sums == fp.block_sums and res.q.block_sums == q.block_sums
+        assert all("gptq_loss" in v for v in res.layers.values())
+    with pytest.raises(QrobustError, match="needs calibration"):
+        streamed_losses(ck, QuantSpec(method="gptq", bits=3, group_size=16), blocks)
+    with pytest.raises(QrobustError, match="block-sequential"):
+        streamed_losses(ck, QuantSpec(method="gptq", bits=3, group_size=16, options=(("sequential", False),)),
+                        blocks, calibration=calib)

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive, default=None, help="items per task")
     p.add_argument("--stream", action="store_true",
                    help="layer-streamed: one decoder block in memory at a time, FP and quantized in one pass "
-                        "(for models beyond RAM; needs --bits, RTN so far)")
+                        "(for models beyond RAM; needs --bits; RTN and GPTQ)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("sharpness", help="Hessian λmax and trace, per-layer sharpness, weight statistics of a checkpoint",
@@ -410,7 +410,8 @@ def _eval_streamed(a: argparse.Namespace, spec) -> int:
         raise QrobustError("--stream evaluates FP and quantized loss in one pass: give --bits, and no --tasks")
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
     res = streamed_losses(a.checkpoint, spec, blocks, a.batch_size, device=a.device, dtype=a.dtype,
-                          trust_remote_code=a.trust_remote_code, progress=not a.json)
+                          trust_remote_code=a.trust_remote_code, progress=not a.json,
+                          calibration=_calibration_for(a, a.checkpoint))
     out = {"checkpoint": str(a.checkpoint), "streamed": True, **describe(res)}
     if a.json:
         print(json.dumps(out, indent=1))

@@ -10,8 +10,10 @@ swapped for a stand-in that hands back the stored states, so embeddings, masks, 
 the loss are computed by exactly the code the in-memory path runs (``evaluate.evaluate_loss``): the
 numbers are the same, as ``tests/test_layerwise.py`` checks.
 
-Supported now: data-free methods (RTN), whose quantization of a block needs only that block. GPTQ and
-AWQ need each block's calibration inputs from the quantized stream; they are the next step.
+RTN quantizes each block on its own. GPTQ (block-sequential, as in memory) also carries the calibration
+set through the quantized blocks: block i's Hessians come from the outputs of quantized blocks < i,
+computed by the very function the in-memory path uses (``quant.gptq.quantize_block``). AWQ is not
+streamed yet.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .quant import QuantSpec, get_quantizer
 from .quant.apply import _matches
 from .quant.blocks import decoder_layers, first_block_inputs, next_inputs
 
-STREAMABLE_METHODS = ("rtn",)
+STREAMABLE_METHODS = ("rtn", "gptq")
 
 
 def _renamings(model: nn.Module) -> list[tuple[str, str]]:
@@ -189,35 +191,60 @@ class StreamedResult:
     seconds: float = 0.0
 
 
-def _quantize_block(block: nn.Module, prefix: str, spec: QuantSpec) -> tuple[nn.Module, dict[str, dict[str, float]]]:
-    """A quantized copy of one decoder block (the FP block is left as it is)."""
-    qblock = copy.deepcopy(block)
-    layers = {f"{prefix}.{n}": m for n, m in qblock.named_modules() if isinstance(m, nn.Linear)}
+def _selected(block: nn.Module, prefix: str, spec: QuantSpec) -> dict[str, nn.Linear]:
+    layers = {f"{prefix}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
     if spec.include:
         layers = {n: m for n, m in layers.items() if _matches(n, spec.include)}
-    layers = {n: m for n, m in layers.items() if not _matches(n, spec.exclude)}
-    originals = {n: m.weight.detach().clone() for n, m in layers.items()}
+    return {n: m for n, m in layers.items() if not _matches(n, spec.exclude)}
+
+
+def _quantize_block(block: nn.Module, prefix: str, spec: QuantSpec, calib: list[tuple[tuple, dict]] | None,
+                    propagate: bool) -> tuple[nn.Module, dict[str, dict[str, float]], list[tuple[tuple, dict]] | None]:
+    """A quantized copy of one decoder block (the FP block is left as it is), its per-layer errors, and
+    (GPTQ) the next block's calibration inputs: this quantized block's outputs."""
+    qblock = copy.deepcopy(block)
+    layers = _selected(qblock, prefix, spec)
+    originals = {n: m.weight.detach() for n, m in _selected(block, prefix, spec).items()}  # the FP block's own
+    info: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
-        get_quantizer(spec.method).quantize_layers(qblock, layers, spec, None)
+        if spec.method == "gptq":
+            from .quant.gptq import _ieee_fp32, gptq_options, quantize_block
+            with _ieee_fp32():
+                calib = quantize_block(qblock, layers, calib, spec, gptq_options(dict(spec.options)), info,
+                                       propagate=propagate)
+        else:
+            get_quantizer(spec.method).quantize_layers(qblock, layers, spec, None)
     stats = {}
     for n, m in layers.items():
         w0, d = originals[n].float(), m.weight.detach().float() - originals[n].float()
         stats[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean()),
-                    "numel": w0.numel()}
-    return qblock, stats
+                    "numel": w0.numel(), **{k: v for k, v in info.get(n, {}).items() if k != "grid"}}
+    return qblock, stats, calib
 
 
 def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tensor, batch_size: int = 8,
                     device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
-                    progress: bool = False) -> StreamedResult:
+                    progress: bool = False, calibration: torch.Tensor | None = None) -> StreamedResult:
     """FP and quantized loss of ``checkpoint`` on ``blocks`` ([n, T] token ids), one decoder block in
-    memory at a time. Same numbers as loading the whole model and calling ``evaluate_loss`` twice."""
+    memory at a time. Same numbers as loading the whole model and calling ``evaluate_loss`` twice.
+    ``calibration`` ([n, T] token ids): for GPTQ, carried through the quantized blocks as in-memory
+    sequential GPTQ carries it."""
     from tqdm.auto import tqdm
 
     if spec.method not in STREAMABLE_METHODS:
-        raise QrobustError(f"layer streaming supports {', '.join(STREAMABLE_METHODS)} so far; '{spec.method}' needs "
-                           "calibration inputs carried through the quantized blocks (not built yet): evaluate it "
-                           "in memory")
+        raise QrobustError(f"layer streaming supports {', '.join(STREAMABLE_METHODS)} so far; '{spec.method}' "
+                           "needs its own streamed path (not built yet): evaluate it in memory")
+    get_quantizer(spec.method).check_options(dict(spec.options))
+    calib_batch = None
+    if spec.method == "gptq":
+        from .quant.gptq import gptq_options
+        opts = gptq_options(dict(spec.options))
+        if not opts.sequential:
+            raise QrobustError("streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP "
+                               "Hessians need the whole model)")
+        if calibration is None:
+            raise QrobustError("GPTQ needs calibration token blocks; pass calibration")
+        calib_batch = opts.calib_batch_size
     t_all = time.perf_counter()
     folder = Path(checkpoint)
     if not (folder / "config.json").is_file():
@@ -239,9 +266,16 @@ def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tenso
     if leftover:
         raise CheckpointError(f"'{folder}': parameter '{leftover[0]}' is missing from the safetensors files")
     batches = [b.to(dev) for b in torch.split(blocks, batch_size)]
+    prefixes = [f"{layers_name}.{i}" for i in range(len(layers))]
+    with_linears = [i for i, p in enumerate(prefixes) if _selected(layers[i], p, spec)]
+    if not with_linears:
+        raise QrobustError("no linear layers selected for quantization; check the include/exclude patterns")
+    last = max(with_linears)
     with torch.no_grad():
         inputs_fp = first_block_inputs(model, layers[0], batches)
         inputs_q = list(inputs_fp)
+        calib = (first_block_inputs(model, layers[0], [b.to(dev) for b in torch.split(calibration, calib_batch)])
+                 if calib_batch else None)
         stats: dict[str, dict[str, float]] = {}
         block_seconds = []
         as_tuple = False
@@ -254,7 +288,10 @@ def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tenso
                 raise CheckpointError(f"'{folder}': parameter '{layers_name}.{i}.{missing[0]}' is missing from the "
                                       "safetensors files")
             outs_fp = [block(*a, **k) for a, k in inputs_fp]
-            qblock, st = _quantize_block(block, f"{layers_name}.{i}", spec)
+            if i <= last:
+                qblock, st, calib = _quantize_block(block, prefixes[i], spec, calib, propagate=i < last)
+            else:  # past the last selected linear the quantized model runs FP blocks
+                qblock, st = block, {}
             stats.update(st)
             outs_q = [qblock(*a, **k) for a, k in inputs_q]
             as_tuple = isinstance(outs_fp[0], (tuple, list))

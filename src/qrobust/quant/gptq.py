@@ -125,15 +125,15 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
     stacked = torch.cat([w.detach().float() for w in weights]) if len(names) > 1 else weights[0]
     res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
-                        damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names))
+                        damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True)
+    del H
     seconds = time.perf_counter() - t0
-    Sd = S.double()
     row = 0
     for name, w in zip(names, weights):
         rows = w.shape[0]
         q = res.weight[row: row + rows]
-        d = (q - w.float()).double()
-        recon = float(torch.einsum("ij,jk,ik->", d, Sd, d)) / N
+        d = q - w.float()
+        recon = float(((d @ S) * d).sum(dtype=torch.float64)) / N  # fp32 products: no float64 copy of S
         w.copy_(q.to(w.dtype))
         info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": float(res.row_loss[row: row + rows].sum()),
                       "seconds": seconds * rows / stacked.shape[0],
@@ -196,25 +196,35 @@ class GPTQ(Quantizer):
         inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
         for bi in range(last + 1):
-            block, linears = blocks[bi], in_blocks.get(bi, {})
-            args0, kwargs0 = first_sample(*inputs[0])
-            probe = probe_block(block, linears, lambda: block(*args0, **kwargs0)) if linears else None
-            staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
-            groups = probe.groups if probe else []
-            steps = [[g] for g in groups] if opts.true_sequential else ([groups] if groups else [])
-            for si, step in enumerate(steps):
-                def collect(step=step) -> _Hessians:
-                    hessians = _Hessians(groups)
-                    staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
-                    return hessians
-                if bi == 0 and si == 0:  # block 0's first step sees only FP weights: shared by all variants
-                    key = ("gptq-block0-step0", tuple(map(tuple, step)), opts.calib_batch_size)
-                    hessians = memoised(calibration, key, collect)
-                else:
-                    hessians = collect()
-                for g in step:
-                    _quantize_group(g, linears, hessians, spec, opts, info)
-                    staged.mark_quantized(g)
-            if bi < last:  # the quantized block's outputs are the next block's inputs
-                inputs = next_inputs(staged.run({}, stop_at=None), inputs)
-            staged.release()
+            inputs = quantize_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
+                                    calibration if bi == 0 else None, propagate=bi < last)
+
+
+def quantize_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
+                   opts: GPTQOptions, info: dict[str, dict[str, float]], first_of: Any = None,
+                   propagate: bool = True) -> list[tuple[tuple, dict]] | None:
+    """GPTQ on one decoder block, in place, from its calibration inputs (the previous quantized block's
+    outputs); returns the next block's inputs when ``propagate``. Shared by the in-memory sequential
+    path and layer streaming. ``first_of``: the calibration of the whole model when this is block 0,
+    whose first Hessians see only FP weights and are shared by every variant."""
+    args0, kwargs0 = first_sample(*inputs[0])
+    probe = probe_block(block, linears, lambda: block(*args0, **kwargs0)) if linears else None
+    staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
+    groups = probe.groups if probe else []
+    steps = [[g] for g in groups] if opts.true_sequential else ([groups] if groups else [])
+    for si, step in enumerate(steps):
+        def collect(step=step) -> _Hessians:
+            hessians = _Hessians(groups)
+            staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
+            return hessians
+        if first_of is not None and si == 0:
+            key = ("gptq-block0-step0", tuple(map(tuple, step)), opts.calib_batch_size)
+            hessians = memoised(first_of, key, collect)
+        else:
+            hessians = collect()
+        for g in step:
+            _quantize_group(g, linears, hessians, spec, opts, info)
+            staged.mark_quantized(g)
+    nxt = next_inputs(staged.run({}, stop_at=None), inputs) if propagate else None
+    staged.release()
+    return nxt

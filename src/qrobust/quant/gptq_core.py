@@ -37,13 +37,16 @@ def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: 
     mean_diag = torch.mean(torch.diag(H))
     idx = torch.arange(H.shape[0], device=H.device)
     d = damp
-    while True:
+    while True:  # at most three [in, in] matrices alive besides H (they are big for wide MLPs)
         Hd = H.clone()
         Hd[idx, idx] += d * mean_diag
         L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         if info == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if info == 0:
                 return U, d
         if damp_step <= 0 or d + damp_step > damp_max + 1e-12:
@@ -55,13 +58,14 @@ def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False,
                   damp_step: float = 0.0, damp_max: float = 1.0, name: str = "layer",
-                  dtype: torch.dtype = torch.float32) -> GPTQResult:
+                  dtype: torch.dtype = torch.float32, own_h: bool = False) -> GPTQResult:
     """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
 
     All math runs in ``dtype`` (fp32 by default; float64 for reference checks), never in TF32/half.
+    ``own_h``: the caller hands ``H`` over (it is overwritten instead of copied, saving one [in, in]).
     """
     W = W.detach().clone().to(dtype)
-    H = H.detach().clone().to(dtype)
+    H = H.detach().to(dtype) if own_h else H.detach().clone().to(dtype)
     rows, cols = W.shape
     maxq_for(bits)  # validates bits
     g = cols if group_size == -1 else group_size
@@ -82,6 +86,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
     Hinv, used = _inverse_cholesky(H, damp, damp_step, damp_max, name)
+    del H  # only the inverse factor is needed from here on
 
     Q = torch.zeros_like(W)
     losses = torch.zeros(rows, device=W.device, dtype=dtype)
