@@ -27,6 +27,20 @@ def test_xtx_equals_float64_reference(dim, blocks):
     assert torch.equal(S, S.T)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1024])
+def test_in_place_symmetrisation_is_bit_identical_to_mirroring_the_upper_triangle(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    acc = XtX(300, blocks=4)
+    acc.add(torch.randn(40, 300, generator=g))
+    upper = acc._S.clone()
+    expect = torch.triu(upper) + torch.triu(upper, 1).T
+    S = acc.full(chunk=chunk)
+    assert torch.equal(S, expect) and S.data_ptr() == acc._S.data_ptr()  # no second matrix
+    assert torch.equal(acc.full(chunk=chunk), expect)  # idempotent
+    with pytest.raises(RuntimeError, match="after full"):
+        acc.add(torch.randn(2, 300))
+
+
 def test_stacked_rows_equal_separate_gptq_calls():
     """GPTQ treats rows independently: one call on [W1; W2] == two calls (what group stacking relies on)."""
     g = torch.Generator().manual_seed(0)

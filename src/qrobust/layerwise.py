@@ -2,9 +2,9 @@
 blocks, holding one block's weights at a time.
 
 The model is built on the ``meta`` device (no memory). Its embeddings, final norm and head are loaded
-for real; every decoder block is then, in turn, read from the memory-mapped safetensors files onto the
-compute device, run over the evaluation batches twice (the FP stream, then a quantized copy over the
-quantized stream), and dropped. Hidden states of both streams are carried from block to block. At the
+for real; every decoder block is then, in turn, read from the safetensors files onto the compute
+device, run over the evaluation batches for the FP stream, quantized in place, run again over the
+quantized stream, and dropped. Hidden states of both streams are carried from block to block. At the
 end the model's own forward maps each stream's last hidden states to logits, with every decoder block
 swapped for a stand-in that hands back the stored states, so embeddings, masks, final norm, head and
 the loss are computed by exactly the code the in-memory path runs (``evaluate.evaluate_loss``): the
@@ -17,7 +17,6 @@ streamed yet.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,27 +198,28 @@ def _selected(block: nn.Module, prefix: str, spec: QuantSpec) -> dict[str, nn.Li
 
 
 def _quantize_block(block: nn.Module, prefix: str, spec: QuantSpec, calib: list[tuple[tuple, dict]] | None,
-                    propagate: bool) -> tuple[nn.Module, dict[str, dict[str, float]], list[tuple[tuple, dict]] | None]:
-    """A quantized copy of one decoder block (the FP block is left as it is), its per-layer errors, and
-    (GPTQ) the next block's calibration inputs: this quantized block's outputs."""
-    qblock = copy.deepcopy(block)
-    layers = _selected(qblock, prefix, spec)
-    originals = {n: m.weight.detach() for n, m in _selected(block, prefix, spec).items()}  # the FP block's own
+                    propagate: bool, source: WeightSource
+                    ) -> tuple[dict[str, dict[str, float]], list[tuple[tuple, dict]] | None]:
+    """Quantize one decoder block in place (its FP stream has already run), and return its per-layer
+    errors and (GPTQ) the next block's calibration inputs: this quantized block's outputs. The FP weights
+    for the errors are read back from the files one layer at a time, so no copy of the block is held."""
+    layers = _selected(block, prefix, spec)
     info: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
         if spec.method == "gptq":
             from .quant.gptq import _ieee_fp32, gptq_options, quantize_block
             with _ieee_fp32():
-                calib = quantize_block(qblock, layers, calib, spec, gptq_options(dict(spec.options)), info,
+                calib = quantize_block(block, layers, calib, spec, gptq_options(dict(spec.options)), info,
                                        propagate=propagate)
         else:
-            get_quantizer(spec.method).quantize_layers(qblock, layers, spec, None)
+            get_quantizer(spec.method).quantize_layers(block, layers, spec, None)
     stats = {}
     for n, m in layers.items():
-        w0, d = originals[n].float(), m.weight.detach().float() - originals[n].float()
+        w0 = source.get(f"{n}.weight").to(m.weight.dtype).float()  # as the in-memory path saw it
+        d = m.weight.detach().float() - w0
         stats[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean()),
                     "numel": w0.numel(), **{k: v for k, v in info.get(n, {}).items() if k != "grid"}}
-    return qblock, stats, calib
+    return stats, calib
 
 
 def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tensor, batch_size: int = 8,
@@ -288,15 +288,13 @@ def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tenso
                 raise CheckpointError(f"'{folder}': parameter '{layers_name}.{i}.{missing[0]}' is missing from the "
                                       "safetensors files")
             outs_fp = [block(*a, **k) for a, k in inputs_fp]
-            if i <= last:
-                qblock, st, calib = _quantize_block(block, prefixes[i], spec, calib, propagate=i < last)
-            else:  # past the last selected linear the quantized model runs FP blocks
-                qblock, st = block, {}
-            stats.update(st)
-            outs_q = [qblock(*a, **k) for a, k in inputs_q]
+            if i <= last:  # past the last selected linear the quantized model runs FP blocks
+                st, calib = _quantize_block(block, prefixes[i], spec, calib, i < last, source)
+                stats.update(st)
+            outs_q = [block(*a, **k) for a, k in inputs_q]
             as_tuple = isinstance(outs_fp[0], (tuple, list))
             inputs_fp, inputs_q = next_inputs(outs_fp, inputs_fp), next_inputs(outs_q, inputs_q)
-            del qblock, outs_fp, outs_q
+            del outs_fp, outs_q
             layers[i] = block.to_empty(device="meta")  # drop this block's weights
             block_seconds.append(time.perf_counter() - t0)
         results = []
