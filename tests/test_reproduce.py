@@ -17,7 +17,7 @@ from qrobust.reproduction.spec import builtin_names, load_spec, resolve_runs, sc
 N_BLOCKS, TOKENS = 32, 10
 
 
-def _rec(run, step, loss_fp, dq, label="gptq-w3g128", noise=0.002, seed=0, eval_id="e"):
+def _rec(run, step, loss_fp, dq, label="gptq-w3g128", noise=0.002, seed=0, eval_id="e", parent_step=None):
     """A record whose FP loss and ΔQ L are what is asked, with per-block noise around them."""
     rng = np.random.default_rng(seed + 1000 * step + hash(run) % 997)
     fp = 1 + rng.normal(0, 0.05, N_BLOCKS)
@@ -25,7 +25,7 @@ def _rec(run, step, loss_fp, dq, label="gptq-w3g128", noise=0.002, seed=0, eval_
     q = fp * (1 + rng.normal(0, noise, N_BLOCKS))
     q *= (1 + dq) * fp.sum() / q.sum()
     n = N_BLOCKS * TOKENS
-    return {"trajectory": "t", "checkpoint": {"run": run, "step": step, "tokens": step * 100},
+    return {"trajectory": "t", "checkpoint": {"run": run, "step": step, "tokens": step * 100, "parent_step": parent_step},
             "variant": {"label": label, "method": "gptq", "bits": 3}, "eval_set": {"id": eval_id},
             "blocks": {"nll_fp": fp.tolist(), "nll_q": q.tolist()},
             "metrics": {"loss_fp": fp.sum() / n, "loss_q": q.sum() / n, "dq_rel": q.sum() / fp.sum() - 1}}
@@ -55,7 +55,7 @@ RUNS_META = {"main": {"parent": None, "from_step": None},
 
 def _cooldown_records(decay_dq):
     recs = [_rec("main", s, 5.0 - 0.2 * s, 0.01) for s in range(1, 7)]
-    recs += [_rec("decay2", 4, 3.9, decay_dq), _rec("decay4", 6, 3.5, decay_dq)]
+    recs += [_rec("decay2", 4, 3.9, decay_dq, parent_step=2), _rec("decay4", 6, 3.5, decay_dq, parent_step=4)]
     recs += [_rec("main-lawa3", 4, 3.95, 0.05), _rec("main-lawa3", 6, 3.55, 0.05)]  # averaged: never a cooldown
     return recs
 

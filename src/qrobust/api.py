@@ -130,7 +130,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     from .data.tokenizer import load_tokenizer
     from .quant import QuantSpec, get_quantizer
     from .quant.apply import quantize_inplace
-    from .quant.export import FORMATS, check_exportable, export_compressed_tensors, _require_package
+    from .quant.export import FORMATS, _require_package, check_exportable, check_spec, export_compressed_tensors
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
@@ -139,8 +139,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
                      exclude=tuple(exclude), options=tuple(sorted(options.items())))
     quantizer = get_quantizer(method)
     quantizer.check_options(options)
-    if not sym:  # refuse what the format cannot hold before loading anything big
-        check_exportable(_QuantResultProbe(spec))
+    check_spec(spec)  # refuse what the format cannot hold before loading anything big
     model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device)
     tok = load_tokenizer(checkpoint)
@@ -161,13 +160,6 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
         report["loss_reloaded"] = evaluate_loss(reloaded, blocks).loss
         report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
     return report
-
-
-class _QuantResultProbe:
-    """Just enough of a QuantResult for the spec-level checks of ``check_exportable``."""
-
-    def __init__(self, spec: Any):
-        self.spec, self.layers, self.grids = spec, {}, {}
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:

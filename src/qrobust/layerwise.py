@@ -29,7 +29,7 @@ from .errors import CheckpointError, QrobustError
 from .evaluate import LossResult, evaluate_loss
 from .models import resolve_device, resolve_dtype, weight_safetensors
 from .quant import QuantSpec, get_quantizer
-from .quant.apply import _matches
+from .quant.apply import select_linears, weight_error
 from .quant.blocks import decoder_layers, first_block_inputs, next_inputs
 
 STREAMABLE_METHODS = ("rtn", "gptq")
@@ -191,10 +191,7 @@ class StreamedResult:
 
 
 def _selected(block: nn.Module, prefix: str, spec: QuantSpec) -> dict[str, nn.Linear]:
-    layers = {f"{prefix}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-    if spec.include:
-        layers = {n: m for n, m in layers.items() if _matches(n, spec.include)}
-    return {n: m for n, m in layers.items() if not _matches(n, spec.exclude)}
+    return select_linears(block, spec.include, spec.exclude, prefix=prefix + ".", required=False)
 
 
 def _quantize_block(block: nn.Module, prefix: str, spec: QuantSpec, calib: list[tuple[tuple, dict]] | None,
@@ -215,10 +212,8 @@ def _quantize_block(block: nn.Module, prefix: str, spec: QuantSpec, calib: list[
             get_quantizer(spec.method).quantize_layers(block, layers, spec, None)
     stats = {}
     for n, m in layers.items():
-        w0 = source.get(f"{n}.weight").to(m.weight.dtype).float()  # as the in-memory path saw it
-        d = m.weight.detach().float() - w0
-        stats[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean()),
-                    "numel": w0.numel(), **{k: v for k, v in info.get(n, {}).items() if k != "grid"}}
+        w0 = source.get(f"{n}.weight").to(m.weight.dtype)  # as the in-memory path saw it
+        stats[n] = {**weight_error(w0, m.weight), **{k: v for k, v in info.get(n, {}).items() if k != "grid"}}
     return stats, calib
 
 

@@ -44,14 +44,18 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> dict[str, nn.Linear]:
+def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tuple[str, ...] = (),
+                   prefix: str = "", required: bool = True) -> dict[str, nn.Linear]:
     """Every ``nn.Linear`` except the LM head (output embeddings), filtered by glob patterns on the name.
 
-    ``include`` (if given) keeps only matching names; ``exclude`` then drops matching ones.
+    ``include`` (if given) keeps only matching names; ``exclude`` then drops matching ones. ``prefix``:
+    the module's own name in its model (one decoder block of a streamed model), so patterns see full
+    names; ``required=False`` allows an empty selection.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out: dict[str, nn.Linear] = {}
     for name, mod in model.named_modules():
+        name = prefix + name
         if not isinstance(mod, nn.Linear) or mod is head:
             continue
         if include and not _matches(name, include):
@@ -59,7 +63,7 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
         if exclude and _matches(name, exclude):
             continue
         out[name] = mod
-    if not out:
+    if not out and required:
         raise QrobustError("no linear layers selected for quantization; check the include/exclude patterns")
     return out
 
@@ -86,11 +90,16 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         grid = info.get(n, {}).pop("grid", None)
         if grid is not None:
             result.grids[n] = grid
-        w0 = originals[n].float()
-        d = lin.weight.detach().float() - w0
-        result.layers[n] = {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)),
-                            "mse": float(d.pow(2).mean()), "numel": w0.numel(), **info.get(n, {})}
+        result.layers[n] = {**weight_error(originals[n], lin.weight), **info.get(n, {})}
     return result, (originals, touched, others), layers
+
+
+def weight_error(w0: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
+    """How far quantized weights ``w`` are from the originals ``w0``: relative Frobenius error, MSE, size."""
+    w0 = w0.detach().float()
+    d = w.detach().float() - w0
+    return {"rel_err": float(d.norm() / w0.norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean()),
+            "numel": w0.numel()}
 
 
 def _restore(layers: dict[str, nn.Linear], originals: dict[str, torch.Tensor],

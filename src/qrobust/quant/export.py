@@ -21,8 +21,10 @@ from torch import nn
 from ..errors import QrobustError
 from .apply import QuantResult
 from .grid import LayerGrid
+from .registry import QuantSpec
 
 FORMATS = ("compressed-tensors",)
+GRID_METHODS = ("rtn", "gptq")  # quantizers that record the grid they used (QuantResult.grids)
 
 
 def _require_package() -> Any:
@@ -34,17 +36,23 @@ def _require_package() -> Any:
     return compressed_tensors
 
 
-def check_exportable(result: QuantResult) -> None:
-    """One clear line for anything the format cannot hold, before any file is written."""
-    spec = result.spec
-    missing = [n for n in result.layers if n not in result.grids]
-    if missing:
+def check_spec(spec: QuantSpec) -> None:
+    """What the format cannot hold, decided by the settings alone: checked before anything is loaded."""
+    if spec.method not in GRID_METHODS:
         raise QrobustError(f"method '{spec.method}' does not record its quantization grid, so its integers cannot "
-                           "be exported; export supports rtn and gptq")
+                           f"be exported; export supports {' and '.join(GRID_METHODS)}")
     if not spec.sym:
         raise QrobustError("exporting an asymmetric grid is not supported: compressed-tensors writes its packed zero "
                            "points, but transformers does not load them back here; quantize with the symmetric "
                            "grid (the default, no --asym)")
+
+
+def check_exportable(result: QuantResult) -> None:
+    """One clear line for anything the format cannot hold, before any file is written."""
+    check_spec(result.spec)
+    missing = [n for n in result.layers if n not in result.grids]
+    if missing:
+        raise QrobustError(f"layer '{missing[0]}' has no recorded quantization grid; its integers cannot be exported")
     for name, grid in result.grids.items():
         cols = grid.g_idx.numel()
         g = cols if grid.group_size == -1 else grid.group_size

@@ -407,9 +407,12 @@ def _svd_figure(g: _Group, pairs: list[tuple[Any, ...]], path: Path) -> FigureOu
 
 def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str, Any]],
                  out_dir: str | Path, geometry: list[dict[str, Any]] | None = None,
-                 tasks: list[dict[str, Any]] | None = None) -> list[FigureOut]:
+                 tasks: list[dict[str, Any]] | None = None, kinds: set[str] | None = None) -> list[FigureOut]:
     """Write every figure for the given records (and loss-geometry records) into ``out_dir``;
-    deterministic names, sorted order."""
+    deterministic names, sorted order. ``kinds``: only these (dq, loss, averaging, stable_vs_decay)."""
+    def want(kind: str) -> bool:
+        return kinds is None or kind in kinds
+
     from .averaging import averaging_figure
     from .geometry import geometry_figures
     from .tasks import task_figures
@@ -427,15 +430,16 @@ def make_figures(records: list[dict[str, Any]], trajectories: dict[str, dict[str
             label = label if slugs.count(key[0]) == 1 else f"{label} [{key[1]}]"
             variants.append((label, by_var[key]))
             names.append(name)
-            path = out_dir / f"dq_{slug(g.traj)}{g.suffix}_{name}.png"
-            figs.append(_dq_figure(g, label, by_var[key], path))
-        figs.append(_loss_figure(g, variants, out_dir / f"loss_{slug(g.traj)}{g.suffix}.png"))
-        if any(_is_averaged(g, r) for r in g.runs):
+            if want("dq"):
+                figs.append(_dq_figure(g, label, by_var[key], out_dir / f"dq_{slug(g.traj)}{g.suffix}_{name}.png"))
+        if want("loss"):
+            figs.append(_loss_figure(g, variants, out_dir / f"loss_{slug(g.traj)}{g.suffix}.png"))
+        if want("averaging") and any(_is_averaged(g, r) for r in g.runs):
             for (label, recs), name in zip(variants, names):
                 path = out_dir / f"averaging_{slug(g.traj)}{g.suffix}_{name}.png"
                 figs.append(averaging_figure(g, label, recs, path))
         pairs = [p for p in _pairs(g, variants) if p[3] is not None and p[4] is not None]
-        if pairs:
+        if pairs and want("stable_vs_decay"):
             figs.append(_svd_figure(g, pairs, out_dir / f"stable_vs_decay_{slug(g.traj)}{g.suffix}.png"))
         named = [(lab, n, recs) for (lab, recs), n in zip(variants, names)]
         if geometry:

@@ -46,7 +46,7 @@ def _seeds(result: dict[str, Any]) -> str:
 
 
 def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str, Any]],
-           trajs: dict[str, dict[str, Any]]) -> str:
+           trajs: dict[str, dict[str, Any]], page_dir: Path = Path(".")) -> str:
     body = [f"<h1>qrobust reproduce: {esc(result['experiment'])}</h1>",
             f"<p><b>Finding under test:</b> {esc(result['finding'])}</p>",
             f"<p class=\"meta\">Scale {esc(result['scale'])}"
@@ -60,7 +60,7 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             "<h2>Figures</h2>" + (_figures_html(figs) or "<p>No figures.</p>"),
             "<h2>Runs</h2><ul>" + "".join(
                 f"<li>{esc(lbl)}: run <code>{esc(r['train_config']['out'])}</code>, results "
-                f"<code>{esc(r['sweep_config']['out'])}</code>, full report <a href=\"{esc(_rel(r['report'], result))}\">"
+                f"<code>{esc(r['sweep_config']['out'])}</code>, full report <a href=\"{esc(_rel(r['report'], page_dir))}\">"
                 f"{esc(r['report'])}</a></li>" for lbl, r in result["runs"].items()) + "</ul>",
             "<h2>Provenance</h2>", "<h3>Seeds</h3>" + _seeds(result),
             "<h3>Experiment file</h3>" f"<pre>{esc(result['spec_yaml'])}</pre>",
@@ -72,9 +72,8 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             + "\n".join(body) + "\n</body>\n</html>\n")
 
 
-def _rel(path: str, result: dict[str, Any]) -> str:
+def _rel(path: str, page_dir: Path) -> str:
     """Link target relative to the page (OUT/<name>/index.html), so the folder can be moved whole."""
-    page_dir = Path(result.get("_page_dir", "."))
     try:
         return os.path.relpath(Path(path).resolve(), page_dir.resolve())
     except ValueError:
@@ -83,7 +82,7 @@ def _rel(path: str, result: dict[str, Any]) -> str:
 
 def write_page(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str, Any]],
                trajs: dict[str, dict[str, Any]], path: Path) -> Path:
-    page = render({**result, "_page_dir": str(path.parent)}, figs, records, trajs)
+    page = render(result, figs, records, trajs, path.parent)
     atomic_write_text(path, page)
     os.chmod(path, 0o644)
     return path

@@ -19,16 +19,18 @@ from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve
 FIGURE_KINDS = {"cooldown": {"dq", "loss", "stable_vs_decay"}, "averaging": {"averaging"}}
 
 
-def _stores(spec: ReproduceSpec, sweeps: dict[str, Any]) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
-    out = {}
+def _stores(sweeps: dict[str, Any]) -> tuple[dict[str, tuple[list[dict[str, Any]], dict[str, Any]]],
+                                              dict[str, dict[str, Any]]]:
+    """Per run label: (its records, its runs' metadata), and its stored trajectory; each read once."""
+    out, trajs = {}, {}
     for label, sc in sweeps.items():
         store = Store(sc.out, create=False)
-        traj = store.trajectories().get(label) or {}
-        out[label] = ([r for r in store.records() if r.get("trajectory") == label], traj.get("runs") or {})
-    return out
+        trajs[label] = store.trajectories().get(label) or {}
+        out[label] = ([r for r in store.records() if r.get("trajectory") == label], trajs[label].get("runs") or {})
+    return out, trajs
 
 
-def _figures(spec: ReproduceSpec, stores: dict[str, Any], sweeps: dict[str, Any], fig_dir: Path,
+def _figures(spec: ReproduceSpec, stores: dict[str, Any], trajs: dict[str, dict[str, Any]], fig_dir: Path,
              claims: list[dict[str, Any]]) -> list[FigureOut]:
     if spec.verdict == "equal_fp_loss":
         order = spec.order or list(spec.runs)
@@ -44,12 +46,7 @@ def _figures(spec: ReproduceSpec, stores: dict[str, Any], sweeps: dict[str, Any]
         averaged = {n for n, m in runs_meta.items() if m.get("averaged")}
         recs = records if spec.verdict == "averaging" else [r for r in records
                                                            if r["checkpoint"].get("run") not in averaged]
-        trajs = Store(sweeps[label].out, create=False).trajectories()
-        for f in make_figures(recs, {label: trajs.get(label, {})}, fig_dir):
-            if f.kind in FIGURE_KINDS[spec.verdict]:
-                figs.append(f)
-            else:  # drawn with the rest of the trajectory's figures; the full report has it
-                f.path.unlink(missing_ok=True)
+        figs += make_figures(recs, {label: trajs[label]}, fig_dir, kinds=FIGURE_KINDS[spec.verdict])
     return figs
 
 
@@ -100,7 +97,7 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
         api.sweep(sc, progress=progress)
         reports[label] = str(api.report(sc.out))
     t2 = time.perf_counter()
-    stores = _stores(spec, sweeps)
+    stores, trajs = _stores(sweeps)
     if spec.verdict == "cooldown":
         claims = verdicts.cooldown(stores)
     elif spec.verdict == "averaging":
@@ -108,7 +105,7 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
     else:
         claims = verdicts.equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
     exp_dir = out / spec.name
-    figs = _figures(spec, stores, sweeps, exp_dir / "figures", claims)
+    figs = _figures(spec, stores, trajs, exp_dir / "figures", claims)
     result = {"experiment": spec.name, "finding": spec.finding, "summary": summary_line(spec, claims),
               "claims": claims, "scale": scale, "model": model, "train_s": t1 - t0, "sweep_s": t2 - t1,
               "runs": {lbl: {"train_config": cfg.model_dump(exclude={"threads"}),
@@ -119,7 +116,6 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
     exp_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
     records = [r for recs, _ in stores.values() for r in recs]
-    trajs = {lbl: Store(sc.out, create=False).trajectories().get(lbl, {}) for lbl, sc in sweeps.items()}
     result["page"] = str(write_page(result, figs, records, trajs, exp_dir / "index.html"))
     if progress:
         print(f"\n{spec.name}: {spec.finding}\n{format_claims(claims)}\n{result['summary']}\n"

@@ -82,25 +82,19 @@ def _at(recs: Records, run: str) -> dict[int, dict[str, Any]]:
 
 
 def cooldown(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per variant: ΔQ L at the end of every cooldown vs the constant-LR run at the same step."""
+    """Per variant: ΔQ L at the end of every cooldown vs the constant-LR run at the same step (the pairs
+    the demo's summary makes, averaged runs left out)."""
+    from ..demo import stable_vs_decay
     claims = []
     for run_label, (records, runs_meta) in stores.items():
+        keep = set(_branches(runs_meta)) | {"main"}
         for cell, recs in by_variant(records).items():
-            main = _at(recs, "main")
-            comps = []
-            for br in sorted(_branches(runs_meta), key=lambda n: runs_meta[n]["from_step"]):
-                mine = _at(recs, br)
-                if not mine:
-                    continue
-                end = max(mine)
-                if end not in main:
-                    continue
-                d, c = mine[end], main[end]
-                comps.append(_comparison(f"cooldown from step {runs_meta[br]['from_step']} vs constant LR at step {end}",
-                                         br, "main", compare_dq(d, c), step=end,
-                                         from_step=runs_meta[br]["from_step"],
-                                         dq_a=d["metrics"]["dq_rel"], dq_b=c["metrics"]["dq_rel"],
-                                         loss_fp_a=d["metrics"]["loss_fp"], loss_fp_b=c["metrics"]["loss_fp"]))
+            rows = stable_vs_decay([r for r in recs if r["checkpoint"].get("run") in keep])
+            comps = [_comparison(f"cooldown from step {row['from_step']} vs constant LR at step {row['step']}",
+                                 row["branch"], "main", row["decay_vs_control"], step=row["step"],
+                                 from_step=row["from_step"], dq_a=row["dq_decay"], dq_b=row["dq_control"],
+                                 loss_fp_a=row["loss_fp_decay"], loss_fp_b=row["loss_fp_control"])
+                     for row in sorted(rows, key=lambda row: row["from_step"]) if row["decay_vs_control"]]
             claims.append(claim("ΔQ L at the end of a cooldown is above the constant-LR run's at the same step",
                                 "greater", cell, comps))
     return claims
