@@ -183,7 +183,7 @@ def test_jsonl_missing_field_names_line_and_field(tmp_path):
     with pytest.raises(DataError) as ei:
         load_documents(f"jsonl:{f}", field="body")
     msg = str(ei.value)
-    assert f":3:" in msg  # the third physical line (blank lines count)
+    assert ":3:" in msg  # the third physical line (blank lines count)
     assert "'body'" in msg
     assert "\n" not in msg
 

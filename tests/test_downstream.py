@@ -119,3 +119,67 @@ def test_cli_eval_with_tasks(tiny_run, tmp_path, capsys):
     (task,) = out["tasks_fp"]
     assert out["tasks_drop"][task]["acc_fp"] == out["tasks_fp"][task]["acc"]
     assert out["tasks_fp"][task]["n"] == 8
+
+
+class _StandInVLLM:
+    """lm-eval's VLLM constructor, served by HFLM from the folder it is given (vLLM itself needs a GPU
+    package this machine does not have): proves the saved copy holds the model's current weights."""
+
+    seen: dict = {}
+
+    def __new__(cls, pretrained: str, tokenizer: str, dtype: str, batch_size, seed: int, max_model_len: int,
+                trust_remote_code: bool):
+        from lm_eval.models.huggingface import HFLM
+        cls.seen = {"folder": Path(pretrained), "tokenizer": Path(tokenizer), "dtype": dtype, "seed": seed,
+                    "max_model_len": max_model_len, "trust_remote_code": trust_remote_code,
+                    "files": sorted(p.name for p in Path(pretrained).iterdir())}
+        return HFLM(pretrained=pretrained, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size, device="cpu",
+                    max_length=max_model_len)
+
+
+def test_vllm_backend_serves_the_current_weights(tiny_run, tmp_path, monkeypatch):
+    import qrobust.downstream.run as run_mod
+    from qrobust.quant import QuantSpec, quantized
+    monkeypatch.setattr(run_mod, "_vllm_installed", lambda: True)
+    monkeypatch.setattr(run_mod, "_vllm_class", lambda: _StandInVLLM)
+    ck = _ck(tiny_run)
+    model, tok = load_checkpoint(ck), load_tokenizer(ck)
+    items = nextline_items(_docs(), n=24, seed=7, fits=context_fits(tok, model_context(model)))
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in items))
+    names, yd = resolve_tasks([f"jsonl:{path}"], tmp_path / "work")
+    with quantized(model, QuantSpec(method="rtn", bits=2, group_size=16)):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        hf = evaluate_tasks(model, tok, names, yd, batch_size=4)
+        vl = evaluate_tasks(model, tok, names, yd, batch_size=4, seed=3, backend="vllm")
+        ref = _reference_acc(model, tok, items)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    (h,), (v,) = hf.values(), vl.values()
+    assert v["acc"] == h["acc"] == pytest.approx(ref) and v["acc_norm"] == h["acc_norm"] and v["n"] == 24
+    seen = _StandInVLLM.seen
+    assert seen["folder"] == seen["tokenizer"] and not seen["folder"].exists()  # temporary, removed after
+    assert "model.safetensors" in seen["files"] and "tokenizer.json" in seen["files"]
+    assert (seen["dtype"], seen["seed"], seen["max_model_len"], seen["trust_remote_code"]) == (
+        "float32", 3, model_context(model), False)
+
+
+def test_vllm_backend_missing_is_one_line(tiny_run, tmp_path, monkeypatch, capsys):
+    import qrobust.downstream.run as run_mod
+    from qrobust.cli import main
+    from qrobust.config import TasksConfig
+    from qrobust.errors import QrobustError
+    monkeypatch.setattr(run_mod, "_vllm_installed", lambda: False)
+    ck = _ck(tiny_run)
+    with pytest.raises(QrobustError, match=r"needs vLLM: pip install 'qrobust\[vllm\]'"):
+        evaluate_tasks(load_checkpoint(ck), load_tokenizer(ck), ["x"], None, backend="vllm")
+    assert main(["eval", str(ck), "--tasks", "builtin-nextline", "--tasks-backend", "vllm"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "needs vLLM" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    from qrobust.sweeps import sweep
+    out = tmp_path / "res"
+    with pytest.raises(QrobustError, match="needs vLLM"):
+        sweep({"trajectory": str(tiny_run), "out": str(out), "bits": [2], "tasks": {"backend": "vllm"}},
+              progress=False)
+    assert not out.exists()  # refused before anything was written
+    # the default backend keeps the keys of stores written before backends existed
+    assert "backend" not in TasksConfig().identity() and TasksConfig(backend="vllm").identity()["backend"] == "vllm"

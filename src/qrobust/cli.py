@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeatable; needs pip install 'qrobust[tasks]'")
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--limit", type=_positive, default=None, help="items per task")
+    p.add_argument("--tasks-backend", choices=["hf", "vllm"], default="hf",
+                   help="lm-eval model type: hf (in-memory model, default) or vllm (when installed: serves a "
+                        "saved copy of the FP / fake-quantized weights)")
     p.add_argument("--stream", action="store_true",
                    help="layer-streamed: one decoder block in memory at a time, FP and quantized in one pass "
                         "(for models beyond RAM; needs --bits; RTN and GPTQ)")
@@ -432,6 +435,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     spec = _spec(a) if a.bits is not None else None  # bad options fail before any work
     if a.stream:
         return _eval_streamed(a, spec)
+    if a.tasks:
+        from .downstream.run import check_backend
+        check_backend(a.tasks_backend)
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                             dtype=a.dtype, device=a.device)
     tok = load_tokenizer(a.checkpoint)
@@ -479,7 +485,8 @@ def _task_runner(a: argparse.Namespace, model, tok, work: Path):
     from .downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
     names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
                                     context_fits(tok, model_context(model)))
-    return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, a.num_fewshot, a.limit)
+    return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, a.num_fewshot, a.limit,
+                             backend=a.tasks_backend)
 
 
 def _cmd_sharpness(a: argparse.Namespace) -> int:

@@ -151,6 +151,15 @@ class TasksConfig(Strict):
     limit: int | None = Field(default=None, ge=1)  # items per task (None: all)
     batch_size: int | Literal["auto"] = "auto"
     seed: int = 0
+    backend: Literal["hf", "vllm"] = "hf"  # vllm: optional, when installed (serves a saved copy of the weights)
+
+    def identity(self) -> dict[str, Any]:
+        """What keys the stored accuracies: every setting, the backend only when it is not the default (so
+        stores written before the backend existed keep their keys)."""
+        d = self.model_dump()
+        if d["backend"] == "hf":
+            del d["backend"]
+        return d
 
 
 class GeometryConfig(Strict):

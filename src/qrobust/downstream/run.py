@@ -1,17 +1,28 @@
 """Run lm-evaluation-harness on a model object (no hub access: the checkpoint's own tokenizer and local
-task files), and keep acc / acc_norm with their standard errors per task."""
+task files), and keep acc / acc_norm with their standard errors per task.
+
+Two backends: ``hf`` (lm-eval's HFLM on the in-memory model, the default) and ``vllm`` (optional, when
+vLLM is installed: the model as it is now, FP or fake-quantized, is saved to a temporary folder and
+lm-eval's vLLM model type serves it; faster on GPUs for big task sets, same weights)."""
 from __future__ import annotations
 
 import contextlib
+import gc
+import importlib.util
 import logging
 import math
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Literal
 
+import torch
 from torch import nn
 
 from ..errors import QrobustError
+
+Backend = Literal["hf", "vllm"]
+BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
 
 _MANAGERS: dict[str | None, Any] = {}
@@ -24,33 +35,94 @@ def _task_manager(cls, include: str | None):
     return _MANAGERS[include]
 
 
+def _vllm_class():
+    """lm-eval's vLLM model type; importing it imports vLLM (separate so tests can stand one in)."""
+    from lm_eval.models.vllm_causallms import VLLM
+    return VLLM
+
+
+def _vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def check_backend(backend: str) -> None:
+    """One line when the backend is unknown or its package is missing."""
+    if backend not in BACKENDS:
+        raise QrobustError(f"unknown tasks backend '{backend}': use one of {', '.join(BACKENDS)}")
+    if backend == "vllm" and not _vllm_installed():
+        raise QrobustError("tasks backend 'vllm' needs vLLM: pip install 'qrobust[vllm]' (or use the default "
+                           "backend 'hf')")
+
+
+_VLLM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@contextlib.contextmanager
+def _vllm_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> Iterator[Any]:
+    """vLLM serving the model's current weights: saved (safetensors + tokenizer) to a temporary folder that
+    lives as long as the engine. A model on the GPU waits on the CPU meanwhile, so the GPU holds one copy."""
+    from ..models import save_checkpoint
+    from .tasks import model_context
+
+    device = next(model.parameters()).device
+    dtype = _VLLM_DTYPES.get(next(model.parameters()).dtype, "auto")
+    with tempfile.TemporaryDirectory(prefix="qrobust-vllm-") as tmp:
+        folder = save_checkpoint(model, tokenizer, Path(tmp) / "model")
+        if device.type != "cpu":
+            model.to("cpu")
+            torch.cuda.empty_cache()
+        lm = None
+        try:
+            lm = _vllm_class()(pretrained=str(folder), tokenizer=str(folder), dtype=dtype, batch_size=batch_size,
+                               seed=seed, max_model_len=model_context(model), trust_remote_code=False)
+            yield lm
+        finally:
+            del lm
+            gc.collect()
+            if device.type != "cpu":
+                torch.cuda.empty_cache()
+                model.to(device)
+
+
+@contextlib.contextmanager
+def _hf_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> Iterator[Any]:
+    """lm-eval's HFLM on the in-memory model (no copy)."""
+    del seed  # HFLM takes its seeds from simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    yield HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+               device=str(next(model.parameters()).device))
+
+
 def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path | None, num_fewshot: int = 0,
-                   limit: int | None = None, batch_size: int | str = "auto", seed: int = 0) -> dict[str, Any]:
+                   limit: int | None = None, batch_size: int | str = "auto", seed: int = 0,
+                   backend: Backend = "hf") -> dict[str, Any]:
     """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}} for the model as it is now (FP or quantized)."""
     try:
         from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise QrobustError("downstream tasks need lm-evaluation-harness: pip install 'qrobust[tasks]'") from None
+    check_backend(backend)
     for name in ("lm-eval", "lm_eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     was_training = model.training
     model.eval()
+    make_lm = _vllm_lm if backend == "vllm" else _hf_lm
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                      device=str(next(model.parameters()).device))
-        tm = _task_manager(TaskManager, str(yaml_dir) if yaml_dir and yaml_dir.is_dir() else None)
-        try:
+        with contextlib.ExitStack() as stack:
             with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints; stdout may carry our JSON
-                out = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=tm,
-                                      bootstrap_iters=1,  # mean metrics: closed-form stderr, no resampling
-                                      verbosity="ERROR", random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed)
-        except Exception as e:  # unknown task, unreachable data set, ...
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise QrobustError(f"lm-eval could not run tasks {names}: {first}") from None
+                lm = stack.enter_context(make_lm(model, tokenizer, batch_size, seed))
+            tm = _task_manager(TaskManager, str(yaml_dir) if yaml_dir and yaml_dir.is_dir() else None)
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    out = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                                          task_manager=tm,
+                                          bootstrap_iters=1,  # mean metrics: closed-form stderr, no resampling
+                                          verbosity="ERROR", random_seed=seed, numpy_random_seed=seed,
+                                          torch_random_seed=seed, fewshot_random_seed=seed)
+            except Exception as e:  # unknown task, unreachable data set, ...
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise QrobustError(f"lm-eval could not run tasks {names}: {first}") from None
     finally:
         model.train(was_training)
     res: dict[str, Any] = {}

@@ -155,6 +155,9 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         raise ConfigError("loss geometry (Hessian-vector products) needs float32 models; drop 'geometry' or "
                           f"set dtype: float32 (got {cfg.dtype})")
     resolve_device(cfg.device)  # a GPU asked for on a machine without one fails here, once
+    if cfg.tasks is not None:
+        from ..downstream.run import check_backend
+        check_backend(cfg.tasks.backend)  # vLLM missing: one line before any checkpoint is loaded
     traj, pending = sweep_trajectory(cfg)
     store = Store(cfg.out)
     store.save_trajectory(traj)
@@ -187,7 +190,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
                                   "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
         tkeys = ({spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
-                                    "calibration": _calib_identity(cfg, spec), "tasks": cfg.tasks.model_dump()})
+                                    "calibration": _calib_identity(cfg, spec), "tasks": cfg.tasks.identity()})
                   for spec in specs} if cfg.tasks is not None else {})
         todo = [s for s in specs if not store.has(keys[s]) or (tkeys and not store.has(tkeys[s], kind="tasks"))]
         summary.records_skipped += len(specs) - len(todo)
@@ -314,7 +317,7 @@ class _TaskRunner:
                  store: Store):
         self.cfg, self.ck, self.ident, self.traj, self.model, self.tok, self.store = (
             cfg, ck, ident, traj_name, model, tok, store)
-        self.fp_key = record_key({"checkpoint": ident, "tasks": cfg.tasks.model_dump()})
+        self.fp_key = record_key({"checkpoint": ident, "tasks": cfg.tasks.identity()})
         self._fp: dict[str, Any] | None = None
         self._names: tuple[list[str], Path] | None = None
 
@@ -331,7 +334,8 @@ class _TaskRunner:
                                                                 "data": data.model_dump() if data else None})
             self._names = resolve_tasks(t.names, work, held_out_documents(Path(self.ck.path)),
                                         context_fits(self.tok, ctx))
-        return evaluate_tasks(self.model, self.tok, *self._names, t.num_fewshot, t.limit, t.batch_size, t.seed)
+        return evaluate_tasks(self.model, self.tok, *self._names, t.num_fewshot, t.limit, t.batch_size, t.seed,
+                              t.backend)
 
     def fp(self) -> dict[str, Any]:
         if self._fp is None:
