@@ -25,6 +25,8 @@ def test_readme_api_flow(tiny_run, tmp_path):
     assert inplace.loss == q.loss
     assert qrobust.evaluate_loss(model, blocks).loss == fp.loss
     assert res.summary()["n_layers"] == 8
+    run = qrobust.stream_checkpoint(last, [qrobust.QuantSpec(bits=3, group_size=16)], blocks, states="disk")
+    assert run.fp.loss == fp.loss and run.variants[0].q.loss == q.loss and run.tier == "disk"
     s = qrobust.sweep({"trajectory": str(tiny_run), "out": str(tmp_path / "res"), "bits": [3],
                        "group_sizes": [16], "eval": {"n_blocks": 4}}, progress=False)
     assert s.records_written == 4

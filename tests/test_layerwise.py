@@ -64,7 +64,18 @@ def test_bf16_stream_equals_bf16_in_memory(tmp_path):
 def test_what_cannot_be_streamed_is_refused(tmp_path):
     path = _llama(tmp_path, False)
     blocks = torch.randint(0, 96, (2, 16))
-    with pytest.raises(QrobustError, match="layer streaming supports rtn, gptq so far; 'awq'"):
+    from qrobust.quant.registry import QUANTIZERS, register_quantizer
+    from qrobust.quant.rtn import RTN
+
+    class Plugin(RTN):
+        name = "plugin-rtn"
+    register_quantizer(Plugin)
+    try:
+        with pytest.raises(QrobustError, match="layer streaming supports rtn, gptq, awq so far; 'plugin-rtn'"):
+            streamed_losses(path, QuantSpec(method="plugin-rtn", bits=4, group_size=16), blocks)
+    finally:
+        del QUANTIZERS["plugin-rtn"]
+    with pytest.raises(QrobustError, match="AWQ needs calibration"):
         streamed_losses(path, QuantSpec(method="awq", bits=4, group_size=16), blocks)
     from safetensors.torch import load_file, save_file
     f = path / "model.safetensors"
@@ -97,3 +108,90 @@ def test_gptq_stream_equals_in_memory_sequential_gptq(tmp_path, tiny_run):
     with pytest.raises(QrobustError, match="block-sequential"):
         streamed_losses(ck, QuantSpec(method="gptq", bits=3, group_size=16, options=(("sequential", False),)),
                         blocks, calibration=calib)
+
+
+def _in_memory_q(path: Path, specs, blocks: torch.Tensor, batch_size: int, calib: torch.Tensor):
+    model = load_checkpoint(path)
+    out = {}
+    for spec in specs:
+        with quantized(model, spec, calib) as qr:
+            out[spec] = (evaluate_loss(model, blocks, batch_size), qr.layers)
+    return evaluate_loss(model, blocks, batch_size), out
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_awq_stream_equals_in_memory_awq(tmp_path, tiny_run, arch):
+    import qrobust
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    path = ck if arch == "gpt_neox" else _llama(tmp_path, False)
+    blocks = qrobust.eval_blocks(ck, n_blocks=4) if arch == "gpt_neox" else torch.randint(
+        0, 96, (4, 24), generator=torch.Generator().manual_seed(4))
+    calib = qrobust.calib_blocks(ck, n_samples=4) if arch == "gpt_neox" else torch.randint(
+        0, 96, (4, 24), generator=torch.Generator().manual_seed(5))
+    spec = QuantSpec(method="awq", bits=3, group_size=16)
+    res = streamed_losses(path, spec, blocks, batch_size=2, calibration=calib)
+    fp, mem = _in_memory_q(path, [spec], blocks, 2, calib)
+    q, layers = mem[spec]
+    assert res.fp.block_sums == fp.block_sums and res.q.block_sums == q.block_sums
+    assert res.q.loss != res.fp.loss
+    assert res.layers.keys() == layers.keys()
+    for n, v in layers.items():  # AWQ's errors are of the equivalent weight Q(W·s)/s against W
+        assert res.layers[n]["rel_err"] == v["rel_err"] and res.layers[n]["numel"] == v["numel"]
+
+
+def test_several_variants_in_one_pass_equal_in_memory_in_every_tier(tmp_path, tiny_run):
+    import qrobust
+    from qrobust.layerwise import stream_checkpoint
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    blocks = qrobust.eval_blocks(ck, n_blocks=5)
+    calib = qrobust.calib_blocks(ck, n_samples=4)
+    specs = [QuantSpec(method="gptq", bits=3, group_size=16), QuantSpec(method="rtn", bits=2, group_size=16),
+             QuantSpec(method="rtn", bits=4, group_size=16, include=("*.0.*",)),  # quantizes block 0 only
+             QuantSpec(method="awq", bits=3, group_size=16)]
+    calibs = {s: calib for s in specs if s.method != "rtn"}
+    fp, mem = _in_memory_q(ck, specs, blocks, 2, calib)
+    for tier in ("device", "cpu", "disk"):
+        run = stream_checkpoint(ck, specs, blocks, batch_size=2, calibration=calibs, states=tier,
+                                states_dir=tmp_path / "states")
+        assert run.tier == ("device" if tier == "cpu" else tier)  # on a CPU, host memory is the device
+        assert run.fp.block_sums == fp.block_sums
+        for v in run.variants:
+            assert v.q.block_sums == mem[v.spec][0].block_sums, (tier, v.spec.label)
+            assert v.layers.keys() == mem[v.spec][1].keys()
+    assert not any((tmp_path / "states").iterdir())  # the disk tier's files are gone
+    again = stream_checkpoint(ck, specs[1:2], blocks, batch_size=2, fp=False)
+    assert again.fp is None and again.variants[0].q.block_sums == mem[specs[1]][0].block_sums
+
+
+def test_states_tier_follows_free_memory():
+    from qrobust.layerwise import choose_tier
+    from qrobust.layerwise.states import resolve_tier, state_bytes
+    gpu, cpu = torch.device("cuda:0"), torch.device("cpu")
+    gb = 1 << 30
+    assert state_bytes(64 * 2048, 8192, torch.float32) == 4 * gb  # 64 blocks of 2048 tokens, 8192 wide
+    assert choose_tier(4 * gb, gpu, free_device=10 * gb, free_host=100 * gb) == "device"
+    assert choose_tier(6 * gb, gpu, free_device=10 * gb, free_host=100 * gb) == "cpu"  # half the GPU is the cap
+    assert choose_tier(60 * gb, gpu, free_device=10 * gb, free_host=100 * gb) == "disk"
+    assert choose_tier(4 * gb, cpu, free_device=None, free_host=10 * gb) == "device"
+    assert choose_tier(6 * gb, cpu, free_device=None, free_host=10 * gb) == "disk"
+    assert resolve_tier("auto", 1, cpu) == "device" and resolve_tier("auto", 1 << 60, cpu) == "disk"
+    with pytest.raises(QrobustError, match="unknown states tier 'ram'"):
+        resolve_tier("ram", 1, cpu)
+
+
+@pytest.mark.parametrize("tier", ["disk", "cpu"])
+def test_states_round_trip_exactly(tmp_path, tier):
+    from qrobust.layerwise import HiddenStates
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        h = [torch.randn(2, 5, 8, generator=g).to(dtype), torch.randn(1, 5, 8, generator=g).to(dtype)]
+        s = HiddenStates(tier, torch.device("cpu"), tmp_path)  # "cpu" on a CPU: the GPU path's copies, as no-ops
+        for x in h:
+            s.append((x, "rest"), {"k": 1})
+        twin = s.copy()
+        (a0, rest), kw = s[0]
+        assert torch.equal(a0, h[0]) and a0.dtype == dtype and rest == "rest" and kw == {"k": 1}
+        s.put(1, h[0])
+        assert torch.equal(s.hidden(1), h[0]) and torch.equal(twin.hidden(1), h[1])
+        s.close(), twin.close()
+    assert not any(tmp_path.iterdir())

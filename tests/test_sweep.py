@@ -149,3 +149,34 @@ def test_report_provenance_shows_training_and_sweep_configs_with_seeds(tiny_run,
     page = write_report(tmp_path / "r").read_text()
     assert "Training config (seed 0, data split seed 0)" in page and "calibration seed 7" in page
     assert page.count("<h3>Sweep configs</h3>") == 1 and "2000 resamples" in page
+
+
+def test_streamed_sweep_writes_the_in_memory_records(tiny_run, tmp_path):
+    from qrobust.errors import ConfigError, QrobustError
+    methods = ["rtn", {"name": "gptq"}, {"name": "awq"}]
+    cfg = _cfg(tiny_run, tmp_path / "mem", bits=[3], methods=methods, trajectory=f"{tiny_run}?run=decay8",
+               calibration={"n_samples": 4})
+    sweep(cfg, progress=False)
+    s = sweep({**cfg, "out": str(tmp_path / "str"), "stream": True, "states": "disk",
+               "states_dir": str(tmp_path / "states")}, progress=False)
+    assert (s.records_written, s.fp_evals, s.model_loads) == (3, 1, 1)  # one pass: FP and three variants
+    mem = {p.name: json.loads(p.read_text()) for p in (tmp_path / "mem" / "records").glob("*.json")}
+    got = {p.name: json.loads(p.read_text()) for p in (tmp_path / "str" / "records").glob("*.json")}
+    assert mem.keys() == got.keys() and len(got) == 3  # same keys: streaming is not part of them
+    for k, r in got.items():
+        assert r["streamed"]["states"] == "disk" and "streamed" not in mem[k]
+        for part in ("metrics", "blocks", "calibration", "weight_error", "variant"):
+            assert r[part] == mem[k][part], (r["variant"]["label"], part)
+        rel = {n: v["rel_err"] for n, v in mem[k]["layers"].items()}
+        assert {n: v["rel_err"] for n, v in r["layers"].items()} == rel
+    assert not any((tmp_path / "states").iterdir())
+    # a streamed pass over a store with the FP loss reuses it; nothing left for the in-memory path after
+    more = sweep({**cfg, "out": str(tmp_path / "mem"), "bits": [2, 3], "stream": True}, progress=False)
+    assert (more.records_written, more.fp_evals, more.records_skipped) == (3, 0, 3)
+    assert sweep({**cfg, "out": str(tmp_path / "mem"), "bits": [2, 3]}, progress=False).model_loads == 0
+    with pytest.raises(ConfigError, match="loss geometry and downstream tasks need the whole model"):
+        sweep({**cfg, "out": str(tmp_path / "x"), "stream": True, "geometry": {}}, progress=False)
+    with pytest.raises(QrobustError, match="block-sequential"):
+        sweep({**cfg, "out": str(tmp_path / "x"), "stream": True,
+               "methods": [{"name": "gptq", "sequential": False}]}, progress=False)
+    assert not (tmp_path / "x").exists()

@@ -1,7 +1,7 @@
 """qrobust: how robust are language-model checkpoints to post-training quantization, along training?
 
 Python API (see README): ``train``, ``quantize``, ``quantized``, ``evaluate_loss``, ``eval_blocks``,
-``sweep``, ``average``, ``sharpness``, ``landscape``, ``compare_dq``, ``report``, ``load_checkpoint``,
+``sweep``, ``stream_checkpoint``, ``average``, ``sharpness``, ``landscape``, ``compare_dq``, ``report``, ``load_checkpoint``,
 ``load_trajectory``. Names load lazily so the CLI starts fast.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["export", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory",
            "__version__"]
 

@@ -10,6 +10,7 @@ import torch
 from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
+from .layerwise import stream_checkpoint
 from .models import load_checkpoint, resolve_device, resolve_dtype
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary

@@ -171,7 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "saved copy of the FP / fake-quantized weights)")
     p.add_argument("--stream", action="store_true",
                    help="layer-streamed: one decoder block in memory at a time, FP and quantized in one pass "
-                        "(for models beyond RAM; needs --bits; RTN and GPTQ)")
+                        "(for models beyond RAM; needs --bits; RTN, GPTQ and AWQ)")
+    p.add_argument("--states", choices=["auto", "device", "cpu", "disk"], default="auto",
+                   help="with --stream: where the hidden states carried between blocks live (auto: the fastest "
+                        "that fits in half the free memory)")
+    p.add_argument("--states-dir", type=Path, default=None,
+                   help="with --stream --states disk: parent folder of the state files (default: system temp)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("sharpness", help="Hessian λmax and trace, per-layer sharpness, weight statistics of a checkpoint",
@@ -227,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="overrides the config's 'device' (auto, cpu, cuda, cuda:N)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="overrides the config's 'dtype' (a non-float32 dtype gets its own records)")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="layer-streamed (sets the config's 'stream': one decoder block in memory at a time)")
+    p.add_argument("--states", default=None, choices=["auto", "device", "cpu", "disk"],
+                   help="overrides the config's 'states' (where streamed hidden states live)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--array-index", type=int, default=None,
                    help="this worker's index in a job array (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
@@ -414,13 +423,13 @@ def _eval_streamed(a: argparse.Namespace, spec) -> int:
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
     res = streamed_losses(a.checkpoint, spec, blocks, a.batch_size, device=a.device, dtype=a.dtype,
                           trust_remote_code=a.trust_remote_code, progress=not a.json,
-                          calibration=_calibration_for(a, a.checkpoint))
+                          calibration=_calibration_for(a, a.checkpoint), states=a.states, states_dir=a.states_dir)
     out = {"checkpoint": str(a.checkpoint), "streamed": True, **describe(res)}
     if a.json:
         print(json.dumps(out, indent=1))
     else:
         print(f"loss_fp {out['loss_fp']:.4f} over {out['n_tokens']} tokens | {out['label']}: loss_q {out['loss_q']:.4f}, "
-              f"ΔQ L {100 * out['dq_rel']:+.3f}% (layer-streamed, {out['blocks']} blocks, "
+              f"ΔQ L {100 * out['dq_rel']:+.3f}% (layer-streamed, {out['blocks']} blocks, states on {out['states']}, "
               f"median {out['block_seconds_median']:.2f} s per block)")
     return 0
 
@@ -578,7 +587,8 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
         sys.stdout.write(slurm_script(a.config, a.array_count, a.out, a.threads, a.slurm_opt))
         return 0
     index, count = _array_from_env(a)
-    over = {k: v for k, v in (("out", a.out), ("threads", a.threads), ("device", a.device), ("dtype", a.dtype)) if v}
+    over = {k: v for k, v in (("out", a.out), ("threads", a.threads), ("device", a.device), ("dtype", a.dtype),
+                              ("stream", a.stream), ("states", a.states)) if v}
     s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, executor=a.executor,
                   ray_address=a.ray_address, cpus_per_task=a.cpus_per_task, gpus_per_task=a.gpus_per_task, **over)
     part = f" (array task {index} of {count})" if count else ""

@@ -242,6 +242,12 @@ class SweepConfig(Strict):
     # than float32 is part of every record key (it changes the numbers); the device is recorded, not keyed.
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # layer streaming: one decoder block in memory at a time, FP and every variant in one pass per
+    # checkpoint (models beyond RAM / VRAM); same numbers, so not part of the record keys. ``states``:
+    # where the carried hidden states live; ``states_dir``: parent folder of the disk tier's files.
+    stream: bool = False
+    states: Literal["auto", "device", "cpu", "disk"] = "auto"
+    states_dir: str | None = None
 
     @field_validator("device")
     @classmethod

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -323,7 +323,7 @@ class AWQ(Quantizer):
             base = prefix[id(block)] + "."
             local = {n[len(base):]: lin for n, lin in in_blocks[bi].items()}
             t0 = time.perf_counter()
-            scaled, fp_outputs = self._block(block, local, inputs, spec, opts, info, base)
+            scaled, fp_outputs = self.quantize_block(block, local, inputs, spec, opts, info, base)
             scaled_any |= scaled
             for n in local:
                 info[base + n]["seconds"] = (time.perf_counter() - t0) / max(len(local), 1)
@@ -340,9 +340,12 @@ class AWQ(Quantizer):
             info[n] = {"rel_err": float(d.norm() / w0.float().norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean())}
         return info
 
-    def _block(self, block, linears, inputs, spec, opts, info, base) -> tuple[bool, list[torch.Tensor]]:
+    def quantize_block(self, block, linears, inputs, spec, opts, info, base,
+                       original: Callable[[str], torch.Tensor] | None = None) -> tuple[bool, list[torch.Tensor]]:
         """Scale, clip and quantize one block in place; return whether anything was scaled, and the
-        block's FP outputs (the next block's inputs, as AutoAWQ propagates them)."""
+        block's FP outputs (the next block's inputs, as AutoAWQ propagates them). ``original(name)``: a
+        linear's FP weight for its error, when the caller can give it again (layer streaming re-reads
+        it from the files); by default the block's weights are copied first."""
         args0, kwargs0 = first_sample(*inputs[0])
         maps = None if opts.mapping == "generic" else _known_mappings(block, set(linears))
         if maps is None:
@@ -350,7 +353,9 @@ class AWQ(Quantizer):
         clip_names = {n for n in linears if opts.clip and not any(a in n for a in AVOID_CLIP)}
         cap = _Capture(block, inputs, linears, maps, opts.clip_tokens, clip_names)
         fp_outputs = [_first(o) for o in cap.outputs]
-        originals = {n: lin.weight.detach().float().clone() for n, lin in linears.items()}
+        if original is None:
+            originals = {n: lin.weight.detach().float().clone() for n, lin in linears.items()}
+            original = originals.__getitem__
         found = [(m, _search_scale(m, linears, cap, spec, opts)) for m in maps]
         scale_of: dict[str, torch.Tensor] = {}
         ref = _first(block(*args0, **kwargs0)).float()
@@ -382,7 +387,9 @@ class AWQ(Quantizer):
             lin.weight.copy_(awq_fake_quantize(lin.weight, spec.bits, spec.group_size, not spec.sym))
             # errors against the FP layer: the equivalent weight is Q(W·s)/s
             eff = lin.weight.float() / s.view(1, -1) if s is not None else lin.weight.float()
-            d = eff - originals[n]
-            info.setdefault(base + n, {}).update(rel_err=float(d.norm() / originals[n].norm().clamp_min(1e-30)),
+            w0 = original(n).float()
+            d = eff - w0
+            info.setdefault(base + n, {}).update(rel_err=float(d.norm() / w0.norm().clamp_min(1e-30)),
                                                  mse=float(d.pow(2).mean()))
+            del w0, d
         return bool(scale_of), fp_outputs

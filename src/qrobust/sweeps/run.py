@@ -155,6 +155,8 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         raise ConfigError("loss geometry (Hessian-vector products) needs float32 models; drop 'geometry' or "
                           f"set dtype: float32 (got {cfg.dtype})")
     resolve_device(cfg.device)  # a GPU asked for on a machine without one fails here, once
+    if cfg.stream:
+        _check_stream(cfg, specs)
     if cfg.tasks is not None:
         from ..downstream.run import check_backend
         check_backend(cfg.tasks.backend)  # vLLM missing: one line before any checkpoint is loaded
@@ -211,8 +213,9 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             overall.update(len(todo))
             continue
         try:
-            _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store,
-                            todo, keys, summary, progress, overall, claim, geo_key, tkeys)
+            run = _run_checkpoint_streamed if cfg.stream else _run_checkpoint
+            run(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store, todo, keys,
+                summary, progress, overall, claim, geo_key, tkeys)
         finally:
             claim.release()
     overall.close()
@@ -254,8 +257,7 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
     if fp is None:
         r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}")
         summary.fp_evals += 1
-        fp = {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss,
-              "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds}
+        fp = _fp_record(ck, es, r)
         store.put(fp_key, fp, kind="fp")
     if geo_key is not None and not store.has(geo_key, kind="geometry"):
         gs = sets.geometry_set(data_cfg, tok, tok_fp)
@@ -294,19 +296,92 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         if not need_rec:
             bar.update(1)
             continue
-        rec = {
-            "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
-            "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
-            "eval_set": {"id": es.id, **es.info},
-            "metrics": {**degradation(fp["loss"], rq.loss), "dq_ci": dq_interval(fp["block_nll"], rq.block_sums)},
-            "weight_error": qr.summary(), "layers": qr.layers,
-            "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
-            "timings": {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds, "eval_s": rq.seconds},
-            "device": str(next(model.parameters()).device), "dtype": cfg.dtype,
-        }
+        rec = _variant_record(traj, ck, ident, spec, calib_info, es, fp, rq, qr.summary(), qr.layers,
+                              {"load_s": load_s, "fp_eval_s": fp["seconds"], "quantize_s": qr.seconds,
+                               "eval_s": rq.seconds}, str(next(model.parameters()).device), cfg.dtype)
         store.put(keys[spec], rec)
         summary.records_written += 1
         summary.new_keys.append(keys[spec])
+        bar.update(1)
+
+
+def _fp_record(ck: Checkpoint, es: EvalSet, r) -> dict[str, Any]:
+    return {"checkpoint": ck.to_dict(), "eval_set": {"id": es.id, **es.info}, "loss": r.loss, "n_tokens": r.n_tokens,
+            "block_nll": r.block_sums, "seconds": r.seconds}
+
+
+def _variant_record(traj: Trajectory, ck: Checkpoint, ident: dict[str, Any], spec: QuantSpec,
+                    calib_info: dict[str, Any] | None, es: EvalSet, fp: dict[str, Any], rq, weight_summary: dict,
+                    layers: dict, timings: dict[str, float], device: str, dtype: str) -> dict[str, Any]:
+    """One variant's record: ΔQ L with its paired-bootstrap interval, weight errors, per-block NLLs."""
+    return {
+        "trajectory": traj.name, "checkpoint": ck.to_dict(), "checkpoint_id": ident,
+        "variant": {**spec.to_dict(), "label": spec.label}, "calibration": calib_info,
+        "eval_set": {"id": es.id, **es.info},
+        "metrics": {**degradation(fp["loss"], rq.loss), "dq_ci": dq_interval(fp["block_nll"], rq.block_sums)},
+        "weight_error": weight_summary, "layers": layers,
+        "blocks": {"nll_fp": fp["block_nll"], "nll_q": rq.block_sums, "tokens_per_block": rq.tokens_per_block},
+        "timings": timings, "device": device, "dtype": dtype,
+    }
+
+
+def _check_stream(cfg: SweepConfig, specs: list[QuantSpec]) -> None:
+    """What a streamed sweep cannot do, refused before any work."""
+    from ..layerwise import check_streamable
+    if cfg.geometry is not None or cfg.tasks is not None:
+        raise ConfigError("stream: true evaluates losses block by block; loss geometry and downstream tasks need "
+                          "the whole model: drop 'geometry' / 'tasks' or set stream: false")
+    check_streamable(specs)
+
+
+def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
+                             data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store,
+                             todo: list[QuantSpec], keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool,
+                             bar: tqdm, claim: Claim | None = None, geo_key: str | None = None,
+                             tkeys: dict[QuantSpec, str] | None = None) -> None:
+    """One checkpoint, layer-streamed: FP (unless stored) and every missing variant in one pass over the
+    blocks, each block read from the files; records identical to the in-memory path's."""
+    import json
+
+    from ..errors import CheckpointError
+    from ..layerwise import stream_checkpoint
+    es = sets.eval_set(data_cfg, tok, tok_fp)
+    try:
+        config = json.loads((Path(ck.path) / "config.json").read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"'{ck.path}': layer streaming needs a model folder with a readable config.json"
+                              ) from None
+    if isinstance(config.get("vocab_size"), int) and len(tok) > config["vocab_size"]:
+        raise CheckpointError(f"tokenizer/model vocab mismatch at '{ck.path}': tokenizer has {len(tok)} tokens, "
+                              f"model embeds {config['vocab_size']}; use the tokenizer saved with the checkpoint")
+    fp_key = record_key({"checkpoint": ident, "eval": es.id})
+    fp = store.get(fp_key, kind="fp")
+    todo = [s for s in todo if not store.has(keys[s])]
+    calibs, infos = {}, {}
+    for spec in todo:
+        if get_quantizer(spec.method).needs_calibration:
+            calibs[spec], infos[spec] = sets.calibration(data_cfg, tok, tok_fp,
+                                                         default_calibration_length(data_cfg, config))
+    run = stream_checkpoint(ck.path, todo, es.blocks, cfg.eval.batch_size, cfg.device, cfg.dtype,
+                            cfg.trust_remote_code, progress, calibs, fp=fp is None, states=cfg.states,
+                            states_dir=Path(cfg.states_dir) if cfg.states_dir else None)
+    summary.model_loads += 1  # one streamed pass: every block read once per variant, the model never whole
+    if fp is None:
+        assert run.fp is not None
+        fp = _fp_record(ck, es, run.fp)
+        store.put(fp_key, fp, kind="fp")
+        summary.fp_evals += 1
+    # the records are written even if the claim lapsed meanwhile: a worker that took over computes the
+    # same numbers under the same keys, and the writes are atomic
+    device = str(resolve_device(cfg.device))
+    streamed = {"states": run.tier, "seconds": run.seconds, "block_seconds": run.block_seconds}
+    for v in run.variants:
+        timings = {"fp_eval_s": fp["seconds"], "quantize_s": v.quantize_seconds, "eval_s": v.eval_seconds}
+        rec = _variant_record(traj, ck, ident, v.spec, infos.get(v.spec), es, fp, v.q, v.summary(), v.layers,
+                              timings, device, cfg.dtype)
+        store.put(keys[v.spec], {**rec, "streamed": streamed})
+        summary.records_written += 1
+        summary.new_keys.append(keys[v.spec])
         bar.update(1)
 
 

@@ -1,0 +1,143 @@
+"""Reading a checkpoint for layer streaming: the model skeleton on ``meta`` (no memory), and its tensors
+from the safetensors files one module at a time, by the names the model gives them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..models import weight_safetensors
+
+
+def renamings(model: nn.Module) -> list[tuple[str, str]]:
+    """(regex, replacement) pairs transformers applies to checkpoint keys when it loads this model (e.g.
+    GPT-NeoX's ``embed_out.`` → ``lm_head.``); anything beyond plain renaming is refused."""
+    try:
+        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
+    except ImportError:  # older transformers: keys are the module names
+        return []
+    pairs = []
+    for conv in get_model_conversion_mapping(model) or []:
+        if not isinstance(conv, WeightRenaming):
+            raise CheckpointError(f"{type(model).__name__} converts its checkpoint tensors on load "
+                                  f"({type(conv).__name__}); layer streaming supports models whose tensors are "
+                                  "only renamed")
+        for src, tgt in zip(conv.source_patterns, conv.target_patterns * len(conv.source_patterns)):
+            pairs.append((src, tgt))
+    return pairs
+
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _header(path: Path) -> tuple[int, dict[str, Any]]:
+    """(offset of the data section, header) of a safetensors file: an 8-byte little-endian length,
+    then that many bytes of JSON naming each tensor's dtype, shape and byte range."""
+    import json
+    import struct
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise CheckpointError(f"'{path}' is not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", raw)
+        try:
+            head = json.loads(f.read(n))
+        except ValueError:
+            raise CheckpointError(f"'{path}' is not a safetensors file (bad header)") from None
+    head.pop("__metadata__", None)
+    return 8 + n, head
+
+
+class WeightSource:
+    """Tensors of a checkpoint's safetensors files by the model's parameter names, read on demand.
+
+    Read with plain ``pread`` into a fresh buffer rather than through ``safetensors.safe_open``, whose
+    memory map keeps every page it ever touched resident in this process: for a model streamed block
+    by block that would grow to the whole file, which is what streaming is meant to avoid."""
+
+    def __init__(self, folder: Path, model: nn.Module | None = None):
+        import re
+        files = weight_safetensors(folder)
+        if not files:
+            raise CheckpointError(f"'{folder}' has no *.safetensors weights; layer streaming reads safetensors only")
+        renames = renamings(model) if model is not None else []
+        self.where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        for f in files:
+            start, head = _header(f)
+            for key, entry in head.items():
+                name = key
+                for src, tgt in renames:
+                    name = re.sub(src, tgt, name)
+                self.where[name] = (f, start, entry)
+
+    def get(self, name: str) -> torch.Tensor:
+        import os
+        if name not in self.where:
+            raise CheckpointError(f"tensor '{name}' is not in the checkpoint's safetensors files")
+        path, start, entry = self.where[name]
+        dtype = _ST_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise CheckpointError(f"tensor '{name}' has dtype {entry['dtype']}, which layer streaming does not read")
+        a, b = entry["data_offsets"]
+        buf = bytearray(b - a)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [buf], start + a)
+        finally:
+            os.close(fd)
+        if got != b - a:
+            raise CheckpointError(f"'{path}' is truncated: tensor '{name}' needs bytes {a}..{b} of its data section")
+        t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+        return t.reshape(entry["shape"])
+
+
+def materialize(module: nn.Module, prefix: str, source: WeightSource, device: torch.device, dtype: torch.dtype,
+                 config: Any, skip: str | None = None) -> None:
+    """Allocate ``module``'s parameters on ``device`` and fill them from ``source`` (names under
+    ``prefix``); buffers the files do not hold (rotary frequencies) are rebuilt from the config.
+    Submodules under ``skip`` (the decoder blocks) stay on meta."""
+    for name, sub in module.named_modules():
+        full = f"{prefix}{name}" if name else prefix.rstrip(".")
+        if skip is not None and (full == skip or full.startswith(skip + ".")):
+            continue
+        own_p = dict(sub.named_parameters(recurse=False))
+        own_b = dict(sub.named_buffers(recurse=False))
+        if not own_p and not own_b:
+            continue
+        rebuilt = None
+        for pname, p in own_p.items():
+            key = f"{full}.{pname}" if full else pname
+            if p.device.type != "meta":
+                continue
+            if key in source.where:
+                t = source.get(key).to(device=device, dtype=dtype if p.is_floating_point() else p.dtype)
+            else:
+                continue  # tied weights: set after all loads
+            setattr(sub, pname, nn.Parameter(t, requires_grad=False))
+        for bname, b in own_b.items():
+            key = f"{full}.{bname}" if full else bname
+            if key in source.where:
+                t = source.get(key).to(device=device)
+            else:
+                if rebuilt is None:
+                    try:
+                        rebuilt = type(sub)(config=config)
+                    except Exception:
+                        raise CheckpointError(f"buffer '{key}' is neither in the checkpoint nor rebuildable from "
+                                              "the config; layer streaming supports gpt_neox and llama-style models"
+                                              ) from None
+                t = dict(rebuilt.named_buffers(recurse=False))[bname].to(device)
+            sub.register_buffer(bname, t, persistent=bname not in getattr(sub, "_non_persistent_buffers_set", set()))
+
+
+def skeleton(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    return model.eval()
