@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python bench/bench_gptq.py
 	$(BIN)/python bench/bench_hvp.py --repeats 15 --json bench/results/hvp_cpu.json
 	$(BIN)/python bench/bench_layerwise.py --json bench/results/layerwise_cpu.json
+	$(BIN)/python bench/bench_states.py --json bench/results/states_cpu.json
 
 # llm-compressor pins its own transformers, so it gets its own venv next to ours
 bench-llmcompressor:

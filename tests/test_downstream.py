@@ -39,13 +39,19 @@ def _reference_acc(model, tok, items) -> float:
     return right / len(items)
 
 
-def test_local_jsonl_task_matches_a_reference_scorer(tiny_run, tmp_path):
+def _local_task(tiny_run: Path, tmp_path: Path, n: int, seed: int):
+    """The tiny checkpoint's model and tokenizer, and a local task of ``n`` line-completion items."""
     ck = _ck(tiny_run)
     model, tok = load_checkpoint(ck), load_tokenizer(ck)
-    items = nextline_items(_docs(), n=24, seed=5, fits=context_fits(tok, model_context(model)))
+    items = nextline_items(_docs(), n=n, seed=seed, fits=context_fits(tok, model_context(model)))
     path = tmp_path / "mc.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in items))
     names, yd = resolve_tasks([f"jsonl:{path}"], tmp_path / "work")
+    return model, tok, items, names, yd
+
+
+def test_local_jsonl_task_matches_a_reference_scorer(tiny_run, tmp_path):
+    model, tok, items, names, yd = _local_task(tiny_run, tmp_path, n=24, seed=5)
     res = evaluate_tasks(model, tok, names, yd, batch_size=4)
     (r,) = res.values()
     assert r["n"] == 24 and r["acc"] == pytest.approx(_reference_acc(model, tok, items))
@@ -142,12 +148,7 @@ def test_vllm_backend_serves_the_current_weights(tiny_run, tmp_path, monkeypatch
     from qrobust.quant import QuantSpec, quantized
     monkeypatch.setattr(run_mod, "_vllm_installed", lambda: True)
     monkeypatch.setattr(run_mod, "_vllm_class", lambda: _StandInVLLM)
-    ck = _ck(tiny_run)
-    model, tok = load_checkpoint(ck), load_tokenizer(ck)
-    items = nextline_items(_docs(), n=24, seed=7, fits=context_fits(tok, model_context(model)))
-    path = tmp_path / "mc.jsonl"
-    path.write_text("".join(json.dumps(x) + "\n" for x in items))
-    names, yd = resolve_tasks([f"jsonl:{path}"], tmp_path / "work")
+    model, tok, items, names, yd = _local_task(tiny_run, tmp_path, n=24, seed=7)
     with quantized(model, QuantSpec(method="rtn", bits=2, group_size=16)):
         before = {k: v.clone() for k, v in model.state_dict().items()}
         hf = evaluate_tasks(model, tok, names, yd, batch_size=4)

@@ -191,9 +191,10 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
     return model
 
 
-def check_vocab(model: nn.Module, tokenizer, where: str) -> None:
-    """Every id the tokenizer can emit must index the model's embedding."""
-    n_model = model.get_input_embeddings().weight.shape[0]
+def check_vocab(model: nn.Module | int, tokenizer, where: str) -> None:
+    """Every id the tokenizer can emit must index the model's embedding (``model``: the model, or its
+    number of embedding rows when it is not loaded whole)."""
+    n_model = model if isinstance(model, int) else model.get_input_embeddings().weight.shape[0]
     n_tok = len(tokenizer)
     if n_tok > n_model:
         raise CheckpointError(f"tokenizer/model vocab mismatch at '{where}': tokenizer has {n_tok} tokens, "

@@ -18,6 +18,7 @@ calibration set through the FP blocks, as in memory (``quant.awq.AWQ.quantize_bl
 """
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,15 @@ class StreamedResult:
     block_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
     tier: Tier = "device"
+
+
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS. Streaming frees a block's weights and a quantizer's
+    temporaries at every step; glibc keeps such pages mapped, and the process's peak grows with them."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _selected(block: nn.Module, prefix: str, spec: QuantSpec) -> dict[str, nn.Linear]:
@@ -249,7 +259,9 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
                     if v.calib is not None and i >= v.last:
                         v.calib.close()
                         v.calib = None
+                    _return_freed_memory()
                 layers[i] = block.to_empty(device="meta")  # drop this block's weights
+                _return_freed_memory()
                 block_seconds.append(time.perf_counter() - t0)
             fp_loss = _head_losses(model, layers, fp_states, fp_tuple, blocks, batch_size) if fp_states else None
             out = []

@@ -351,9 +351,8 @@ def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint,
     except (OSError, ValueError):
         raise CheckpointError(f"'{ck.path}': layer streaming needs a model folder with a readable config.json"
                               ) from None
-    if isinstance(config.get("vocab_size"), int) and len(tok) > config["vocab_size"]:
-        raise CheckpointError(f"tokenizer/model vocab mismatch at '{ck.path}': tokenizer has {len(tok)} tokens, "
-                              f"model embeds {config['vocab_size']}; use the tokenizer saved with the checkpoint")
+    if isinstance(config.get("vocab_size"), int):
+        check_vocab(config["vocab_size"], tok, ck.path)
     fp_key = record_key({"checkpoint": ident, "eval": es.id})
     fp = store.get(fp_key, kind="fp")
     todo = [s for s in todo if not store.has(keys[s])]
