@@ -213,9 +213,13 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             overall.update(len(todo))
             continue
         try:
-            run = _run_checkpoint_streamed if cfg.stream else _run_checkpoint
-            run(cfg, traj, ck, ident, data_cfg, tok or load_tokenizer(ck.path), tok_fp, sets, store, todo, keys,
-                summary, progress, overall, claim, geo_key, tkeys)
+            tok = tok or load_tokenizer(ck.path)
+            if cfg.stream:  # geometry and tasks were refused up front
+                _run_checkpoint_streamed(cfg, traj, ck, ident, data_cfg, tok, tok_fp, sets, store, todo, keys,
+                                         summary, progress, overall)
+            else:
+                _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok, tok_fp, sets, store, todo, keys, summary,
+                                progress, overall, claim, geo_key, tkeys)
         finally:
             claim.release()
     overall.close()
@@ -337,8 +341,7 @@ def _check_stream(cfg: SweepConfig, specs: list[QuantSpec]) -> None:
 def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: dict[str, Any],
                              data_cfg: DataConfig | None, tok, tok_fp: str, sets: _Sets, store: Store,
                              todo: list[QuantSpec], keys: dict[QuantSpec, str], summary: SweepSummary, progress: bool,
-                             bar: tqdm, claim: Claim | None = None, geo_key: str | None = None,
-                             tkeys: dict[QuantSpec, str] | None = None) -> None:
+                             bar: tqdm) -> None:
     """One checkpoint, layer-streamed: FP (unless stored) and every missing variant in one pass over the
     blocks, each block read from the files; records identical to the in-memory path's."""
     import json
