@@ -1,7 +1,6 @@
 """The public Python API: small functions over the modules, each documented in the README."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_confi
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
 from .layerwise import stream_checkpoint
-from .models import load_checkpoint, resolve_device, resolve_dtype
+from .models import load_checkpoint, read_model_config, resolve_device, resolve_dtype
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary
 from .sources import load_source as load_trajectory
@@ -198,12 +197,10 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     data_cfg = checkpoint_data_config(p)
     ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
                                             "seq_len": seq_len, "seed": seed}, "calibration settings")
-    cfg_file = p / "config.json"
-    model_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-    default_len = default_calibration_length(data_cfg, model_cfg)
+    default_len = default_calibration_length(data_cfg, read_model_config(p, required=False))
     blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p), tokenizer_fingerprint(p), default_len)
     return blocks
 
 
-__all__ = ["export", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
+__all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]

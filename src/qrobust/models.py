@@ -150,6 +150,20 @@ def resolve_dtype(spec: str | torch.dtype | None = "float32") -> torch.dtype:
     return DTYPES[key]
 
 
+def read_model_config(folder: str | Path, required: bool = True) -> dict[str, Any]:
+    """A model folder's ``config.json`` as a dict, without building anything (``{}`` when absent and
+    not ``required``)."""
+    f = Path(folder) / "config.json"
+    if not f.is_file():
+        if required:
+            raise CheckpointError(f"'{folder}' is not a model folder (no config.json)")
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError:
+        raise CheckpointError(f"'{f}' is not valid JSON") from None
+
+
 def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
                     dtype: torch.dtype | str = torch.float32, revision: str | None = None,
                     device: str | torch.device | None = None) -> nn.Module:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..models import atomic_dir, weight_safetensors
+from ..models import atomic_dir, read_model_config, weight_safetensors
 
 # config keys that do not change the architecture
 _CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
@@ -46,11 +46,7 @@ def tensor_files(folder: Path) -> dict[str, Path]:
 
 
 def _arch(folder: Path) -> dict[str, Any]:
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        raise CheckpointError(f"'{folder}' is not a model folder (no config.json)")
-    d = json.loads(cfg.read_text())
-    return {k: v for k, v in d.items() if k not in _CONFIG_NOISE}
+    return {k: v for k, v in read_model_config(folder).items() if k not in _CONFIG_NOISE}
 
 
 def check_compatible(folders: list[Path]) -> None:

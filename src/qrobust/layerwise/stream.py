@@ -211,7 +211,7 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
             raise QrobustError(f"{spec.label}: no linear layers selected for quantization; check the include/exclude "
                                "patterns")
         lasts[spec] = max(with_linears)
-    hidden = int(getattr(model.config, "hidden_size", 0) or model.get_input_embeddings().weight.shape[1])
+    hidden = model.get_input_embeddings().weight.shape[1]
     need = state_bytes(blocks.numel(), hidden, dt) * (int(fp) + len(specs)) + sum(
         state_bytes(calibration[s].numel(), hidden, dt) for s in calib_batch)
     tier = resolve_tier(states, need, dev)

@@ -344,16 +344,10 @@ def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint,
                              bar: tqdm) -> None:
     """One checkpoint, layer-streamed: FP (unless stored) and every missing variant in one pass over the
     blocks, each block read from the files; records identical to the in-memory path's."""
-    import json
-
-    from ..errors import CheckpointError
     from ..layerwise import stream_checkpoint
+    from ..models import read_model_config
     es = sets.eval_set(data_cfg, tok, tok_fp)
-    try:
-        config = json.loads((Path(ck.path) / "config.json").read_text())
-    except (OSError, ValueError):
-        raise CheckpointError(f"'{ck.path}': layer streaming needs a model folder with a readable config.json"
-                              ) from None
+    config = read_model_config(ck.path)
     if isinstance(config.get("vocab_size"), int):
         check_vocab(config["vocab_size"], tok, ck.path)
     fp_key = record_key({"checkpoint": ident, "eval": es.id})
