@@ -10,6 +10,7 @@ import pytest
 from qrobust.cli import main
 from qrobust.errors import CheckpointError, ConfigError
 from qrobust.sources import load_source, lr_at, resolve_checkpoint
+from qrobust.trajectory import Checkpoint
 
 
 def _fake_ckpt(d: Path) -> Path:
@@ -66,7 +67,9 @@ def test_hub_revisions_from_a_local_cache_offline(tiny_run, tmp_path, monkeypatc
     assert (local / "config.json").is_file() and local.parent.name == "snapshots"
     from qrobust.models import load_checkpoint
     load_checkpoint(local)
-    missing = load_source("hf:org/tiny@step999").checkpoints[0]
+    with pytest.raises(CheckpointError, match="not in the local HF cache .* HF_HUB_OFFLINE is set"):
+        load_source("hf:org/tiny@step999")  # a named revision must exist offline (tests/test_preset_sweep.py)
+    missing = Checkpoint(name="step999", path="hf://org/tiny@step999", step=999, repo="org/tiny", revision="step999")
     with pytest.raises(CheckpointError, match="not in the local HF cache .* HF_HUB_OFFLINE is set"):
         resolve_checkpoint(missing)
 

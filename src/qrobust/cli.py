@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.9, help="EMA decay per checkpoint (default 0.9)")
     p.add_argument("--run", action="append", default=None, help="only these runs (LAWA / EMA), repeatable")
     p.add_argument("--n-blocks", type=_positive, default=64, help="greedy soup: held-out blocks (default 64)")
+    p.add_argument("--corpus", default=None, help="greedy soup: held-out corpus spec (default: the training corpus; "
+                                                  "needed for checkpoints qrobust did not train)")
     p.add_argument("--allow-pickle", action="store_true")
     p.add_argument("--quiet", action="store_true")
 
@@ -654,7 +656,8 @@ def _table(head: list[str], body: list[list[str]]) -> str:
 def _cmd_average(a: argparse.Namespace) -> int:
     from . import api
     traj = api.average(a.sources, a.averager, a.out, window=a.window, stride=a.stride, beta=a.beta, runs=a.run,
-                       eval={"n_blocks": a.n_blocks}, progress=not a.quiet, allow_pickle=a.allow_pickle)
+                       eval={"n_blocks": a.n_blocks, "corpus": a.corpus}, progress=not a.quiet,
+                       allow_pickle=a.allow_pickle)
     made = [c for c in traj if c.path.startswith(str(Path(a.out).resolve()))]
     runs = sorted({c.run for c in made})
     print(f"average ({a.averager}): {len(made)} averaged checkpoints in run(s) {', '.join(runs)} -> "
@@ -663,7 +666,7 @@ def _cmd_average(a: argparse.Namespace) -> int:
 
 
 def _cmd_trajectory(a: argparse.Namespace) -> int:
-    from .sources import load_source, preset_files
+    from .sources import hub_cache_dir, load_source, not_cached, preset_files
     if a.presets:
         for fam, d in sorted(preset_files().items()):
             print(f"{fam}: {d['description']}")
@@ -679,14 +682,19 @@ def _cmd_trajectory(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(traj.to_dict(), indent=1))
         return 0
+    missing = {id(c) for c in not_cached(traj)}  # offline: revisions a sweep could not load are marked
     head = ["run", "step", "tokens", "lr", "phase", "checkpoint"]
     body = [[c.run, str(c.step), f"{c.tokens:,}" if c.tokens is not None else "",
              f"{c.lr:.3g}" if c.lr is not None else "", c.phase or "",
-             f"{c.repo}@{c.revision}" if c.repo else c.path] for c in traj]
+             (f"{c.repo}@{c.revision}" + (" (not cached)" if id(c) in missing else "")) if c.repo else c.path]
+            for c in traj]
     sys.stdout.write(_table(head, body))
     runs = sorted({c.run for c in traj})
     print(f"{traj.name}: {len(traj)} checkpoints in {len(runs)} run(s) ({', '.join(runs)})")
-    for u in (traj.data or {}).get("uncertain", []) if isinstance(traj.data, dict) else []:
+    if missing:
+        print(f"not cached: {len(missing)} of {len(traj)} revisions are not in the local HF cache ({hub_cache_dir()}) "
+              "and HF_HUB_OFFLINE is set; a sweep refuses them until they are downloaded")
+    for u in (traj.provenance or {}).get("uncertain", []):
         print(f"uncertain: {u}")
     return 0
 

@@ -13,7 +13,8 @@ Spec strings (``qrobust trajectory list SPEC`` shows what one resolves to):
 
 and an optional selection suffix ``?every=N``, ``?steps=A,B``, ``?max=N``, ``?run=NAME`` (joined by &).
 Hub checkpoints are not downloaded when listed: ``resolve_checkpoint`` fetches one when it is needed,
-from the local cache when ``HF_HUB_OFFLINE`` is set (then nothing touches the network).
+from the local cache when ``HF_HUB_OFFLINE`` is set (then nothing touches the network, a revision named
+in ``hf:ORG/NAME@REV`` must be in the cache, and ``not_cached`` tells which listed ones are not).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -112,7 +113,7 @@ def select(traj: Trajectory, every: int | None = None, steps: list[int] | None =
     if not cks:
         raise ConfigError(f"the selection leaves no checkpoint of '{traj.name}' ({len(traj)} before selecting)")
     return Trajectory(name=traj.name, checkpoints=cks, runs=traj.runs, data=traj.data, source=traj.source,
-                      config=traj.config)
+                      config=traj.config, provenance=traj.provenance)
 
 
 # ------------------------------------------------------------------------------------------------ folders
@@ -155,6 +156,39 @@ def _repo_folder(repo: str) -> Path:
     return hub_cache_dir() / ("models--" + repo.replace("/", "--"))
 
 
+def cached_snapshot(repo: str, rev: str) -> Path | None:
+    """The snapshot folder of ``repo`` at ``rev`` (a ref name or a commit hash) in the local HF cache, or None:
+    the same lookup ``snapshot_download`` makes offline (``refs/<rev>`` -> commit -> ``snapshots/<commit>``)."""
+    folder = _repo_folder(repo)
+    if not rev or ".." in Path(rev).parts:
+        return None
+    ref = folder / "refs" / rev
+    try:
+        commit = ref.read_text().strip() if ref.is_file() else rev
+    except OSError:
+        return None
+    snap = folder / "snapshots" / commit
+    return snap if re.fullmatch(r"[0-9a-f]{40}", commit) and snap.is_dir() else None
+
+
+def not_cached(cks: Iterable[Checkpoint]) -> list[Checkpoint]:
+    """Hub checkpoints that cannot be had while ``HF_HUB_OFFLINE`` is set (not in the local cache); none
+    when online, where a missing one is fetched."""
+    if not hub_offline():
+        return []
+    return [c for c in cks if c.repo is not None and cached_snapshot(c.repo, c.revision or "") is None]
+
+
+def missing_line(missing: list[Checkpoint], total: int) -> str:
+    """One line naming hub checkpoints missing from the offline cache (the first few, then a count)."""
+    names = [f"{c.repo}@{c.revision}" for c in missing]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    repos = sorted({c.repo for c in missing})
+    where = ", ".join(str(_repo_folder(r)) for r in repos)
+    return (f"{len(missing)} of {total} hub revision(s) are not in the local HF cache ({where}) and HF_HUB_OFFLINE "
+            f"is set: {shown}; download them first, select the cached ones (?steps=...), or unset HF_HUB_OFFLINE")
+
+
 def hub_revisions(repo: str) -> list[str]:
     """Revision names known for ``repo``: refs in the local HF cache, plus branches and tags on the Hub
     when not offline (a failed Hub call falls back to the cache)."""
@@ -188,6 +222,9 @@ def _hub(spec: str) -> Trajectory:
     for i, r in enumerate(names):
         m = re.search(r"(\d+)(?!.*\d)", r)
         cks.append(_hub_checkpoint(repo, r, int(m.group(1)) if m else i))
+    missing = not_cached(cks) if revs else []  # named revisions must exist; listed ones come from the cache
+    if missing:
+        raise CheckpointError(missing_line(missing, len(cks)))
     cks.sort(key=lambda c: c.step)
     return Trajectory(name=repo.split("/")[1], checkpoints=cks)
 
@@ -300,5 +337,6 @@ def _preset(name: str) -> Trajectory:
     cks.sort(key=lambda c: (c.run != "main", c.run, c.step))
     runs = {"main": {"peak_lr": peak, "schedule": sched}}
     runs.update({c.run: {"parent": c.parent} for c in cks if c.run != "main"})
+    # preset facts are provenance, not a training data config: the checkpoints' corpus is not known here
     return Trajectory(name=name, checkpoints=cks, runs=runs,
-                      data={"preset": family, "uncertain": d.get("uncertain", [])})
+                      provenance={"preset": family, "uncertain": d.get("uncertain", [])})

@@ -44,6 +44,15 @@ class Trajectory:
     data: dict[str, Any] | None = None  # the DataConfig the run was trained with
     source: str = ""
     config: dict[str, Any] | None = None  # the whole training config (seed, optimizer, model), for provenance
+    # where facts not read from the checkpoints come from: an open-model preset's family and what is uncertain
+    # about it ({"preset": FAMILY, "uncertain": [...]}); never a training data config
+    provenance: dict[str, Any] | None = None
+
+    @property
+    def preset(self) -> str | None:
+        """The open-model preset family this trajectory was resolved from (its checkpoints have no training
+        corpus qrobust knows), or None."""
+        return (self.provenance or {}).get("preset")
 
     def __len__(self) -> int:
         return len(self.checkpoints)
@@ -61,6 +70,8 @@ class Trajectory:
         out = {"format": FORMAT, "name": self.name, "data": self.data, "runs": self.runs, "checkpoints": cks}
         if self.config is not None:
             out["config"] = self.config
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
         return out
 
     @classmethod
@@ -71,8 +82,11 @@ class Trajectory:
             if not c.get("repo"):
                 c["path"] = str((base / c["path"]).resolve())
             cks.append(Checkpoint(**c))
+        data, provenance = d.get("data"), d.get("provenance")
+        if provenance is None and isinstance(data, dict) and "preset" in data:
+            data, provenance = None, data  # written before presets had their own field: preset facts, not data
         return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
-                   data=d.get("data"), source=source, config=d.get("config"))
+                   data=data, source=source, config=d.get("config"), provenance=provenance)
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)

@@ -112,7 +112,7 @@ def combined(base: Trajectory, originals: list[Checkpoint], jobs: list[AverageJo
         runs.setdefault(j.run, {"averaged": {k: v for k, v in j.params.items() if k != "log"}, "parent": parent})
     made = [checkpoint_of(j, out) for j in jobs]
     return Trajectory(name=name or base.name, checkpoints=list(originals) + made, runs=runs, data=base.data,
-                      source=str(out), config=base.config)
+                      source=str(out), config=base.config, provenance=base.provenance)
 
 
 def plan_for_sweep(traj: Trajectory, specs: list[AverageConfig], out: Path
@@ -151,6 +151,7 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     trajs = [load_source(s) for s in sources]
     jobs = plan(trajs, spec)
     ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")
+    _check_greedy_corpus(trajs, jobs, ecfg)
     for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt"):
         make(j, out, ecfg, allow_pickle)
     traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{averager}")
@@ -164,6 +165,19 @@ def _state(like: Path, step: int) -> dict[str, Any] | None:
         return None
     data = json.loads(st.read_text()).get("data")
     return {"step": step, "data": data} if data else {"step": step}
+
+
+def _check_greedy_corpus(trajs: list[Trajectory], jobs: list[AverageJob], ecfg: EvalConfig) -> None:
+    """A greedy soup ranks its ingredients by held-out loss on the training corpus; ingredients without
+    one (a preset, foreign checkpoints) need the corpus named, before anything is read or written."""
+    from ..sweeps.evalset import has_training_data
+    greedy = [c for j in jobs if j.greedy for c in j.inputs]
+    if not greedy or ecfg.corpus:
+        return
+    if any(t.preset for t in trajs) or any(has_training_data(c) is False for c in greedy):
+        raise ConfigError("a greedy soup chooses ingredients by held-out loss, and its checkpoints have no "
+                          "qrobust training corpus (a preset or foreign checkpoints): name one with --corpus "
+                          "(eval: {corpus: ...} in a sweep)")
 
 
 def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool) -> tuple[list[int], list[dict]]:

@@ -170,6 +170,10 @@ def _provenance_html(records: list[dict[str, Any]], trajs: dict[str, dict[str, A
                        f"{esc((tcfg.get('data') or {}).get('seed'))}):</p>{_pre(tcfg)}")
         else:
             out.append(f"<p>Data config:</p>{_pre(data)}" if data else "<p>Data config: not recorded.</p>")
+        prov = t.get("provenance")
+        if isinstance(prov, dict):
+            out.append(f"<p>Open-model preset <b>{esc(prov.get('preset'))}</b>; uncertain:</p>"
+                       f"{_pre(prov.get('uncertain'))}")
     if configs is not None:
         out.append(_sweep_configs_html(configs))
     hosts = sorted({str(r.get("host")) for r in records if r.get("host")})

@@ -16,6 +16,8 @@ from ..config import CalibrationConfig, DataConfig, EvalConfig, parse_config
 from ..errors import ConfigError, DataError
 from ..data.blocks import calibration_blocks, pack_blocks, take_blocks
 from ..data.prepare import eval_stream
+from ..sources import cached_snapshot
+from ..trajectory import Checkpoint
 from .store import record_key
 
 
@@ -52,6 +54,15 @@ def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
         raise ConfigError(f"'{st}' is damaged (not a JSON object); delete it to evaluate without the "
                           "training data config, or restore it") from None
     return parse_config(DataConfig, data, f"'data' in {st}") if data else None
+
+
+def has_training_data(ck: Checkpoint) -> bool | None:
+    """Whether a checkpoint carries the data config qrobust trained it with (``qrobust_state.json``); None
+    when that cannot be told without fetching it (a Hub revision not in the local cache)."""
+    if ck.repo is None:
+        return checkpoint_data_config(ck.path) is not None
+    snap = cached_snapshot(ck.repo, ck.revision or "")
+    return None if snap is None else checkpoint_data_config(snap) is not None
 
 
 @dataclass

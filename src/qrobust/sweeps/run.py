@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig, SweepConfig, parse_config
 from ..data.tokenizer import load_tokenizer
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..evaluate import degradation, evaluate_loss
 from ..geometry.measure import measure
 from ..stats import dq_interval
@@ -24,10 +24,10 @@ from ..models import check_vocab, load_checkpoint, resolve_device, weight_safete
 from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
 from ..averaging.averagers import AverageJob
 from ..averaging.run import folder_of, is_made, make, plan_for_sweep
-from ..sources import load_source, resolve_checkpoint
+from ..sources import load_source, missing_line, not_cached, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
 from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
-                      file_fingerprint,
+                      file_fingerprint, has_training_data,
                       tokenizer_fingerprint)
 from .claims import Claim, worker_id
 from .store import Store, record_key
@@ -62,22 +62,64 @@ def variants(cfg: SweepConfig) -> list[QuantSpec]:
 def sweep_trajectory(cfg: SweepConfig) -> tuple[Trajectory, dict[str, AverageJob]]:
     """The swept trajectory: the source, plus the averaged checkpoints of ``cfg.average`` (folder -> job).
 
-    Averaged checkpoints live in ``OUT/averaged`` and are made lazily, by the worker that claims them."""
+    Averaged checkpoints live in ``OUT/averaged`` and are made lazily, by the worker that claims them.
+    What would stop the sweep part-way (checkpoints without a training corpus and no corpus named, hub
+    revisions missing from the offline cache) is refused here, before any checkpoint is loaded."""
     traj = load_source(cfg.trajectory)
-    if not cfg.average:
-        return traj, {}
-    return plan_for_sweep(traj, cfg.average, averaged_dir(cfg))
+    pending: dict[str, AverageJob] = {}
+    if cfg.average:
+        traj, pending = plan_for_sweep(traj, cfg.average, averaged_dir(cfg))
+    originals = [c for c in traj if c.path not in pending]  # averaged ones are made from these
+    _check_corpora(cfg, traj, originals)
+    missing = not_cached(originals)
+    if missing:
+        raise CheckpointError(missing_line(missing, len(originals)))
+    return traj, pending
+
+
+def _missing_corpora(cfg: SweepConfig) -> list[str]:
+    """The corpus keys a checkpoint without training data needs and the sweep config leaves unset."""
+    calibrated = sorted({m for m, _ in cfg.method_specs() if get_quantizer(m).needs_calibration})
+    out = [] if cfg.eval.corpus else ["eval.corpus"]
+    if calibrated and not cfg.calibration.corpus:
+        out.append(f"calibration.corpus ({', '.join(calibrated)} calibrate{'s' if len(calibrated) == 1 else ''})")
+    if cfg.geometry is not None and not cfg.geometry.corpus:
+        out.append("geometry.corpus")
+    return out
+
+
+def _no_corpus(traj: Trajectory, missing: list[str]) -> ConfigError:
+    what = (f"open-model preset '{traj.name}' ({traj.preset})" if traj.preset else
+            f"trajectory '{traj.source or traj.name}' (checkpoints without qrobust training data)")
+    return ConfigError(f"the {what} has no training corpus to evaluate or calibrate on: set "
+                       f"{', '.join(missing)} in the sweep config (a corpus spec, e.g. text:PATH or hf:NAME)")
+
+
+def _check_corpora(cfg: SweepConfig, traj: Trajectory, originals: list[Checkpoint]) -> None:
+    """Eval, calibration and geometry sets default to the training corpus; a preset, hub repo or folder
+    of foreign checkpoints has none, so the sweep needs them named (checked from files, nothing loaded)."""
+    missing = _missing_corpora(cfg)
+    if not missing or traj.data:
+        return
+    if traj.preset or any(has_training_data(c) is False for c in originals):
+        raise _no_corpus(traj, missing)
 
 
 def averaged_dir(cfg: SweepConfig) -> Path:
     return Path(cfg.out) / "averaged"
 
 
-def _data_config(traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
-    """The training data config: from the trajectory manifest, else from the checkpoint's own state."""
+def _data_config(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint) -> DataConfig | None:
+    """The training data config: from the trajectory manifest, else from the checkpoint's own state. None
+    (no training corpus) only when the sweep names every corpus it needs: a Hub revision fetched only now,
+    or an averaged checkpoint, is refused here, before it is loaded, rather than evaluated on a default."""
     if traj.data:
         return parse_config(DataConfig, traj.data, f"'data' in the manifest of {traj.source}")
-    return checkpoint_data_config(ck.path)
+    data = checkpoint_data_config(ck.path)
+    missing = _missing_corpora(cfg) if data is None else []
+    if missing:
+        raise _no_corpus(traj, missing)
+    return data
 
 
 def _ck_identity(ck: Checkpoint, dtype: str = "float32") -> dict[str, Any]:
@@ -180,7 +222,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         # repo and revision, with the local snapshot folder as its path
         ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
         ident = _ck_identity(ck, cfg.dtype)
-        data_cfg = _data_config(traj, ck)
+        data_cfg = _data_config(cfg, traj, ck)
         tok_fp = tokenizer_fingerprint(ck.path)
         # record keys include the eval-set id, which depends on the tokenizer: build the set once per
         # tokenizer (cached), then decide from the keys whether this checkpoint needs loading at all.
