@@ -275,15 +275,18 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
         raise QrobustError(f"cannot write to output folder '{out}': {e.strerror}") from None
 
 
-def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None) -> Trajectory:
-    """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``."""
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None,
+          trust_remote_code: bool = False) -> Trajectory:
+    """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``.
+    ``trust_remote_code``: allow the Python code of a tokenizer folder (``data.tokenizer``); it is a
+    permission, not a setting of the run, so it is not part of the config."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     _check_out(cfg, out)
     sched = main_schedule(cfg)
     _check_branches(cfg, sched)
-    data = prepare_data(cfg.data, out / "data")
+    data = prepare_data(cfg.data, out / "data", trust_remote_code)
     blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
     trainer = _Trainer(cfg, out, data, _Batches(blocks, cfg.batch_size, cfg.seed), progress, on_step)
     trainer.segment("main", sched, None, 0, cfg.steps)
