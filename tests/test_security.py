@@ -199,3 +199,173 @@ def test_remote_code_runs_with_the_flag(tmp_path):
     assert p.returncode == 0, p.stderr
     assert marker.exists()
     assert "loss_fp" in p.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# names that would become paths outside the named folder
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def sandbox(tmp_path) -> Path:
+    """A parent folder whose whole listing is compared before/after: the run's folders live inside it."""
+    box = tmp_path / "box"
+    box.mkdir()
+    return box
+
+
+def _train_yaml(box: Path, **over) -> Path:
+    cfg = {"name": "t", "out": str(box / "a" / "b" / "run"), "steps": 4, "batch_size": 2, "checkpoint_every": 2,
+           "data": {"corpus": "builtin", "max_chars": 50_000, "seq_len": 32, "vocab_size": 300},
+           "model": {"arch": "gpt_neox", "preset": "micro"}, "schedule": {"kind": "constant", "warmup_steps": 1},
+           **over}
+    p = box / "train.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize("over, mentions", [
+    ({"name": "../../x"}, ["'name'", "../../x"]),
+    ({"name": "/tmp/qrobust-abs-name"}, ["'name'", "/tmp/qrobust-abs-name"]),
+    ({"name": ".hidden"}, ["'name'", "starts with '.'"]),
+    ({"name": ""}, ["'name'", "empty"]),
+    ({"branches": [{"from_step": 2, "decay_steps": 2, "name": "cool/down"}]}, ["branches.0.name", "cool/down"]),
+    ({"branches": [{"from_step": 2, "decay_steps": 2, "name": ".."}]}, ["branches.0.name"]),
+    ({"averaging": [{"kind": "ema", "name": "../../ema"}]}, ["averaging.0.name", "../../ema"]),
+], ids=["dotdot", "absolute", "hidden", "empty", "branch-slash", "branch-dotdot", "averaged-run"])
+def test_train_config_names_refused(capsys, sandbox, over, mentions):
+    cfg = _train_yaml(sandbox, **over)
+    before = _listing(sandbox)
+    run_fail(capsys, ["train", cfg, "--quiet"], *mentions)
+    assert _listing(sandbox) == before, "a refused config wrote files"
+    assert not Path("/tmp/qrobust-abs-name.json").exists()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    """A trained micro run (4 steps, checkpoints at 2 and 4) with its manifest."""
+    from qrobust.config import TrainConfig, parse_config
+    from qrobust.training.loop import train
+    out = tmp_path_factory.mktemp("small_run") / "run"
+    cfg = {"name": "t", "out": str(out), "steps": 4, "batch_size": 2, "checkpoint_every": 2,
+           "data": {"corpus": "builtin", "max_chars": 50_000, "seq_len": 32, "vocab_size": 300},
+           "model": {"arch": "gpt_neox", "preset": "micro"}, "schedule": {"kind": "constant", "warmup_steps": 1}}
+    train(parse_config(TrainConfig, cfg), progress=False)
+    return out
+
+
+def _edited_manifest(small_run: Path, box: Path, name: str | None = None, run: str | None = None) -> Path:
+    """A copy of the run's manifest (checkpoint paths kept absolute) with its name or run names edited."""
+    d = json.loads((small_run / "trajectory.json").read_text())
+    for c in d["checkpoints"]:
+        c["path"] = str((small_run / c["path"]).resolve())
+        if run is not None:
+            c["run"] = run
+    if name is not None:
+        d["name"] = name
+    if run is not None:
+        d["runs"] = {run: d["runs"]["main"]}
+    folder = box / "a" / "b" / "edited"
+    folder.mkdir(parents=True)
+    (folder / "trajectory.json").write_text(json.dumps(d))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["../escape", "../../escape", "/ABS"], ids=["dotdot", "dotdot2", "absolute"])
+def test_sweep_manifest_name_cannot_leave_out(capsys, small_run, sandbox, name):
+    if name == "/ABS":  # an absolute path inside the sandbox: today the store writes exactly there
+        name = str(sandbox / "abs")
+    traj = _edited_manifest(small_run, sandbox, name=name)
+    out = sandbox / "a" / "b" / "res"
+    cfg = _sweep_yaml(sandbox, traj, out)
+    before = _listing(sandbox)
+    run_fail(capsys, ["sweep", cfg, "--quiet"], "trajectory name", name)
+    outside = {p for p in _listing(sandbox) - before if not p.startswith("a/b/res")}
+    assert not outside, f"the sweep wrote outside its results folder: {sorted(outside)}"
+    assert not (sandbox / "abs.json").exists()
+
+
+def test_sweep_manifest_run_name_cannot_leave_out(capsys, small_run, sandbox):
+    """A run name becomes the averaged run's folder (checkpoints/<run>-lawa2/): refused when read."""
+    traj = _edited_manifest(small_run, sandbox, run="../../../esc")
+    out = sandbox / "a" / "b" / "res"
+    cfg = _sweep_yaml(sandbox, traj, out, average=[{"averager": "lawa", "window": 2}])
+    before = _listing(sandbox)
+    run_fail(capsys, ["sweep", cfg, "--quiet"], "run name", "../../../esc")
+    assert {p for p in _listing(sandbox) - before if not p.startswith("a/b/res")} == set()
+
+
+def test_average_run_name_cannot_leave_out(capsys, small_run, sandbox):
+    traj = _edited_manifest(small_run, sandbox, run="../../../esc")
+    out = sandbox / "a" / "b" / "avg"
+    before = _listing(sandbox)
+    run_fail(capsys, ["average", "lawa", traj, "--window", "2", "--out", out, "--quiet"], "run name", "../../../esc")
+    assert _listing(sandbox) == before
+
+
+def test_averaged_run_name_is_checked_where_the_folder_is_made(tmp_path):
+    """The final guard: an averaged run name built from a run that was never checked (e.g. a hub revision's)."""
+    from qrobust.averaging.averagers import AverageJob
+    from qrobust.averaging.run import folder_of
+    from qrobust.errors import ConfigError
+    from qrobust.trajectory import Checkpoint
+    ck = Checkpoint(name="x", path=str(tmp_path), step=1, run="../../up")
+    job = AverageJob("../../up-lawa2", 1, [ck], [1.0], ck, {"averager": "lawa"})
+    with pytest.raises(ConfigError, match="averaged run name"):
+        folder_of(job, tmp_path / "out")
+
+
+def test_store_refuses_a_trajectory_name_that_leaves_it(tmp_path):
+    from qrobust.errors import ConfigError
+    from qrobust.sweeps.store import Store
+    from qrobust.trajectory import Trajectory
+    store = Store(tmp_path / "res")
+    for bad in ("../x", str(tmp_path / "abs"), "a/b", ".x", ""):
+        with pytest.raises(ConfigError, match="trajectory name"):
+            store.save_trajectory(Trajectory(name=bad, checkpoints=[]))
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "abs.json").exists()
+    store.save_trajectory(Trajectory(name="pythia-14m", checkpoints=[]))
+    assert (tmp_path / "res" / "trajectories" / "pythia-14m.json").is_file()
+
+
+def test_folder_derived_trajectory_names_are_plain(tmp_path):
+    """A trajectory named after a folder ('.', '..', a hidden folder) gets a plain name, not a refusal."""
+    from qrobust.names import name_problem
+    from qrobust.trajectory import load_trajectory
+    m = _checkpoint(tmp_path / "parent" / ".hidden_model")
+    assert name_problem(load_trajectory(m).name) is None
+    assert load_trajectory(m).name == "hidden_model"
+    cwd = os.getcwd()
+    try:
+        os.chdir(m)
+        assert load_trajectory(".").name == "hidden_model"
+    finally:
+        os.chdir(cwd)
+
+
+def test_reproduce_experiment_name_refused(capsys, sandbox):
+    exp = {"name": "../../escape", "finding": "x", "verdict": "cooldown",
+           "base": {"steps": 4, "checkpoint_every": 2, "model": {"preset": "micro"}}, "runs": {"r": {}}}
+    p = sandbox / "exp.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    out = sandbox / "a" / "b" / "rep"
+    before = _listing(sandbox)
+    run_fail(capsys, ["reproduce", p, "--out", out, "--quiet"], "experiment name", "../../escape")
+    assert _listing(sandbox) == before
+
+
+@pytest.mark.parametrize("label", ["..", ".x", "a/b"])
+def test_reproduce_run_label_refused(capsys, sandbox, label):
+    exp = {"name": "e", "finding": "x", "verdict": "cooldown",
+           "base": {"steps": 4, "checkpoint_every": 2, "model": {"preset": "micro"}}, "runs": {label: {}}}
+    p = sandbox / "exp.yaml"
+    p.write_text(yaml.safe_dump(exp))
+    before = _listing(sandbox)
+    run_fail(capsys, ["reproduce", p, "--out", sandbox / "a" / "b" / "rep", "--quiet"], "run label")
+    assert _listing(sandbox) == before
+
+
+def test_valid_names_still_work(tmp_path):
+    """Names users really give (dots inside, dashes, digits, unicode) pass unchanged."""
+    from qrobust.names import file_stem, safe_name
+    for ok in ("main", "decay800", "main-ema0.999", "cooldown_tiny", "pythia-14m", "run.v2", "läuft"):
+        assert safe_name(ok, "name") == ok and file_stem(ok) == ok
+    assert file_stem("../x") == "_x" and file_stem(".") == "x" and file_stem("a/b") == "a_b"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .names import file_stem, safe_name
 
 MANIFEST = "trajectory.json"
 FORMAT = "qrobust.trajectory/1"
@@ -65,13 +66,21 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path, source: str = "") -> "Trajectory":
+        """A manifest's trajectory; its name and run names become file and folder names downstream
+        (trajectories/<name>.json, checkpoints/<run>-lawa5/), so a name that would leave them is refused."""
+        where = f"in the manifest {source or base}"
+        name = safe_name(d["name"], f"trajectory name {where}") if "name" in d else file_stem(base.name, "run")
         cks = []
         for c in d.get("checkpoints", []):
             c = dict(c)
             if not c.get("repo"):
                 c["path"] = str((base / c["path"]).resolve())
+            if "run" in c:
+                safe_name(c["run"], f"run name {where}")
             cks.append(Checkpoint(**c))
-        return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
+        for r in d.get("runs") or {}:
+            safe_name(r, f"run name {where}")
+        return cls(name=name, checkpoints=cks, runs=d.get("runs", {}),
                    data=d.get("data"), source=source, config=d.get("config"))
 
     def save(self, path: str | Path) -> Path:
@@ -120,7 +129,7 @@ def load_trajectory(source: str | Path) -> Trajectory:
         return Trajectory.from_dict(d, p.parent, source=str(source))
     if p.is_dir() and (p / "config.json").is_file():
         ck = Checkpoint(name=p.name, path=str(p.resolve()), step=_state_step(p))
-        return Trajectory(name=p.name, checkpoints=[ck], source=str(source))
+        return Trajectory(name=file_stem(p.resolve().name, "model"), checkpoints=[ck], source=str(source))
     if not p.exists():
         raise CheckpointError(f"trajectory source not found: '{source}'")
     raise CheckpointError(f"'{source}' is neither a run folder with {MANIFEST} nor a model folder with config.json")

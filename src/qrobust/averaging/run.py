@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import AverageConfig, EvalConfig, parse_config
 from ..errors import ConfigError
+from ..names import safe_name
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
 from .averagers import AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
@@ -46,7 +47,9 @@ def plan(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
 
 
 def folder_of(job: AverageJob, out: Path) -> Path:
-    return Path(out) / "checkpoints" / job.run / f"step-{job.step:07d}"
+    """Where the averaged checkpoint lives; its run name (built from the source's run names) must stay one
+    folder name inside ``out``."""
+    return Path(out) / "checkpoints" / safe_name(job.run, "averaged run name") / f"step-{job.step:07d}"
 
 
 def _plan_id(job: AverageJob, paths: list[Path], eval_cfg: EvalConfig | None) -> dict[str, Any]:
@@ -152,6 +155,8 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     trajs = [load_source(s) for s in sources]
     jobs = plan(trajs, spec)
     ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")
+    for j in jobs:  # every name checked before anything is written
+        folder_of(j, out)
     for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt"):
         make(j, out, ecfg, allow_pickle, trust_remote_code)
     traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{averager}")
