@@ -129,7 +129,9 @@ def load_trajectory(source: str | Path) -> Trajectory:
         return Trajectory.from_dict(d, p.parent, source=str(source))
     if p.is_dir() and (p / "config.json").is_file():
         ck = Checkpoint(name=p.name, path=str(p.resolve()), step=_state_step(p))
-        return Trajectory(name=file_stem(p.resolve().name, "model"), checkpoints=[ck], source=str(source))
+        # named after the folder as written ('.' and '..' become the folder they stand for; links not followed)
+        return Trajectory(name=file_stem(Path(os.path.abspath(p)).name, "model"), checkpoints=[ck],
+                          source=str(source))
     if not p.exists():
         raise CheckpointError(f"trajectory source not found: '{source}'")
     raise CheckpointError(f"'{source}' is neither a run folder with {MANIFEST} nor a model folder with config.json")
