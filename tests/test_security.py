@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qrobust.cli import main
 from test_cli_errors import run_fail
 
 SEQ_LEN = 32

@@ -163,7 +163,8 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
 
         from .models import remote_code_error, remote_code_refused
         try:
-            reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype), local_files_only=True,
+            reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
+                                                            local_files_only=True,
                                                             trust_remote_code=bool(trust_remote_code))
         except ValueError as e:
             if remote_code_refused(e):
@@ -212,7 +213,8 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
                                             "seq_len": seq_len, "seed": seed}, "calibration settings")
     default_len = default_calibration_length(data_cfg, read_model_config(p, required=False))
-    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p, trust_remote_code), tokenizer_fingerprint(p), default_len)
+    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p, trust_remote_code), tokenizer_fingerprint(p),
+                                  default_len)
     return blocks
 
 
