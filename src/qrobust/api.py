@@ -30,13 +30,16 @@ def _config(cls, config: Any, kwargs: dict[str, Any], what: str):
     return parse_config(cls, {**data, **kwargs}, what)
 
 
-def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True, **kwargs: Any) -> Trajectory:
+def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True,
+          trust_remote_code: bool = False, **kwargs: Any) -> Trajectory:
     """Train a run (+ cooldown branches) from a config object, dict or YAML path; keyword args override keys.
+    ``trust_remote_code``: allow the Python code of a tokenizer folder named in ``data.tokenizer``.
 
     Returns the :class:`Trajectory` of every checkpoint written. Re-running resumes where it stopped.
     """
     from .training.loop import train as _train
-    return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress)
+    return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress,
+                  trust_remote_code=trust_remote_code)
 
 
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:
@@ -68,14 +71,14 @@ def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_
 
 def average(sources: str | dict | list, averager: str, out: str | Path, window: int = 5, stride: int = 1,
             beta: float = 0.9, runs: list[str] | None = None, eval: dict | None = None,
-            progress: bool = True, allow_pickle: bool = False) -> Trajectory:
+            progress: bool = True, allow_pickle: bool = False, trust_remote_code: bool = False) -> Trajectory:
     """Average checkpoints: ``lawa`` (window, stride) or ``ema`` (beta) along one trajectory, ``soup`` or
     ``greedy-soup`` over the last checkpoint of every run of the sources. Streams from safetensors; writes
     averaged checkpoints + a manifest (originals and averaged runs) to ``out``; returns that trajectory."""
     from .averaging import average as _average
     srcs = sources if isinstance(sources, list) else [sources]
     return _average(srcs, averager, out, window=window, stride=stride, beta=beta, runs=runs, eval_config=eval,
-                    progress=progress, allow_pickle=allow_pickle)
+                    progress=progress, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
 
 def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,
@@ -92,7 +95,7 @@ def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_c
     cfg = parse_config(GeometryConfig, settings, "geometry settings")
     p = Path(checkpoint)
     model = load_checkpoint(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    tok = load_tokenizer(p)
+    tok = load_tokenizer(p, trust_remote_code)
     check_vocab(model, tok, p)
     es = build_eval_set(cfg.eval_config(), checkpoint_data_config(p), tok, tokenizer_fingerprint(p))
     return {"checkpoint": str(p), "eval_set": {"id": es.id, **es.info}, **measure(model, es.blocks, cfg)}
@@ -142,21 +145,32 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     check_spec(spec)  # refuse what the format cannot hold before loading anything big
     model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device)
-    tok = load_tokenizer(checkpoint)
+    tok = load_tokenizer(checkpoint, trust_remote_code)
     if isinstance(calibration, str):
-        calibration = calib_blocks(checkpoint) if quantizer.needs_calibration else None
+        calibration = (calib_blocks(checkpoint, trust_remote_code=trust_remote_code) if quantizer.needs_calibration
+                       else None)
     result = quantize_inplace(model, spec, calibration)
     check_exportable(result)
     report: dict[str, Any] = {"source": str(Path(checkpoint).resolve()), "label": spec.label}
-    blocks = eval_blocks(checkpoint, n_blocks=verify_blocks) if verify_blocks else None
+    blocks = eval_blocks(checkpoint, n_blocks=verify_blocks, trust_remote_code=trust_remote_code) if verify_blocks \
+        else None
     if blocks is not None:
         report["loss_fake_quant"] = evaluate_loss(model, blocks).loss
     path = export_compressed_tensors(model, result, out, tok, extra={"source": report["source"]})
     report["out"] = str(path)
     if blocks is not None:
         from transformers import AutoModelForCausalLM
-        reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype)).to(
-            resolve_device(device))
+
+        from .models import remote_code_error, remote_code_refused
+        try:
+            reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
+                                                            local_files_only=True,
+                                                            trust_remote_code=bool(trust_remote_code))
+        except ValueError as e:
+            if remote_code_refused(e):
+                raise remote_code_error(path) from None
+            raise
+        reloaded = reloaded.to(resolve_device(device))
         report["loss_reloaded"] = evaluate_loss(reloaded, blocks).loss
         report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
     return report
@@ -169,7 +183,7 @@ def report(results: str | Path, out: str | Path | None = None) -> Path:
 
 
 def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = "val", n_blocks: int = 64,
-                seq_len: int | None = None, field: str | None = None) -> torch.Tensor:
+                seq_len: int | None = None, field: str | None = None, trust_remote_code: bool = False) -> torch.Tensor:
     """Held-out token blocks for ``checkpoint``, tokenized with its own tokenizer.
 
     Defaults follow the checkpoint's training data config (its validation split) when it has one.
@@ -178,7 +192,7 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     from .sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     p = Path(checkpoint)
-    tok = load_tokenizer(p)
+    tok = load_tokenizer(p, trust_remote_code)
     data_cfg = checkpoint_data_config(p)
     ecfg = parse_config(EvalConfig, {"corpus": corpus, "split": split, "n_blocks": n_blocks, "seq_len": seq_len,
                                      "field": field}, "eval settings")
@@ -186,7 +200,8 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
 
 
 def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | None = None,
-                 corpus: str | None = None, seed: int = 0, field: str | None = None) -> torch.Tensor:
+                 corpus: str | None = None, seed: int = 0, field: str | None = None,
+                 trust_remote_code: bool = False) -> torch.Tensor:
     """Seeded calibration windows ([n_samples, seq_len]) from the checkpoint's training split (or ``corpus``)."""
     from .config import CalibrationConfig
     from .data.tokenizer import load_tokenizer
@@ -198,7 +213,8 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
                                             "seq_len": seq_len, "seed": seed}, "calibration settings")
     default_len = default_calibration_length(data_cfg, read_model_config(p, required=False))
-    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p), tokenizer_fingerprint(p), default_len)
+    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p, trust_remote_code), tokenizer_fingerprint(p),
+                                  default_len)
     return blocks
 
 

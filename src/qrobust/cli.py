@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (overrides the config's 'out')")
     p.add_argument("--steps", type=_positive, default=None, help="override 'steps'")
     p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the Python code of a tokenizer folder named in data.tokenizer")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("quantize", help="fake-quantize one checkpoint and save it (dequantized weights)")
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=_positive, default=None)
     p.add_argument("--batch-size", type=_positive, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--allow-pickle", action="store_true")
+    _add_load_args(p)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("sweep", help="every checkpoint x methods x bits x group sizes -> results folder",
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=_positive, default=64, help="greedy soup: held-out blocks (default 64)")
     p.add_argument("--corpus", default=None, help="greedy soup: held-out corpus spec (default: the training corpus; "
                                                   "needed for checkpoints qrobust did not train)")
-    p.add_argument("--allow-pickle", action="store_true")
+    _add_load_args(p)
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("trajectory", help="inspect trajectory sources")
@@ -324,7 +326,7 @@ def _cmd_reproduce(a: argparse.Namespace) -> int:
 def _cmd_train(a: argparse.Namespace) -> int:
     from . import api
     over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
-    traj = api.train(a.config, progress=not a.quiet, **over)
+    traj = api.train(a.config, progress=not a.quiet, trust_remote_code=a.trust_remote_code, **over)
     print(f"trained '{traj.name}': {len(traj)} checkpoints in {traj.source} (manifest: trajectory.json)")
     return 0
 
@@ -354,7 +356,8 @@ def _calibration_for(a: argparse.Namespace, checkpoint: str):
     if not get_quantizer(a.method).needs_calibration:
         return None
     from .api import calib_blocks
-    return calib_blocks(checkpoint, a.calib_samples, a.calib_seq_len, a.calib_corpus, a.calib_seed)
+    return calib_blocks(checkpoint, a.calib_samples, a.calib_seq_len, a.calib_corpus, a.calib_seed,
+                        trust_remote_code=a.trust_remote_code)
 
 
 def _check_quant_out(out: Path, checkpoint: Path, marker: str = "quantization.json",
@@ -400,7 +403,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
     spec = _spec(a)
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                             dtype=a.dtype, device=a.device)
-    tok = load_tokenizer(a.checkpoint)
+    tok = load_tokenizer(a.checkpoint, a.trust_remote_code)
     with quantized(model, spec, _calibration_for(a, a.checkpoint)) as res:
         report = {"source": str(Path(a.checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
                   "summary": res.summary(), "layers": res.layers, "seconds": res.seconds}
@@ -422,7 +425,7 @@ def _eval_streamed(a: argparse.Namespace, spec) -> int:
     from .layerwise import describe, streamed_losses
     if spec is None or a.tasks:
         raise QrobustError("--stream evaluates FP and quantized loss in one pass: give --bits, and no --tasks")
-    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
+    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field, a.trust_remote_code)
     res = streamed_losses(a.checkpoint, spec, blocks, a.batch_size, device=a.device, dtype=a.dtype,
                           trust_remote_code=a.trust_remote_code, progress=not a.json,
                           calibration=_calibration_for(a, a.checkpoint), states=a.states, states_dir=a.states_dir)
@@ -451,9 +454,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         check_backend(a.tasks_backend)
     model = load_checkpoint(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                             dtype=a.dtype, device=a.device)
-    tok = load_tokenizer(a.checkpoint)
+    tok = load_tokenizer(a.checkpoint, a.trust_remote_code)
     check_vocab(model, tok, a.checkpoint)
-    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field)
+    blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field, a.trust_remote_code)
     calib = _calibration_for(a, a.checkpoint) if spec is not None else None
     progress = not a.json
     fp = evaluate_loss(model, blocks, a.batch_size, progress, desc="FP")
@@ -497,7 +500,7 @@ def _task_runner(a: argparse.Namespace, model, tok, work: Path):
     names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
                                     context_fits(tok, model_context(model)))
     return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, a.num_fewshot, a.limit,
-                             backend=a.tasks_backend)
+                             backend=a.tasks_backend, trust_remote_code=a.trust_remote_code)
 
 
 def _cmd_sharpness(a: argparse.Namespace) -> int:
@@ -535,7 +538,8 @@ def _cmd_landscape(a: argparse.Namespace) -> int:
     from . import api
     r = api.landscape(a.source, a.out, plane=a.plane, runs=a.run, grid=a.grid, margin=a.margin, span=a.span,
                       center=a.center, n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size,
-                      params=a.params, seed=a.seed, progress=not a.quiet, allow_pickle=a.allow_pickle)
+                      params=a.params, seed=a.seed, progress=not a.quiet, allow_pickle=a.allow_pickle,
+                      trust_remote_code=a.trust_remote_code)
     if a.plane == "pca":
         evr = r["explained_variance_ratio"]
         print(f"PCA of {len(r['checkpoints'])} checkpoints, {r['n_params']:,} parameters: PC1 {100 * evr[0]:.1f} %, "
@@ -657,7 +661,7 @@ def _cmd_average(a: argparse.Namespace) -> int:
     from . import api
     traj = api.average(a.sources, a.averager, a.out, window=a.window, stride=a.stride, beta=a.beta, runs=a.run,
                        eval={"n_blocks": a.n_blocks, "corpus": a.corpus}, progress=not a.quiet,
-                       allow_pickle=a.allow_pickle)
+                       allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     made = [c for c in traj if c.path.startswith(str(Path(a.out).resolve()))]
     runs = sorted({c.run for c in made})
     print(f"average ({a.averager}): {len(made)} averaged checkpoints in run(s) {', '.join(runs)} -> "

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .names import check_name
 
 
 class Strict(BaseModel):
@@ -67,6 +68,11 @@ class BranchConfig(Strict):
     final_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     name: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return check_name(v, "branch name")  # the run's folder is checkpoints/<name>
+
     @property
     def run_name(self) -> str:
         return self.name or f"decay{self.from_step}"
@@ -84,6 +90,11 @@ class TrainAverageConfig(Strict):
     window: int = Field(default=5, ge=1)
     every: int | None = Field(default=None, ge=1)
     name: str | None = None  # run-name suffix; default ema<β> / lawa<window>[e<every>]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return check_name(v, "averaged run name")  # the run's folder is checkpoints/<run>-<name>
 
     def suffix(self, checkpoint_every: int) -> str:
         """The averaged run of run R is called ``R-<suffix>``."""
@@ -109,6 +120,11 @@ class TrainConfig(Strict):
     branches: list[BranchConfig] = Field(default_factory=list)
     averaging: list[TrainAverageConfig] = Field(default_factory=list)
     threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "trajectory name")  # a sweep stores it as trajectories/<name>.json
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":

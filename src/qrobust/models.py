@@ -31,6 +31,32 @@ def quiet_transformers() -> None:
 quiet_transformers()
 
 
+def forbid_remote_code_prompt() -> None:
+    """Make transformers' "[y/N]" remote-code question impossible in this process: qrobust passes the
+    user's choice to every loader, and a loader that ever forgot (``trust_remote_code=None``) now refuses
+    instead of reading stdin, where a piped "y" would run the folder's Python code."""
+    from transformers import dynamic_module_utils
+
+    dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0
+
+
+forbid_remote_code_prompt()
+
+REMOTE_CODE_HINT = "pass --trust-remote-code (trust_remote_code: true in a sweep config) only if you trust it"
+
+
+def remote_code_refused(e: BaseException) -> bool:
+    """True when transformers refused to import a folder's own Python code (``auto_map``) because
+    ``trust_remote_code`` was off."""
+    return isinstance(e, ValueError) and "trust_remote_code" in str(e)
+
+
+def remote_code_error(folder: str | Path) -> CheckpointError:
+    """The one line for a folder that needs custom code while the user did not allow it."""
+    return CheckpointError(f"'{folder}' needs its own Python code to load (auto_map in its config.json or "
+                           f"tokenizer_config.json), which is not run by default; {REMOTE_CODE_HINT}")
+
+
 @dataclass(frozen=True)
 class SizePreset:
     hidden: int
@@ -188,13 +214,12 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(p), dtype=dtype, local_files_only=True, use_safetensors=bool(safe),
-            trust_remote_code=trust_remote_code, revision=revision,
+            trust_remote_code=bool(trust_remote_code), revision=revision,
         )
     except ValueError as e:
-        msg = str(e).splitlines()[0]
-        if "trust_remote_code" in msg:
-            raise CheckpointError(f"'{p}' needs custom code; pass --trust-remote-code if you trust it") from None
-        raise CheckpointError(f"cannot load '{p}': {msg}") from None
+        if remote_code_refused(e):  # the hint is on a later line of transformers' message
+            raise remote_code_error(p) from None
+        raise CheckpointError(f"cannot load '{p}': {str(e).splitlines()[0]}") from None
     except Exception as e:  # corrupt/truncated safetensors, missing keys, bad config: all one line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot load '{p}': {first}") from None

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import CheckpointError, ConfigError
+from .names import file_stem
 from .trajectory import Checkpoint, Trajectory, load_trajectory as load_local
 
 GLOB_CHARS = "*?["
@@ -137,7 +138,7 @@ def _folders(pattern: str, step_pattern: str | None) -> Trajectory:
     if len(set(steps)) != len(steps):
         dup = next(s for s in steps if steps.count(s) > 1)
         raise CheckpointError(f"two folders matching '{pattern}' have step {dup}; narrow the glob or fix step_pattern")
-    return Trajectory(name=Path(pattern).parent.name or "folders", checkpoints=cks)
+    return Trajectory(name=file_stem(Path(pattern).parent.name, "folders"), checkpoints=cks)
 
 
 # ------------------------------------------------------------------------------------------------ hub

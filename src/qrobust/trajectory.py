@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .names import file_stem, safe_name
 
 MANIFEST = "trajectory.json"
 FORMAT = "qrobust.trajectory/1"
@@ -76,16 +77,24 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], base: Path, source: str = "") -> "Trajectory":
+        """A manifest's trajectory; its name and run names become file and folder names downstream
+        (trajectories/<name>.json, checkpoints/<run>-lawa5/), so a name that would leave them is refused."""
+        where = f"in the manifest {source or base}"
+        name = safe_name(d["name"], f"trajectory name {where}") if "name" in d else file_stem(base.name, "run")
         cks = []
         for c in d.get("checkpoints", []):
             c = dict(c)
             if not c.get("repo"):
                 c["path"] = str((base / c["path"]).resolve())
+            if "run" in c:
+                safe_name(c["run"], f"run name {where}")
             cks.append(Checkpoint(**c))
+        for r in d.get("runs") or {}:
+            safe_name(r, f"run name {where}")
         data, provenance = d.get("data"), d.get("provenance")
         if provenance is None and isinstance(data, dict) and "preset" in data:
             data, provenance = None, data  # written before presets had their own field: preset facts, not data
-        return cls(name=d.get("name", base.name), checkpoints=cks, runs=d.get("runs", {}),
+        return cls(name=name, checkpoints=cks, runs=d.get("runs", {}),
                    data=data, source=source, config=d.get("config"), provenance=provenance)
 
     def save(self, path: str | Path) -> Path:
@@ -134,7 +143,9 @@ def load_trajectory(source: str | Path) -> Trajectory:
         return Trajectory.from_dict(d, p.parent, source=str(source))
     if p.is_dir() and (p / "config.json").is_file():
         ck = Checkpoint(name=p.name, path=str(p.resolve()), step=_state_step(p))
-        return Trajectory(name=p.name, checkpoints=[ck], source=str(source))
+        # named after the folder as written ('.' and '..' become the folder they stand for; links not followed)
+        return Trajectory(name=file_stem(Path(os.path.abspath(p)).name, "model"), checkpoints=[ck],
+                          source=str(source))
     if not p.exists():
         raise CheckpointError(f"trajectory source not found: '{source}'")
     raise CheckpointError(f"'{source}' is neither a run folder with {MANIFEST} nor a model folder with config.json")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..config import AverageConfig, EvalConfig, parse_config
 from ..errors import ConfigError
+from ..names import safe_name
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
 from .averagers import AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
@@ -46,7 +47,9 @@ def plan(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
 
 
 def folder_of(job: AverageJob, out: Path) -> Path:
-    return Path(out) / "checkpoints" / job.run / f"step-{job.step:07d}"
+    """Where the averaged checkpoint lives; its run name (built from the source's run names) must stay one
+    folder name inside ``out``."""
+    return Path(out) / "checkpoints" / safe_name(job.run, "averaged run name") / f"step-{job.step:07d}"
 
 
 def _plan_id(job: AverageJob, paths: list[Path], eval_cfg: EvalConfig | None) -> dict[str, Any]:
@@ -76,7 +79,8 @@ def is_made(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None) -> b
         return False
 
 
-def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_pickle: bool = False) -> Path:
+def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_pickle: bool = False,
+         trust_remote_code: bool = False) -> Path:
     """Write the averaged checkpoint of ``job`` unless it is already made; returns its folder."""
     folder = folder_of(job, out)
     if is_made(job, out, eval_cfg):
@@ -84,7 +88,7 @@ def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_p
     paths = _local_paths(job, allow_pickle)
     inputs, weights, params = job.inputs, job.weights, dict(job.params)
     if job.greedy:
-        kept, log = _choose_greedy(paths, eval_cfg or EvalConfig(), allow_pickle)
+        kept, log = _choose_greedy(paths, eval_cfg or EvalConfig(), allow_pickle, trust_remote_code)
         inputs, weights = [job.inputs[i] for i in kept], [1 / len(kept)] * len(kept)
         paths = [paths[i] for i in kept]
         params["log"] = log
@@ -141,7 +145,7 @@ def plan_for_sweep(traj: Trajectory, specs: list[AverageConfig], out: Path
 
 def average(sources: list[str | dict], averager: str, out: str | Path, window: int = 5, stride: int = 1,
             beta: float = 0.9, runs: list[str] | None = None, eval_config: dict | None = None,
-            progress: bool = True, allow_pickle: bool = False) -> Trajectory:
+            progress: bool = True, allow_pickle: bool = False, trust_remote_code: bool = False) -> Trajectory:
     """Average checkpoints of ``sources``; returns the trajectory of originals + averaged runs (also saved)."""
     spec = parse_config(AverageConfig, {"averager": averager, "window": window, "stride": stride, "beta": beta,
                                         "runs": runs}, "averaging options")
@@ -152,8 +156,10 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     jobs = plan(trajs, spec)
     ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")
     _check_greedy_corpus(trajs, jobs, ecfg)
+    for j in jobs:  # every name checked before anything is written
+        folder_of(j, out)
     for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt"):
-        make(j, out, ecfg, allow_pickle)
+        make(j, out, ecfg, allow_pickle, trust_remote_code)
     traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{averager}")
     traj.save(out / "trajectory.json")
     return traj
@@ -180,16 +186,17 @@ def _check_greedy_corpus(trajs: list[Trajectory], jobs: list[AverageJob], ecfg: 
                           "(eval: {corpus: ...} in a sweep)")
 
 
-def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool) -> tuple[list[int], list[dict]]:
+def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool,
+                   trust_remote_code: bool = False) -> tuple[list[int], list[dict]]:
     """Greedy soup with held-out loss on the evaluation blocks a sweep would use."""
     from ..data.tokenizer import load_tokenizer
     from ..evaluate import evaluate_loss
     from ..models import load_checkpoint
     from ..sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
-    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), load_tokenizer(paths[0]),
+    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), load_tokenizer(paths[0], trust_remote_code),
                         tokenizer_fingerprint(paths[0]))
-    model = load_checkpoint(paths[0], allow_pickle=allow_pickle)
+    model = load_checkpoint(paths[0], allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
 
     def loss_of(tensors) -> float:
         model.load_state_dict(tensors, strict=False)

@@ -32,16 +32,19 @@ def _key(cfg: DataConfig) -> str:
     return json.dumps(cfg.model_dump(), sort_keys=True)
 
 
-def prepare_data(cfg: DataConfig, cache_dir: Path | None = None) -> PreparedData:
+def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, trust_remote_code: bool = False) -> PreparedData:
+    """Tokenized train/val streams (cached in ``cache_dir``); a tokenizer folder's own Python code runs only
+    with ``trust_remote_code``."""
     if cache_dir is not None and (cache_dir / "meta.json").is_file():
         meta = json.loads((cache_dir / "meta.json").read_text())
         if meta.get("key") == _key(cfg):
             t = load_file(str(cache_dir / "tokens.safetensors"))
-            return PreparedData(load_tokenizer(cache_dir / "tokenizer"), t["train"], t["val"],
+            return PreparedData(load_tokenizer(cache_dir / "tokenizer", trust_remote_code), t["train"], t["val"],
                                 meta["n_train_docs"], meta["n_val_docs"])
     docs = load_documents(cfg.corpus, field=cfg.field, max_chars=cfg.max_chars)
     train_docs, val_docs = split_documents(docs, cfg.val_fraction, cfg.seed)
-    tok = build_tokenizer(cfg.tokenizer, train_docs, cfg.vocab_size, max_length=cfg.seq_len)
+    tok = build_tokenizer(cfg.tokenizer, train_docs, cfg.vocab_size, max_length=cfg.seq_len,
+                          trust_remote_code=trust_remote_code)
     train = encode_documents(tok, train_docs)
     val = encode_documents(tok, val_docs)
     data = PreparedData(tok, train, val, len(train_docs), len(val_docs))

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from ..errors import DataError
-from ..models import quiet_transformers
+from ..models import quiet_transformers, remote_code_error, remote_code_refused
 
 quiet_transformers()
 
@@ -31,20 +31,24 @@ def _train(docs: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def build_tokenizer(kind: str, docs: list[str], vocab_size: int = 2048, max_length: int = 2048) -> PreTrainedTokenizerFast:
-    """Build a tokenizer of ``kind`` ("bpe", "byte") from ``docs``, or load one from a folder path."""
+def build_tokenizer(kind: str, docs: list[str], vocab_size: int = 2048, max_length: int = 2048,
+                    trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """Build a tokenizer of ``kind`` ("bpe", "byte") from ``docs``, or load one from a folder path (its own
+    Python code runs only with ``trust_remote_code``)."""
     if kind == "byte":
         tok = _train([], 257)
     elif kind == "bpe":
         tok = _train(docs, vocab_size)
     else:
-        return load_tokenizer(kind)
+        return load_tokenizer(kind, trust_remote_code)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None,
                                    model_max_length=max_length)
     return fast
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerFast:
+    """The tokenizer saved in a folder, offline. The user's ``trust_remote_code`` is always passed on:
+    without it transformers would ask "[y/N]" on stdin for a folder with ``auto_map``."""
     from transformers import AutoTokenizer
     p = Path(path)
     if not p.is_dir():
@@ -54,8 +58,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         raise DataError(f"no tokenizer in '{p}' (expected tokenizer.json or tokenizer_config.json); "
                         "save the tokenizer next to the model with save_pretrained")
     try:
-        return AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+        return AutoTokenizer.from_pretrained(str(p), local_files_only=True, trust_remote_code=bool(trust_remote_code))
     except (OSError, ValueError) as e:
+        if remote_code_refused(e):
+            raise remote_code_error(p) from None
         raise DataError(f"cannot load a tokenizer from '{p}': {str(e).splitlines()[0]}") from None
 
 

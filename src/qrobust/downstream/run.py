@@ -58,7 +58,8 @@ _VLLM_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 
 @contextlib.contextmanager
-def _vllm_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> Iterator[Any]:
+def _vllm_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int,
+             trust_remote_code: bool = False) -> Iterator[Any]:
     """vLLM serving the model's current weights: saved (safetensors + tokenizer) to a temporary folder that
     lives as long as the engine. A model on the GPU waits on the CPU meanwhile, so the GPU holds one copy."""
     from ..models import save_checkpoint
@@ -74,7 +75,8 @@ def _vllm_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> I
         lm = None
         try:
             lm = _vllm_class()(pretrained=str(folder), tokenizer=str(folder), dtype=dtype, batch_size=batch_size,
-                               seed=seed, max_model_len=model_context(model), trust_remote_code=False)
+                               seed=seed, max_model_len=model_context(model),
+                               trust_remote_code=bool(trust_remote_code))
             yield lm
         finally:
             del lm
@@ -85,18 +87,20 @@ def _vllm_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> I
 
 
 @contextlib.contextmanager
-def _hf_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int) -> Iterator[Any]:
+def _hf_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int,
+           trust_remote_code: bool = False) -> Iterator[Any]:
     """lm-eval's HFLM on the in-memory model (no copy)."""
     del seed  # HFLM takes its seeds from simple_evaluate
     from lm_eval.models.huggingface import HFLM
     yield HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-               device=str(next(model.parameters()).device))
+               device=str(next(model.parameters()).device), trust_remote_code=bool(trust_remote_code))
 
 
 def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path | None, num_fewshot: int = 0,
                    limit: int | None = None, batch_size: int | str = "auto", seed: int = 0,
-                   backend: Backend = "hf") -> dict[str, Any]:
-    """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}} for the model as it is now (FP or quantized)."""
+                   backend: Backend = "hf", trust_remote_code: bool = False) -> dict[str, Any]:
+    """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}} for the model as it is now (FP or quantized).
+    ``trust_remote_code`` is handed to lm-eval's model (the user's choice, never a prompt)."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
@@ -111,7 +115,7 @@ def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path
     try:
         with contextlib.ExitStack() as stack:
             with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints; stdout may carry our JSON
-                lm = stack.enter_context(make_lm(model, tokenizer, batch_size, seed))
+                lm = stack.enter_context(make_lm(model, tokenizer, batch_size, seed, trust_remote_code))
             tm = _task_manager(TaskManager, str(yaml_dir) if yaml_dir and yaml_dir.is_dir() else None)
             try:
                 with contextlib.redirect_stdout(sys.stderr):

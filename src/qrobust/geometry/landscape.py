@@ -149,7 +149,7 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
                          grid: int = 11, margin: float = 0.25, span: float = 1.0, center: str | None = None,
                          n_blocks: int = 8, seq_len: int | None = None, batch_size: int = 8,
                          params: list[str] | None = None, seed: int = 0, progress: bool = True,
-                         allow_pickle: bool = False) -> dict[str, Any]:
+                         allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
     """PCA of a trajectory (its runs, or ``runs``) and a loss landscape; writes ``landscape.json`` and figures."""
     import json
 
@@ -186,8 +186,8 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
         if key not in names:
             raise ConfigError(f"--center '{key}' is not a checkpoint of '{traj.name}'; e.g. '{cks[-1].name}'")
         like = names[key]
-    model = load_checkpoint(like, allow_pickle=allow_pickle)
-    blocks = eval_blocks(like, n_blocks=n_blocks, seq_len=seq_len)
+    model = load_checkpoint(like, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    blocks = eval_blocks(like, n_blocks=n_blocks, seq_len=seq_len, trust_remote_code=trust_remote_code)
     if plane == "pca":
         land = pca_landscape(model, pca, blocks, grid, margin, batch_size, [c.run for c in cks],
                              [c.step for c in cks], progress,

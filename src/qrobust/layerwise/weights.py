@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models import weight_safetensors
+from ..models import remote_code_error, remote_code_refused, weight_safetensors
 
 
 def renamings(model: nn.Module) -> list[tuple[str, str]]:
@@ -136,8 +136,16 @@ def materialize(module: nn.Module, prefix: str, source: WeightSource, device: to
 
 
 def skeleton(folder: Path, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    """The model built on the meta device from the folder's config (its own code only when trusted)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    trust = bool(trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust)
+    except ValueError as e:
+        if remote_code_refused(e):
+            raise remote_code_error(folder) from None
+        raise
     return model.eval()

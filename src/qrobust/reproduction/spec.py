@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from ..config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config
 from ..errors import ConfigError
+from ..names import check_name
 
 # step counts that --scale multiplies: (path in a train config, ...). Branch entries are handled apart.
 SCALED = [("steps",), ("checkpoint_every",), ("schedule", "warmup_steps"), ("schedule", "decay_steps")]
@@ -35,12 +36,18 @@ class ReproduceSpec(Strict):
     levels: int = Field(default=4, ge=1)  # equal_fp_loss: FP-loss levels compared per pair of runs
     minutes: float | None = None  # expected minutes at --scale 1 on 2 CPU cores (documentation)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "experiment name")  # its page and figures go to OUT/<name>/
+
     @field_validator("runs")
     @classmethod
     def _runs(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not v:
             raise ValueError("an experiment needs at least one run")
         for label in v:
+            check_name(label, "run label")  # its run folder is OUT/runs/<label>-<hash>
             if not label.replace("-", "").replace(".", "").replace("_", "").isalnum():
                 raise ValueError(f"run label '{label}' may hold only letters, digits, '-', '_' and '.'")
         return v

@@ -229,7 +229,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         tok = None
         es_id = sets.known_id(data_cfg, tok_fp)
         if es_id is None:
-            tok = load_tokenizer(ck.path)
+            tok = load_tokenizer(ck.path, cfg.trust_remote_code)
             es_id = sets.eval_set(data_cfg, tok, tok_fp).id
         keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
                                   "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
@@ -243,7 +243,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
         if cfg.geometry is not None:
             gs_id = sets.known_id(data_cfg, tok_fp, geometry=True)
             if gs_id is None:
-                tok = tok or load_tokenizer(ck.path)
+                tok = tok or load_tokenizer(ck.path, cfg.trust_remote_code)
                 gs_id = sets.geometry_set(data_cfg, tok, tok_fp).id
             geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs_id})
             geo_key = None if store.has(geo_key, kind="geometry") else geo_key
@@ -255,7 +255,7 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
             overall.update(len(todo))
             continue
         try:
-            tok = tok or load_tokenizer(ck.path)
+            tok = tok or load_tokenizer(ck.path, cfg.trust_remote_code)
             if cfg.stream:  # geometry and tasks were refused up front
                 _run_checkpoint_streamed(cfg, traj, ck, ident, data_cfg, tok, tok_fp, sets, store, todo, keys,
                                          summary, progress, overall)
@@ -278,7 +278,7 @@ def _make_average(cfg: SweepConfig, job: AverageJob, store: Store, worker: str, 
     if not claim.acquire():
         return False
     try:
-        make(job, out, cfg.eval, cfg.allow_pickle)
+        make(job, out, cfg.eval, cfg.allow_pickle, cfg.trust_remote_code)
         summary.averaged += 1
     finally:
         claim.release()
@@ -448,7 +448,7 @@ class _TaskRunner:
             self._names = resolve_tasks(t.names, work, held_out_documents(Path(self.ck.path)),
                                         context_fits(self.tok, ctx))
         return evaluate_tasks(self.model, self.tok, *self._names, t.num_fewshot, t.limit, t.batch_size, t.seed,
-                              t.backend)
+                              t.backend, trust_remote_code=self.cfg.trust_remote_code)
 
     def fp(self) -> dict[str, Any]:
         if self._fp is None:

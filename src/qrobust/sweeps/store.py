@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QrobustError
+from ..names import safe_name
 from ..trajectory import Trajectory, atomic_write_text
 
 RECORD_SCHEMA = "qrobust.record/1"
@@ -132,7 +133,8 @@ class Store:
 
     # -- trajectories --------------------------------------------------------------------------------
     def save_trajectory(self, traj: Trajectory) -> None:
-        atomic_write_text(self.root / "trajectories" / f"{traj.name}.json", json.dumps(traj.to_dict(), indent=1))
+        name = safe_name(traj.name, "trajectory name")  # never a path that leaves trajectories/
+        atomic_write_text(self.root / "trajectories" / f"{name}.json", json.dumps(traj.to_dict(), indent=1))
 
     def trajectories(self) -> dict[str, dict[str, Any]]:
         return {p.stem: json.loads(p.read_text()) for p in sorted((self.root / "trajectories").glob("*.json"))}

@@ -22,6 +22,7 @@ from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError
 from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, save_checkpoint
+from ..names import safe_name
 from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
 from .averages import STATE_FILE, RunningAverages, swapped_parameters
 from .schedule import Schedule
@@ -78,12 +79,17 @@ class _Batches:
         return self.blocks[idx]
 
 
+def _run_dir(out: Path, run: str) -> Path:
+    """A run's checkpoint folder; run names are checked when the config is read, and again here."""
+    return out / "checkpoints" / safe_name(run, "run name")
+
+
 def _ckpt_dir(out: Path, run: str, step: int) -> Path:
-    return out / "checkpoints" / run / f"step-{step:07d}"
+    return _run_dir(out, run) / f"step-{step:07d}"
 
 
 def _latest(out: Path, run: str) -> Path | None:
-    d = out / "checkpoints" / run
+    d = _run_dir(out, run)
     if not d.is_dir():
         return None
     done = sorted(p for p in d.iterdir() if p.name.startswith("step-") and (p / "qrobust_state.json").is_file())
@@ -116,7 +122,7 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
                              "parent": name, "from_step": None, "tokens_per_step": tokens_per_step}
     cks: list[Checkpoint] = []
     for run in runs:
-        d = out / "checkpoints" / run
+        d = _run_dir(out, run)
         if not d.is_dir():
             continue
         for p in sorted(d.iterdir()):
@@ -175,7 +181,7 @@ class _Trainer:
             g["lr"] = sched.lr(step)
             g["initial_lr"] = cfg.optim.lr
         model.train()
-        log = out / "logs" / f"{run}.jsonl"
+        log = out / "logs" / f"{safe_name(run, 'run name')}.jsonl"
         log.parent.mkdir(parents=True, exist_ok=True)
         _truncate_log(log, step)
         bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not self.progress, leave=False)
@@ -275,15 +281,18 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
         raise QrobustError(f"cannot write to output folder '{out}': {e.strerror}") from None
 
 
-def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None) -> Trajectory:
-    """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``."""
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None,
+          trust_remote_code: bool = False) -> Trajectory:
+    """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``.
+    ``trust_remote_code``: allow the Python code of a tokenizer folder (``data.tokenizer``); it is a
+    permission, not a setting of the run, so it is not part of the config."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     _check_out(cfg, out)
     sched = main_schedule(cfg)
     _check_branches(cfg, sched)
-    data = prepare_data(cfg.data, out / "data")
+    data = prepare_data(cfg.data, out / "data", trust_remote_code)
     blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
     trainer = _Trainer(cfg, out, data, _Batches(blocks, cfg.batch_size, cfg.seed), progress, on_step)
     trainer.segment("main", sched, None, 0, cfg.steps)
