@@ -298,3 +298,21 @@ def test_llmcompressor_awq_quantizes_with_compressed_tensors_symmetric_step(monk
     n_layers = len(select_linears(model))
     assert seen["calls"] > 20 * 4 and seen["differ"] == seen["calls"]  # 20 candidates × 4 mappings + final RTN
     assert len(ratios) > 0 and n_layers > 0
+
+
+def test_llmcompressor_profiles_stream_as_they_run_in_memory(tmp_path):
+    """Layer streaming runs the same per-block code: the llmcompressor profiles give the same losses."""
+    from qrobust.evaluate import evaluate_loss
+    from qrobust.layerwise import streamed_losses
+    from qrobust.models import load_checkpoint
+    path = tmp_path / "llama"
+    build_model("llama", "micro", vocab_size=96, max_positions=64, seed=3).save_pretrained(path)
+    blocks = torch.randint(0, 96, (4, 24), generator=torch.Generator().manual_seed(4))
+    calib = torch.randint(0, 96, (4, 24), generator=torch.Generator().manual_seed(5))
+    for spec in (QuantSpec(method="awq", bits=3, group_size=16, options=(("profile", "llmcompressor"),)),
+                 QuantSpec(method="gptq", bits=3, group_size=16, options=(("profile", "llmcompressor"),))):
+        res = streamed_losses(path, spec, blocks, batch_size=2, calibration=calib)
+        model = load_checkpoint(path)
+        with quantized(model, spec, calib):
+            q = evaluate_loss(model, blocks, 2)
+        assert res.q.block_sums == q.block_sums and res.q.loss != res.fp.loss
