@@ -68,8 +68,10 @@ def _add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--asym", action="store_true", help="asymmetric grid (default: symmetric, as GPTQModel)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (gptq: profile=reference|llmcompressor|gptqmodel, damp=0.01, "
-                        "act_order=true, static_groups=true, block_size=128, sequential=false, true_sequential=false; "
-                        "awq: n_grid=20, duo_scaling=false, clip=false, max_shrink=0.5, mapping=generic)")
+                        "act_order=true, static_groups=true, block_size=128, sequential=false, true_sequential=false, "
+                        "quant_grid=reference|compressed-tensors; awq: profile=autoawq|llmcompressor, n_grid=20, "
+                        "duo_scaling=false, clip=false, max_shrink=0.5, mapping=generic, "
+                        "quant_grid=autoawq|compressed-tensors)")
     p.add_argument("--calib-samples", type=_positive, default=128, help="calibration samples (default 128)")
     p.add_argument("--calib-seq-len", type=_positive, default=None,
                    help="calibration sample length (default: the training length, at most 2048)")

@@ -19,12 +19,20 @@ post-attention norm → h_to_4h; the GELU before 4h_to_h cannot take a folded sc
 clipped, as the attention output dense is, as in AutoAWQ). Other architectures get the generic rule:
 an input group is scaled when its input is exactly the output of a norm or a linear (checked by tensor
 identity), inspected through its own linears.
+
+Profiles (``profile=...``) follow the library users compare against:
+- ``autoawq`` (default): all of the above; ratios i/n_grid, i = 0 … n_grid−1; AutoAWQ's grid.
+- ``llmcompressor``: llm-compressor 0.14's ``AWQModifier`` followed by its ``QuantizationModifier``:
+  candidates "no scaling" (s = 1) then duo-scaled ratios j/(n_grid−2), j = 0 … n_grid−2 (without duo
+  scaling: j/(n_grid−1), j = 0 … n_grid−1); w̄ summed in float64 over the balanced linears' rows; non-finite
+  scales set to 1; no clip search; compressed-tensors' grid (``grid.py``: min/max include 0, symmetric
+  step 2·max|w|/(2^b−1) on levels −2^(b−1) … 2^(b−1)−1) in the search and for the final RTN.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
@@ -33,15 +41,20 @@ from torch import nn
 from ..errors import ConfigError, QrobustError
 from .calibration import tokens_of
 from .blocks import calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs, split_by_block
-from .grid import group_bounds
+from .grid import fake_quantize, group_bounds
 from .registry import Quantizer, QuantSpec, register_quantizer, typed_options
 from .staged import probe_block
 
 AVOID_CLIP = ("q_", "k_", "query", "key", "Wqkv")  # AutoAWQ: clipping these hurts attention logits
 
 
+GRIDS = ("autoawq", "compressed-tensors")
+
+
 @dataclass(frozen=True)
 class AWQOptions:
+    profile: str = "autoawq"
+    quant_grid: str = "autoawq"  # autoawq | compressed-tensors
     duo_scaling: bool = True
     n_grid: int = 20
     clip: bool = True
@@ -52,8 +65,23 @@ class AWQOptions:
     mapping: str = "auto"  # auto (known architectures, else generic) | generic
 
 
+PROFILES: dict[str, dict[str, Any]] = {
+    "autoawq": dict(quant_grid="autoawq", clip=True),
+    "llmcompressor": dict(quant_grid="compressed-tensors", clip=False),
+}
+
+
 def awq_options(options: dict[str, Any]) -> AWQOptions:
-    opts = typed_options(AWQOptions(), options, "AWQ")
+    """Profile defaults, then explicit options on top; unknown keys, types or values are one clear line."""
+    profile = options.get("profile", AWQOptions.profile)
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown AWQ profile '{profile}'; known: {', '.join(PROFILES)}")
+    opts = typed_options(replace(AWQOptions(), profile=profile, **PROFILES[profile]), options, "AWQ")
+    if opts.quant_grid not in GRIDS:
+        raise ConfigError(f"AWQ option quant_grid must be one of {', '.join(GRIDS)}, got '{opts.quant_grid}'")
+    if opts.profile == "llmcompressor" and opts.n_grid < (3 if opts.duo_scaling else 2):
+        raise ConfigError("AWQ profile llmcompressor needs n_grid >= 3 with duo scaling (>= 2 without): "
+                          "its ratios are j/(n_grid-2) (j/(n_grid-1))")
     if opts.mapping not in ("auto", "generic"):
         raise ConfigError(f"AWQ option mapping must be 'auto' or 'generic', got '{opts.mapping}'")
     if opts.n_grid < 1 or opts.clip_grid < 1 or not 0 <= opts.max_shrink < 1 or opts.clip_tokens < 1 \
@@ -79,6 +107,43 @@ def awq_fake_quantize(w: torch.Tensor, bits: int, group_size: int, zero_point: b
             scale = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-5) / qmax
             out[:, a:b] = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
     return out.to(w.dtype)
+
+
+def grid_quantize(w: torch.Tensor, spec: QuantSpec, opts: AWQOptions, group_size: int | None = None) -> torch.Tensor:
+    """RTN on the profile's grid: AutoAWQ's (zero point when asymmetric) or compressed-tensors'."""
+    g = spec.group_size if group_size is None else group_size
+    if opts.quant_grid == "autoawq":
+        return awq_fake_quantize(w, spec.bits, g, not spec.sym)
+    return fake_quantize(w, spec.bits, g, spec.sym, "compressed-tensors")
+
+
+def candidates(opts: AWQOptions) -> list[tuple[float, bool]]:
+    """(ratio, duo scaling) in search order; the first of equal losses wins."""
+    n = opts.n_grid
+    if opts.profile == "autoawq":
+        return [(i / n, opts.duo_scaling) for i in range(n)]
+    if opts.duo_scaling:  # llm-compressor: "no scaling" first, then a grid that includes ratio 1
+        return [(0.0, False)] + [(j / (n - 2), True) for j in range(n - 1)]
+    return [(j / (n - 1), False) for j in range(n)]
+
+
+def _weight_mean(W: list[torch.Tensor], group_size: int, opts: AWQOptions) -> torch.Tensor:
+    """w̄: per input channel, the mean over rows of |W| normalised by its group's max."""
+    if opts.profile == "autoawq":
+        Wc = torch.cat([w.detach().float() for w in W])
+        w_scale = torch.empty_like(Wc)
+        for a, b in group_bounds(Wc.shape[1], group_size):
+            g = Wc[:, a:b].abs()
+            w_scale[:, a:b] = g / (g.amax(dim=1, keepdim=True) + 1e-6)
+        return w_scale.mean(0)
+    total, rows = 0, 0  # llm-compressor: in the weights' dtype, summed in float64 layer by layer
+    for w in W:
+        w = w.detach().abs()
+        for a, b in group_bounds(w.shape[1], group_size):
+            w[:, a:b] = w[:, a:b] / (w[:, a:b].amax(dim=1, keepdim=True) + 1e-6)
+        total = total + w.sum(0, dtype=torch.float64)
+        rows += w.shape[0]
+    return total / rows
 
 
 @dataclass
@@ -151,20 +216,24 @@ def _generic_mappings(block: nn.Module, linears: dict[str, nn.Linear], run_one) 
 
 
 def _fold(m: Mapping, linears: dict[str, nn.Linear], s: torch.Tensor, inverse: bool = False) -> None:
-    """prev output ÷ s, linears' input columns × s (or the reverse, to undo)."""
+    """prev output ÷ s, linears' input columns × s (or the reverse, to undo). A float64 ``s`` (the
+    llmcompressor profile's) is applied in float64 and rounded once, as llm-compressor does."""
     f = (1 / s) if inverse else s
+
+    def cast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t if t.dtype == torch.float64 else t.to(like.dtype)
     prev = m.prev
     if isinstance(prev, nn.Linear):
         n = f.numel()
-        prev.weight[-n:].div_(f.view(-1, 1).to(prev.weight.dtype))
+        prev.weight[-n:].div_(cast(f.view(-1, 1), prev.weight))
         if prev.bias is not None:
-            prev.bias[-n:].div_(f.to(prev.bias.dtype))
+            prev.bias[-n:].div_(cast(f, prev.bias))
     else:
-        prev.weight.div_(f.to(prev.weight.dtype))
+        prev.weight.div_(cast(f, prev.weight))
         if getattr(prev, "bias", None) is not None:
-            prev.bias.div_(f.to(prev.bias.dtype))
+            prev.bias.div_(cast(f, prev.bias))
     for n in m.layers:
-        linears[n].weight.mul_(f.view(1, -1).to(linears[n].weight.dtype))
+        linears[n].weight.mul_(cast(f.view(1, -1), linears[n].weight))
 
 
 def _first(out: Any) -> torch.Tensor:
@@ -222,42 +291,42 @@ def _inspect_loss(mods: list[nn.Module], calls: dict[nn.Module, list], fp: dict[
 
 def _search_scale(m: Mapping, linears, cap: _Capture, spec: QuantSpec, opts: AWQOptions) -> dict[str, Any]:
     x_mean = cap.abs_sum[m.layers[0]] / cap.count[m.layers[0]]
-    W = torch.cat([linears[n].weight.detach().float() for n in m.layers])
-    w_scale = torch.empty_like(W)
-    for a, b in group_bounds(W.shape[1], spec.group_size):
-        g = W[:, a:b].abs()
-        w_scale[:, a:b] = g / (g.amax(dim=1, keepdim=True) + 1e-6)
-    w_mean = w_scale.mean(0)
+    w_mean = _weight_mean([linears[n].weight for n in m.layers], spec.group_size, opts)
     fp = {mod: [_first(mod(*a, **k)).float() for a, k in cap.calls[mod]] for mod in m.inspect}
     originals = {n: linears[n].weight.detach().clone() for n in m.layers}
 
     def loss_with(s: torch.Tensor) -> float:
         for n in m.layers:
-            w = originals[n].float() * s.view(1, -1)
-            linears[n].weight.copy_((awq_fake_quantize(w, spec.bits, spec.group_size, not spec.sym).float()
-                                     / s.view(1, -1)).to(originals[n].dtype))
+            if opts.profile == "autoawq":
+                w = originals[n].float() * s.view(1, -1)
+                q = grid_quantize(w, spec, opts).float() / s.view(1, -1)
+            else:  # llm-compressor: W·s and Q(W·s)/s stored in the weights' dtype, s may be float64
+                w = (originals[n] * s.view(1, -1)).to(originals[n].dtype)
+                q = grid_quantize(w, spec, opts) / s.view(1, -1)
+            linears[n].weight.copy_(q.to(originals[n].dtype))
         try:
             return _inspect_loss(m.inspect, cap.calls, fp)
         finally:
             for n in m.layers:
                 linears[n].weight.copy_(originals[n])
 
-    best, best_s, best_r, history = math.inf, None, -1.0, []
-    for i in range(opts.n_grid):
-        r = i / opts.n_grid
-        if opts.duo_scaling:
+    best, best_s, best_r, best_duo, history = math.inf, None, -1.0, False, []
+    for r, duo in candidates(opts):
+        if duo:
             s = (x_mean.pow(r) / (w_mean.pow(1 - r) + 1e-4)).clamp(min=1e-4)
         else:
             s = x_mean.pow(r).clamp(min=1e-4)
         s = s / (s.max() * s.min()).sqrt()
+        if opts.profile != "autoawq":
+            s[~torch.isfinite(s)] = 1
         loss = loss_with(s)
         history.append(loss)
         if loss < best:
-            best, best_s, best_r = loss, s, r
+            best, best_s, best_r, best_duo = loss, s, r, duo
     if best_s is None:
         raise QrobustError(f"AWQ: no finite loss in the scale search of '{m.name}' (non-finite activations?)")
     rtn = loss_with(torch.ones_like(x_mean))
-    return {"scale": best_s, "ratio": best_r, "loss": best, "rtn_loss": rtn}
+    return {"scale": best_s, "ratio": best_r, "duo": best_duo, "loss": best, "rtn_loss": rtn}
 
 
 def _search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec, opts: AWQOptions) -> torch.Tensor:
@@ -273,7 +342,7 @@ def _search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec, opts: AWQOpt
         best = org_max.squeeze(1).clone()
         for i in range(steps):
             mx = org_max * (1 - i / opts.clip_grid)
-            q = awq_fake_quantize(torch.clamp(wg, -mx, mx), spec.bits, -1, not spec.sym)
+            q = grid_quantize(torch.clamp(wg, -mx, mx), spec, opts, group_size=-1)
             err = (q @ xg.T - org_out).pow(2).mean(dim=1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -335,7 +404,7 @@ class AWQ(Quantizer):
                                "feeds a quantized linear); use gptq or rtn for this model")
         for n, lin in rest.items():  # outside the blocks: AWQ's grid, no scales
             w0 = lin.weight.detach().clone()
-            lin.weight.copy_(awq_fake_quantize(lin.weight, spec.bits, spec.group_size, not spec.sym))
+            lin.weight.copy_(grid_quantize(lin.weight, spec, opts))
             d = lin.weight.float() - w0.float()
             info[n] = {"rel_err": float(d.norm() / w0.float().norm().clamp_min(1e-30)), "mse": float(d.pow(2).mean())}
         return info
@@ -369,6 +438,8 @@ class AWQ(Quantizer):
                 scale_of[n] = res["scale"]
                 info.setdefault(base + n, {}).update(awq_ratio=res["ratio"], awq_loss=res["loss"],
                                                      awq_rtn_loss=res["rtn_loss"])
+                if opts.profile != "autoawq":  # "no scaling" is its own candidate there
+                    info[base + n]["awq_duo"] = float(res["duo"])
         for n, lin in linears.items():
             s = scale_of.get(n)
             if cap.samples.get(n):
@@ -384,7 +455,7 @@ class AWQ(Quantizer):
                     w[:, a:b] = torch.clamp(w[:, a:b], -lim, lim)
                 lin.weight.copy_(w.to(lin.weight.dtype))
                 info.setdefault(base + n, {})["clip_shrink_mean"] = float((1 - mx / amax).mean())
-            lin.weight.copy_(awq_fake_quantize(lin.weight, spec.bits, spec.group_size, not spec.sym))
+            lin.weight.copy_(grid_quantize(lin.weight, spec, opts))
             # errors against the FP layer: the equivalent weight is Q(W·s)/s
             eff = lin.weight.float() / s.view(1, -1) if s is not None else lin.weight.float()
             w0 = original(n).float()

@@ -9,7 +9,8 @@ Hessians H = 2/N · Σ xᵀx are accumulated in fp32 (one per input group, share
 Profiles reproduce the defaults of the libraries users compare against (see README):
 - ``reference``      IST-DASLab GPTQ: damp 0.01, dynamic groups, no act-order, block-sequential.
 - ``llmcompressor``  damp 0.01, act-order "static" (permuted columns, group parameters from the original
-                     W by original column index), block-sequential, no true-sequential.
+                     W by original column index), block-sequential, no true-sequential, and compressed-tensors'
+                     grid (symmetric scale 2·absmax/(2^b−1), no reference quirk; see ``grid.py``).
 - ``gptqmodel``      damp 0.05 auto-increased by 0.01 on Cholesky failure, dynamic groups, no act-order,
                      true-sequential (its ``act_group_aware`` / MSE options are not plain GPTQ: not modelled).
 """
@@ -25,7 +26,7 @@ from torch import nn
 
 from ..errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
-from .grid import LayerGrid
+from .grid import GRIDS, LayerGrid
 from .hessian import XtX
 from .calibration import memoised, tokens_of
 from .blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
@@ -47,12 +48,16 @@ class GPTQOptions:
     true_sequential: bool = True
     calib_batch_size: int = 8
     replay: bool = True
+    quant_grid: str = "reference"  # reference | compressed-tensors (quant/grid.py)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "reference": dict(damp=0.01, damp_step=0.0, act_order=False, static_groups=False, true_sequential=False),
-    "llmcompressor": dict(damp=0.01, damp_step=0.0, act_order=True, static_groups=True, true_sequential=False),
-    "gptqmodel": dict(damp=0.05, damp_step=0.01, act_order=False, static_groups=False, true_sequential=True),
+    "reference": dict(damp=0.01, damp_step=0.0, act_order=False, static_groups=False, true_sequential=False,
+                      quant_grid="reference"),
+    "llmcompressor": dict(damp=0.01, damp_step=0.0, act_order=True, static_groups=True, true_sequential=False,
+                          quant_grid="compressed-tensors"),
+    "gptqmodel": dict(damp=0.05, damp_step=0.01, act_order=False, static_groups=False, true_sequential=True,
+                      quant_grid="reference"),
 }
 
 
@@ -68,6 +73,8 @@ def gptq_options(options: dict[str, Any]) -> GPTQOptions:
     opts = typed_options(replace(GPTQOptions(), profile=profile, **PROFILES[profile]), options, "GPTQ")
     if not 0 <= opts.damp < 1 or opts.block_size < 1 or opts.calib_batch_size < 1:
         raise ConfigError("GPTQ options out of range: need 0 <= damp < 1, block_size >= 1, calib_batch_size >= 1")
+    if opts.quant_grid not in GRIDS:
+        raise ConfigError(f"unknown GPTQ quant_grid '{opts.quant_grid}'; known: {', '.join(GRIDS)}")
     return opts
 
 
@@ -125,7 +132,8 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
     stacked = torch.cat([w.detach().float() for w in weights]) if len(names) > 1 else weights[0]
     res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
-                        damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True)
+                        damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True,
+                        grid=opts.quant_grid)
     del H
     seconds = time.perf_counter() - t0
     row = 0
@@ -138,7 +146,7 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
         info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": float(res.row_loss[row: row + rows].sum()),
                       "seconds": seconds * rows / stacked.shape[0],
                       "grid": LayerGrid(res.scale[row: row + rows].clone(), res.zero[row: row + rows].clone(),
-                                        res.g_idx.clone(), spec.bits, spec.group_size, spec.sym)}
+                                        res.g_idx.clone(), spec.bits, spec.group_size, spec.sym, opts.quant_grid)}
         row += rows
 
 
@@ -149,6 +157,12 @@ class GPTQ(Quantizer):
 
     def check_options(self, options: dict[str, Any]) -> None:
         gptq_options(options)
+
+    def implied(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The grid when a profile (not the options) picks a non-reference one: the llmcompressor profile
+        used the reference grid before, so its records need a key of their own."""
+        grid = gptq_options(options).quant_grid
+        return {"quant_grid": grid} if grid != "reference" and "quant_grid" not in options else {}
 
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,

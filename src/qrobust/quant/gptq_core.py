@@ -58,11 +58,12 @@ def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True,
                   damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False,
                   damp_step: float = 0.0, damp_max: float = 1.0, name: str = "layer",
-                  dtype: torch.dtype = torch.float32, own_h: bool = False) -> GPTQResult:
+                  dtype: torch.dtype = torch.float32, own_h: bool = False, grid: str = "reference") -> GPTQResult:
     """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
 
     All math runs in ``dtype`` (fp32 by default; float64 for reference checks), never in TF32/half.
     ``own_h``: the caller hands ``H`` over (it is overwritten instead of copied, saving one [in, in]).
+    ``grid``: the quantizer grid (``quant/grid.py``): "reference" or "compressed-tensors".
     """
     W = W.detach().clone().to(dtype)
     H = H.detach().to(dtype) if own_h else H.detach().clone().to(dtype)
@@ -78,8 +79,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
 
     static = None
     if static_groups and group_size != -1:
-        static = [find_params(W[:, a: a + g], bits, sym) for a in range(0, cols, g)]
-    whole = find_params(W, bits, sym) if group_size == -1 else None
+        static = [find_params(W[:, a: a + g], bits, sym, grid) for a in range(0, cols, g)]
+    whole = find_params(W, bits, sym, grid) if group_size == -1 else None
 
     perm = None
     if act_order:
@@ -120,12 +121,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
                         if end > i2:
                             rest = W[:, i2:end] - Err1[:, :i].matmul(Hinv[i1:col, i2:end])
                             part = torch.cat([part, rest], dim=1)
-                        scale, zero = find_params(part, bits, sym)
+                        scale, zero = find_params(part, bits, sym, grid)
                         scales[:, col // g: col // g + 1], zeros[:, col // g: col // g + 1] = scale, zero
                     g_pos[col] = col // g
             w = W1[:, i]
             d = Hinv1[i, i]
-            q = quantize_dequantize(w.unsqueeze(1), scale, zero, bits).flatten()
+            q = quantize_dequantize(w.unsqueeze(1), scale, zero, bits, grid).flatten()
             Q1[:, i] = q
             losses += (w - q) ** 2 / d ** 2 / 2
             err = (w - q) / d

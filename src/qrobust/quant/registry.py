@@ -31,9 +31,12 @@ class QuantSpec:
             raise ConfigError(f"unknown quantization method '{self.method}'; known: {', '.join(sorted(QUANTIZERS))}")
 
     def to_dict(self) -> dict[str, Any]:
+        """What defines the variant (records and their keys): the fields, plus what the method's profile
+        implies that changed since keys were first written (absent otherwise, so old keys stay valid)."""
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["options"] = dict(self.options)
+        d.update(QUANTIZERS[self.method]().implied(dict(self.options)))
         return d
 
     @property
@@ -53,6 +56,11 @@ class Quantizer:
         """Raise ConfigError for options this method does not know (checked before any work starts)."""
         if options:
             raise ConfigError(f"method '{self.name}' takes no options, got: {', '.join(sorted(options))}")
+
+    def implied(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Settings a profile implies that change the numbers and must enter the variant's identity
+        (``QuantSpec.to_dict``) though the user did not write them; empty for most methods."""
+        return {}
 
     def touched_params(self, model: nn.Module, layers: dict[str, nn.Linear],
                        spec: QuantSpec) -> dict[str, torch.Tensor]:
