@@ -453,3 +453,36 @@ def test_train_resume_cleans_half_written_checkpoint_folders(tiny_run, tmp_path)
     assert not half.exists() and not legacy.exists() and not log_tmp.exists()
     assert (out / "trajectory.json").read_text() == manifest
     assert {p: p.read_bytes() for p in (out / "checkpoints").rglob("model.safetensors")} == weights
+
+
+# ------------------------------------------------------------------------------------------------------
+# the other readers of a results folder: averaging's 'made already' mark, the reproduction index
+# ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["[1]", "{", "null"])
+def test_damaged_averaging_mark_means_made_again_with_a_warning(tmp_path, text):
+    from qrobust.averaging.averagers import AverageJob
+    from qrobust.averaging.run import folder_of, is_made
+    from qrobust.averaging.stream import PROVENANCE
+    from qrobust.trajectory import Checkpoint
+    ck = Checkpoint(name="main/step-1", path=str(tmp_path / "a"), step=1, run="main")
+    job = AverageJob(run="main-lawa", step=1, inputs=[ck], weights=[1.0], like=ck)
+    folder = folder_of(job, tmp_path / "avg")
+    folder.mkdir(parents=True)
+    (folder / PROVENANCE).write_text(text)
+    with pytest.warns(QrobustWarning, match=PROVENANCE):
+        assert is_made(job, tmp_path / "avg") is False
+
+
+def test_reproduction_index_skips_damaged_verdicts(tmp_path):
+    from qrobust.reproduction.page import write_index
+    good = {"experiment": "good-exp", "finding": "f", "scale": "tiny", "created": "now",
+            "claims": [{"status": "pass", "cell": "c", "claim": "x", "n_expected_direction": 1, "n": 1,
+                        "n_for": 1, "n_against": 0}]}
+    for name, text in {"good": json.dumps(good), "list": "[1]", "empty": "{}", "cut": '{"experi',
+                       "claims": json.dumps({**good, "claims": [1]})}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "verdict.json").write_text(text)
+    with pytest.warns(QrobustWarning) as got:
+        page = write_index(tmp_path).read_text()
+    assert "good-exp" in page
+    assert sorted(Path(str(w.message).split("'")[1]).parent.name for w in got) == ["claims", "cut", "empty", "list"]
