@@ -342,20 +342,23 @@ def test_clean_removes_only_abandoned_temporaries(tmp_path):
     d = tmp_path / "res" / "records"
     d.mkdir(parents=True)
     gone = [d / f".k.json.p{dead}-{here}.abcd1234.tmp",  # this host, dead pid: at once
-            d.parent / f".write-probe.p{dead}-{here}.x1",
-            d.parent / "claims" / f".claim.p{dead}-{here}.x2",
+            d.parent / f".write-probe.p{dead}-{here}.x1x1x1x1",
+            d.parent / "claims" / f".claim.p{dead}-{here}.x2x2x2x2",
             d / ".old.json.q1w2e3r4.tmp"]  # no tag (older qrobust), untouched for two days
     kept = [d / f".k.json.p{me}-{here}.abcd1234.tmp",  # this very (live) process
             d / f".k.json.p{dead}-0badc0de.abcd1234.tmp",  # another host, recent: maybe a live worker there
             d / ".new.json.q1w2e3r4.tmp",  # no tag, recent
-            d / "k.json", d / "notes.tmp"]  # not temporaries
+            d / "k.json", d / "notes.tmp", d / ".notes.tmp", d / ".my.backup.tmp",  # not qrobust's names
+            tmp_path / "res" / "mine" / f".k.json.p{dead}-{here}.abcd1234.tmp"]  # not a folder qrobust writes
     for p in gone + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")
-    _age(gone[3], 2 * 86400)
+    for p in [gone[3]] + kept[-4:]:
+        _age(p, 2 * 86400)
     ck = tmp_path / "res" / "averaged" / "run"
-    dirs_gone = [ck / f".step-0000004.tmp-p{dead}-{here}-zz", ck / ".step-0000008.tmp-legacy"]
-    dirs_kept = [ck / f".step-0000012.tmp-p{me}-{here}-zz", ck / f".step-0000016.tmp-p{dead}-0badc0de-zz"]
+    dirs_gone = [ck / f".step-0000004.tmp-p{dead}-{here}-zzzzzzzz", ck / ".step-0000008.tmp-legacy12"]
+    dirs_kept = [ck / f".step-0000012.tmp-p{me}-{here}-zzzzzzzz",
+                 ck / f".step-0000016.tmp-p{dead}-0badc0de-zzzzzzzz"]
     for p in dirs_gone + dirs_kept:
         (p / "sub").mkdir(parents=True)
         (p / "sub" / "model.safetensors").write_text("half")
@@ -416,12 +419,12 @@ def test_sweep_cleans_leftovers_and_results_stay_identical(tiny_run, clean_resul
     dead, here = _dead_pid(), leftovers.host_tag()
     junk = [res / "records" / f".{next(iter(before))}.p{dead}-{here}.a1b2c3d4.tmp",
             res / "fp" / f".x.json.p{dead}-{here}.a1b2c3d4.tmp",
-            res / f".write-probe.p{dead}-{here}.q",
-            res / "claims" / f".claim.p{dead}-{here}.q"]
+            res / f".write-probe.p{dead}-{here}.qqqqqqqq",
+            res / "claims" / f".claim.p{dead}-{here}.qqqqqqqq"]
     for p in junk:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text('{"half')
-    half = res / "averaged" / "main" / f".step-0000004.tmp-p{dead}-{here}-abc"
+    half = res / "averaged" / "main" / f".step-0000004.tmp-p{dead}-{here}-abcdefgh"
     half.mkdir(parents=True)
     (half / "model.safetensors").write_bytes(b"\0" * 10)
     capsys.readouterr()
@@ -441,13 +444,13 @@ def test_train_resume_cleans_half_written_checkpoint_folders(tiny_run, tmp_path)
     manifest = (out / "trajectory.json").read_text()
     weights = {p: p.read_bytes() for p in (out / "checkpoints").rglob("model.safetensors")}
     dead, here = _dead_pid(), leftovers.host_tag()
-    half = out / "checkpoints" / "main" / f".step-0000012.tmp-p{dead}-{here}-x9"
+    half = out / "checkpoints" / "main" / f".step-0000012.tmp-p{dead}-{here}-x9x9x9x9"
     half.mkdir()
     (half / "model.safetensors").write_bytes(b"\0" * 100)
-    legacy = out / "checkpoints" / "main" / ".step-0000004.tmp-oldname"  # from an older qrobust: by age
+    legacy = out / "checkpoints" / "main" / ".step-0000004.tmp-oldname1"  # from an older qrobust: by age
     legacy.mkdir()
     _age(legacy, 3 * 86400)
-    log_tmp = out / f".train_log.jsonl.p{dead}-{here}.zz.tmp"
+    log_tmp = out / f".train_log.jsonl.p{dead}-{here}.zzzzzzzz.tmp"
     log_tmp.write_text("{")
     train(parse_config(TrainConfig, tiny_config(out)), progress=False)
     assert not half.exists() and not legacy.exists() and not log_tmp.exists()

@@ -27,15 +27,16 @@ from pathlib import Path
 
 STALE_AFTER_S = 24 * 3600.0
 
-# (is a folder, name pattern) of every temporary name qrobust writes
-_FILE_PATTERNS = (re.compile(r"^\..+\.tmp$"),  # atomic_write_text, figures, parquet export
-                  re.compile(r"^\.claim\."),  # claim files before they are linked into place
-                  re.compile(r"^\.write-probe\."))  # the results folder's write probe
-_DIR_PATTERNS = (re.compile(r"^\..+\.tmp-"),  # atomic_dir's folder being written
-                 re.compile(r"^\..+\.old-"),  # atomic_dir's previous version, removed after the swap
-                 re.compile(r"^qrobust-states-"))  # layer streaming's disk tier
-_OLD = re.compile(r"^\.(.+)\.old-")
-_TAG = re.compile(r"(?:^|[.\-])p(\d+)-([0-9a-f]{8})(?=[.\-]|$)")
+_T = r"(?:p(?P<pid>\d+)-(?P<host>[0-9a-f]{8})[.\-])?"  # the writer's tag (absent in older qrobust's names)
+_R = r"[a-z0-9_]{8}"  # tempfile's random part
+# the exact temporary names qrobust writes, nothing else: a user's own files are never touched
+_FILE_PATTERNS = (re.compile(rf"^\..+?\.{_T}{_R}\.tmp$"),  # atomic_write_text, figures, parquet export
+                  re.compile(rf"^\.claim\.{_T}{_R}$"),  # a claim file before it is linked into place
+                  re.compile(rf"^\.write-probe\.{_T}{_R}$"))  # the results folder's write probe
+_DIR_PATTERNS = (re.compile(rf"^\..+\.tmp-{_T}{_R}$"),  # atomic_dir's folder being written
+                 # atomic_dir's previous version of the folder, removed after the swap
+                 re.compile(r"^\.(?P<final>.+)\.old-(?:p(?P<pid>\d+)-(?P<host>[0-9a-f]{8})|\d+)$"),
+                 re.compile(rf"^qrobust-states-{_T}{_R}$"))  # layer streaming's disk tier
 
 
 def host_tag() -> str:
@@ -69,27 +70,24 @@ def _last_change(p: Path) -> float:
     return t
 
 
-def abandoned(p: Path, now: float | None = None) -> bool:
-    """True when the writer of temporary ``p`` is certainly gone (see the module doc)."""
-    m = _TAG.search(p.name)
-    if m and m.group(2) == host_tag():
-        return not pid_alive(int(m.group(1)))
+def abandoned(p: Path, m: re.Match, now: float | None = None) -> bool:
+    """True when the writer of temporary ``p`` (its name matched as ``m``) is certainly gone (module doc)."""
+    if m.group("pid") and m.group("host") == host_tag():
+        return not pid_alive(int(m.group("pid")))
     try:
         return (now if now is not None else time.time()) - _last_change(p) > STALE_AFTER_S
     except OSError:
         return False
 
 
-def _remove(p: Path) -> None:
-    m = _OLD.match(p.name)
-    if m and p.is_dir():
-        final = p.with_name(m.group(1))
-        if not final.exists():  # killed between atomic_dir's two renames: the old version is the last whole one
-            try:
-                os.rename(p, final)
-                return
-            except OSError:
-                pass
+def _remove(p: Path, m: re.Match) -> None:
+    final = m.groupdict().get("final")
+    if final and not p.with_name(final).exists():  # killed between atomic_dir's two renames: the old
+        try:  # version is the last whole one, so it is put back
+            os.rename(p, p.with_name(final))
+            return
+        except OSError:
+            pass
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
     else:
@@ -97,6 +95,14 @@ def _remove(p: Path) -> None:
             p.unlink()
         except FileNotFoundError:
             pass
+
+
+def _match(name: str, patterns: tuple[re.Pattern, ...]) -> re.Match | None:
+    for r in patterns:
+        m = r.match(name)
+        if m:
+            return m
+    return None
 
 
 def clean(folder: str | Path, recursive: bool = True) -> list[Path]:
@@ -110,17 +116,17 @@ def clean(folder: str | Path, recursive: bool = True) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         for name in list(dirnames):
-            p = here / name
-            if any(r.search(name) for r in _DIR_PATTERNS):
+            m = _match(name, _DIR_PATTERNS)
+            if m:
                 dirnames.remove(name)  # never look inside a temporary folder: it goes whole or stays whole
-                if abandoned(p, now):
-                    _remove(p)
-                    removed.append(p)
+                if abandoned(here / name, m, now):
+                    _remove(here / name, m)
+                    removed.append(here / name)
         for name in filenames:
-            p = here / name
-            if any(r.search(name) for r in _FILE_PATTERNS) and abandoned(p, now):
-                _remove(p)
-                removed.append(p)
+            m = _match(name, _FILE_PATTERNS)
+            if m and abandoned(here / name, m, now):
+                _remove(here / name, m)
+                removed.append(here / name)
         if not recursive:
             break
     return removed

@@ -154,7 +154,8 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     if not sources:
         raise ConfigError("name at least one trajectory source to average")
     out = Path(out)
-    clean_leftovers(out)  # half-written averaged folders of a killed run (never a live writer's)
+    clean_leftovers(out, recursive=False)  # half-written averaged folders of a killed run (never a live
+    clean_leftovers(out / "checkpoints")  # writer's)
     trajs = [load_source(s) for s in sources]
     jobs = plan(trajs, spec)
     ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")

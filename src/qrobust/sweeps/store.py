@@ -37,6 +37,10 @@ from ..leftovers import tag
 from ..trajectory import Trajectory, atomic_write_text
 
 RECORD_SCHEMA = "qrobust.record/1"
+# every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
+# the report, downstream-task work files)
+STORE_FOLDERS = ("records", "fp", "geometry", "tasks", "tasks_fp", "trajectories", "configs", "claims",
+                 "averaged", "report", "tasks_work")
 
 # Flat columns for CSV / tables, in order. Nested values are looked up by dotted path.
 COLUMNS = [
@@ -184,8 +188,9 @@ class Store:
         return d
 
     def put(self, key: str, record: dict[str, Any], kind: str = "records") -> None:
-        record = {"schema": RECORD_SCHEMA, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "host": socket.gethostname(), "versions": versions(), **record}
+        # the envelope last: what readers check (schema, key = file name) is always the store's own
+        record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                  "versions": versions(), **record, "schema": RECORD_SCHEMA, "key": key}
         atomic_write_text(self._path(kind, key), json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
 
     def _all(self, kind: str) -> list[dict[str, Any]]:
@@ -258,10 +263,14 @@ class Store:
 
     # -- leftovers -----------------------------------------------------------------------------------
     def clean(self) -> list[Path]:
-        """Remove temporary files and folders a killed writer left anywhere in the results folder (only
-        those whose writer is certainly gone: see :mod:`qrobust.leftovers`); returns what was removed."""
+        """Remove temporary files and folders a killed writer left in the results folder (only those whose
+        writer is certainly gone: see :mod:`qrobust.leftovers`); returns what was removed. Only the folders
+        qrobust writes are looked through: ``out`` may be a folder holding much else."""
         from ..leftovers import clean
-        return clean(self.root)
+        removed = clean(self.root, recursive=False)
+        for sub in STORE_FOLDERS:
+            removed += clean(self.root / sub)
+        return removed
 
     # -- export --------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
