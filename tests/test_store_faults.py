@@ -295,6 +295,20 @@ def test_live_foreign_claim_never_released_is_reported_as_left(tiny_run, clean_r
     assert _computed(res) == _computed(clean_results)
 
 
+def test_claim_of_a_silent_worker_on_another_host_is_taken_over_after_ttl(tiny_run, clean_results, tmp_path,
+                                                                           capsys):
+    """A fresh claim from another host (its pid cannot be checked) whose heartbeat stops: the sweep waits
+    until it is older than claim_ttl_s, then takes it over, and finishes with everything done."""
+    res = tmp_path / "res"
+    (res / "claims").mkdir(parents=True)
+    (res / "claims" / f"{_group_key(tiny_run, 0)}.000000.json").write_text(json.dumps(
+        {"worker": "elsewhere:1:x", "host": "elsewhere.invalid", "pid": 1}))  # fresh now, never touched again
+    capsys.readouterr()
+    assert main(["sweep", _write_cfg(tmp_path, _cfg(tiny_run, res, claim_ttl_s=2)), "--quiet"]) == 0
+    assert "8 new records" in capsys.readouterr().out
+    assert _computed(res) == _computed(clean_results)
+
+
 def test_group_finished_by_the_holder_meanwhile_counts_as_done(tiny_run, clean_results, tmp_path, capsys,
                                                                monkeypatch):
     res = tmp_path / "res"

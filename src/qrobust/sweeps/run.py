@@ -274,11 +274,12 @@ def _wait_for_others(cfg: SweepConfig, waiting: list[int], visit: Callable[[int]
     after ``claim_ttl_s`` elsewhere), count those finished meanwhile, and wait for the rest while they
     progress, giving up after ``claim_ttl_s`` without progress; returns the groups still left."""
     poll = min(max(cfg.claim_ttl_s / 20, 0.05), 5.0)
-    deadline = time.monotonic() + cfg.claim_ttl_s
+    patience = cfg.claim_ttl_s + 2 * poll  # a holder on another host that died just now goes stale within it
+    deadline = time.monotonic() + patience
     while waiting:
         still = [i for i in waiting if not visit(i)]
         if len(still) < len(waiting):
-            deadline = time.monotonic() + cfg.claim_ttl_s
+            deadline = time.monotonic() + patience
         waiting = still
         if not waiting or time.monotonic() >= deadline:
             break
