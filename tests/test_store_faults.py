@@ -20,7 +20,7 @@ from qrobust import leftovers
 from qrobust.cli import main
 from qrobust.errors import QrobustWarning
 from qrobust.sweeps import Store, sweep
-from qrobust.sweeps.claims import Claim, worker_id
+from qrobust.sweeps.claims import Claim
 from qrobust.sweeps.store import RECORD_SCHEMA, record_key
 
 KINDS = ("records", "fp", "geometry", "tasks", "tasks_fp")

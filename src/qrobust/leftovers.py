@@ -12,6 +12,8 @@ a leftover from a file another worker is writing right now:
   sharing the folder is never disturbed.
 
 A pid reused by an unrelated process only delays removal (it looks alive); it never removes a live file.
+Only the exact names qrobust writes are matched (a user's ``.notes.tmp`` is not one), and callers look
+only through the folders qrobust writes (a results folder's subfolders, a run's ``checkpoints``).
 An ``.old-`` folder of ``atomic_dir`` is the previous complete version of a folder; if its writer died
 between the two renames (the final name is missing) it is put back instead of removed.
 """
