@@ -7,10 +7,11 @@ import os
 import shlex
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import QrobustError
+from .errors import QrobustError, QrobustWarning
 
 
 class _Parser(argparse.ArgumentParser):
@@ -605,6 +606,10 @@ def _cmd_sweep(a: argparse.Namespace) -> int:
     busy += f", geometry of {s.geometry} checkpoints" if s.geometry else ""
     print(f"sweep{part}: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already "
           f"done{busy}, {s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
+    if s.left_groups:  # another worker still holds them: exiting 0 would hide missing work
+        raise QrobustError(f"{s.left_groups} checkpoint group(s) ({s.left_records} records) are not done: another "
+                           "worker still holds them; re-run the sweep to finish them (a dead worker's claims are "
+                           "taken over)")
     return 0
 
 
@@ -647,9 +652,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         g = r["variant.group_size"]
         variant = f"{r['variant.method']}-w{r['variant.bits']}{'ch' if g == -1 else f'g{g}'}"
         body.append([str(r["checkpoint.name"]), str(r["checkpoint.step"]), str(r["checkpoint.tokens"] or ""),
-                     str(r["checkpoint.phase"] or ""), variant, f"{r['metrics.loss_fp']:.4f}",
-                     f"{r['metrics.loss_q']:.4f}", f"{100 * r['metrics.dq_rel']:+.3f}"])
+                     str(r["checkpoint.phase"] or ""), variant, _num(r["metrics.loss_fp"], ".4f"),
+                     _num(r["metrics.loss_q"], ".4f"), _num(r["metrics.dq_rel"], "+.3f", 100)])
     return _table(head, body)
+
+
+def _num(v: Any, spec: str, scale: float = 1.0) -> str:
+    """A number formatted for the table; a record without it (or with text there) shows an empty cell."""
+    return format(scale * v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
 
 
 def _table(head: list[str], body: list[list[str]]) -> str:
@@ -710,6 +720,30 @@ COMMANDS = {"sharpness": _cmd_sharpness, "landscape": _cmd_landscape, "demo": _c
             "average": _cmd_average, "reproduce": _cmd_reproduce, "export": _cmd_export}
 
 
+class _warnings_as_lines(warnings.catch_warnings):
+    """qrobust's own warnings (a skipped unreadable record, ...) as one stderr line each, once per message;
+    other libraries' warnings go where they went before."""
+
+    def __init__(self, cmd: str):
+        super().__init__()
+        self.cmd = cmd
+
+    def __enter__(self):
+        super().__enter__()
+        warnings.simplefilter("always", QrobustWarning)
+        seen: set[str] = set()
+        before = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, QrobustWarning):
+                return before(message, category, filename, lineno, file, line)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"qrobust {self.cmd}: warning: {message}", file=sys.stderr)
+        warnings.showwarning = show
+        return self
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -717,7 +751,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[a.cmd](a)
+        with _warnings_as_lines(a.cmd):
+            return COMMANDS[a.cmd](a)
     except QrobustError as e:
         print(f"qrobust {a.cmd}: error: {e}", file=sys.stderr)
         return 2

@@ -19,3 +19,7 @@ class DataError(QrobustError):
 
 class CheckpointError(QrobustError):
     """A checkpoint path is missing, unsafe, or holds invalid weights."""
+
+
+class QrobustWarning(UserWarning):
+    """Something was skipped or will be redone (an unreadable record, say); the CLI prints it as one line."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .leftovers import tag
 
 
 def quiet_transformers() -> None:
@@ -252,7 +253,7 @@ class _AtomicDir:
 
     def __enter__(self) -> Path:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-", dir=self.final.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-{tag()}-", dir=self.final.parent))
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints on shared disks must stay readable
@@ -263,7 +264,7 @@ class _AtomicDir:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
         if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            old = self.final.with_name(f".{self.final.name}.old-{tag()}")
             os.replace(self.final, old)
             os.replace(self.tmp, self.final)
             shutil.rmtree(old, ignore_errors=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError
+from .leftovers import tag
 from .names import file_stem, safe_name
 
 MANIFEST = "trajectory.json"
@@ -106,7 +107,7 @@ class Trajectory:
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder + ``os.replace``: readers see old or new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results on shared disks must stay readable
         with os.fdopen(fd, "w") as f:

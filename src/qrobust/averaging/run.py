@@ -13,13 +13,15 @@ the current plan is never rewritten.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..config import AverageConfig, EvalConfig, parse_config
-from ..errors import ConfigError
+from ..errors import ConfigError, QrobustWarning
+from ..leftovers import clean as clean_leftovers
 from ..names import safe_name
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
@@ -73,10 +75,14 @@ def is_made(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None) -> b
     if not done.is_file():
         return False
     try:
-        return json.loads(done.read_text()).get("plan") == _plan_id(job, [Path(c.path) for c in job.inputs],
-                                                                    eval_cfg)
-    except (OSError, json.JSONDecodeError):
+        made = json.loads(done.read_text())
+    except (OSError, ValueError):
+        made = None
+    if not isinstance(made, dict):  # damaged (a kill cannot do this: the folder is renamed into place whole)
+        warnings.warn(f"'{done}' is not a readable averaging record; the averaged checkpoint is made again",
+                      QrobustWarning, stacklevel=2)
         return False
+    return made.get("plan") == _plan_id(job, [Path(c.path) for c in job.inputs], eval_cfg)
 
 
 def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_pickle: bool = False,
@@ -152,6 +158,8 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     if not sources:
         raise ConfigError("name at least one trajectory source to average")
     out = Path(out)
+    clean_leftovers(out, recursive=False)  # half-written averaged folders of a killed run (never a live
+    clean_leftovers(out / "checkpoints")  # writer's)
     trajs = [load_source(s) for s in sources]
     jobs = plan(trajs, spec)
     ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")

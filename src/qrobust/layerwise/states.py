@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..leftovers import clean, tag
 
 Tier = Literal["device", "cpu", "disk"]
 TIERS: tuple[str, ...] = ("auto", "device", "cpu", "disk")
@@ -70,6 +71,9 @@ def resolve_tier(tier: str, need_bytes: int, device: torch.device) -> Tier:
     return tier  # type: ignore[return-value]
 
 
+_CLEANED: set[Path] = set()
+
+
 class HiddenStates:
     """One stream's per-batch inputs of the next decoder block, held in one tier. Indexing gives the
     block's (args, kwargs) on the compute device, so it reads like the in-memory list of inputs."""
@@ -84,7 +88,10 @@ class HiddenStates:
         if tier == "disk":
             base = folder if folder is not None else Path(tempfile.gettempdir())
             base.mkdir(parents=True, exist_ok=True)
-            self._folder = Path(tempfile.mkdtemp(prefix="qrobust-states-", dir=base))
+            if base not in _CLEANED:  # state folders of killed streams (dead pid here, or a day old), once
+                clean(base, recursive=False)
+                _CLEANED.add(base)
+            self._folder = Path(tempfile.mkdtemp(prefix=f"qrobust-states-{tag()}-", dir=base))
 
     def append(self, args: tuple, kwargs: dict) -> None:
         """One more batch, from a block's captured (args, kwargs): the hidden states (``args[0]``) go to

@@ -25,6 +25,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
+from ..leftovers import tag
+
 DPI = 130
 ROOT_COLOUR = "#1a1a1a"
 BRANCH_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
@@ -87,7 +89,7 @@ def _variant_order(rec: dict[str, Any]) -> tuple[str, float, float, bool]:
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder + ``os.replace``: readers see the old PNG or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

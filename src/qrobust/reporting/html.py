@@ -212,16 +212,8 @@ def render_page(records: list[dict[str, Any]], trajs: dict[str, dict[str, Any]],
 
 
 def _load_trajectories(store: Store) -> dict[str, dict[str, Any]]:
-    """Stored trajectories; an unreadable file is skipped so one bad file never kills the report."""
-    out: dict[str, dict[str, Any]] = {}
-    for p in sorted((store.root / "trajectories").glob("*.json")):
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(d, dict):
-            out[p.stem] = d
-    return out
+    """Stored trajectories; an unreadable file is skipped (with a warning) so one bad file never kills the report."""
+    return store.trajectories()
 
 
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:

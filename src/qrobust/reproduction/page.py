@@ -92,18 +92,25 @@ def write_index(out: Path) -> Path:
     """``OUT/index.html``: every experiment reproduced into ``out`` so far, its finding, its verdict per
     claim and a link to its page (rebuilt from the ``verdict.json`` files, so it accumulates across calls)."""
     import json
+    import warnings
+
+    from ..errors import QrobustWarning
     rows = []
     for vf in sorted(out.glob("*/verdict.json")):
         try:
             v = json.loads(vf.read_text())
-        except (OSError, ValueError):
-            continue
-        cells = "".join(f'<li style="background:{STATUS_COLOUR.get(c["status"], "#fff")}"><b>{esc(c["status"])}</b>'
-                        f' — {esc(c["cell"])}: {esc(c["claim"])} ({c["n_expected_direction"]}/{c["n"]} in the expected '
-                        f'direction, {c["n_for"]} resolved for, {c["n_against"]} against)</li>' for c in v["claims"])
-        rows.append(f'<h2><a href="{esc(vf.parent.name)}/index.html">{esc(v["experiment"])}</a></h2>'
-                    f'<p><b>Finding under test:</b> {esc(v["finding"])}</p><p class="meta">scale {esc(v["scale"])}, '
-                    f'created {esc(v["created"])}</p><ul>{cells}</ul>')
+            cells = "".join(
+                f'<li style="background:{STATUS_COLOUR.get(c["status"], "#fff")}"><b>{esc(c["status"])}</b>'
+                f' — {esc(c["cell"])}: {esc(c["claim"])} ({c["n_expected_direction"]}/{c["n"]} in the expected '
+                f'direction, {c["n_for"]} resolved for, {c["n_against"]} against)</li>' for c in v["claims"])
+            rows.append(f'<h2><a href="{esc(vf.parent.name)}/index.html">{esc(v["experiment"])}</a></h2>'
+                        f'<p><b>Finding under test:</b> {esc(v["finding"])}</p><p class="meta">scale '
+                        f'{esc(v["scale"])}, created {esc(v["created"])}</p><ul>{cells}</ul>')
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            why = "not valid JSON" if isinstance(e, ValueError) else (
+                e.strerror if isinstance(e, OSError) else "not a verdict qrobust wrote")
+            warnings.warn(f"skipped '{vf}' in the index: {why}; reproduce that experiment again to rewrite it",
+                          QrobustWarning, stacklevel=2)
     body = "\n".join(rows) or '<p class="empty">No experiment has finished here yet.</p>'
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>qrobust reproduce</title>\n<style>{CSS}</style>\n</head>\n<body>\n"

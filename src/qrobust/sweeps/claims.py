@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from ..leftovers import tag
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -71,7 +73,7 @@ class Claim:
         if gens and not self._stale(gens[-1][1]):
             return self.held()
         nxt = gens[-1][0] + 1 if gens else 0
-        fd, tmp = tempfile.mkstemp(prefix=".claim.", dir=self.dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".claim.{tag()}.", dir=self.dir)
         with os.fdopen(fd, "w") as f:
             json.dump({"worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(),
                        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)

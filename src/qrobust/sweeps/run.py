@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +46,8 @@ class SweepSummary:
     averaged: int = 0  # averaged checkpoints this worker made (sweeps with an 'average' list)
     claimed_elsewhere: int = 0  # checkpoint groups another worker held when this one reached them
     lost_claims: int = 0  # groups this worker stopped because its claim went stale and was taken over
+    left_groups: int = 0  # groups still held by live workers when this one gave up waiting (re-run to finish)
+    left_records: int = 0  # quantization records missing in those groups
     seconds: float = 0.0
     new_keys: list[str] = field(default_factory=list)
 
@@ -211,62 +213,120 @@ def sweep(config: SweepConfig | dict[str, Any], progress: bool = True, array_ind
     mine = [c for i, c in enumerate(traj) if (array_count is None or i % array_count == array_index)
             and (only is None or i in only)]
     overall = tqdm(total=len(mine) * len(specs), desc="sweep", disable=not progress, unit="job")
+    store.clean()  # temporary files of killed writers (never those of a live worker): see leftovers.py
     worker = worker_id()
-    for listed in mine:
-        job = pending.get(listed.path)
+    groups: dict[int, _Group] = {}
+    held: dict[int, int] = {}  # group -> its variants not yet counted on the progress bar
+
+    def visit(i: int) -> bool:
+        """Checkpoint group ``i``: do what is missing; False when another worker holds it."""
+        job = pending.get(mine[i].path)
         if job is not None and not _make_average(cfg, job, store, worker, summary):
-            summary.claimed_elsewhere += 1  # another worker is averaging it; it will sweep it too
-            overall.update(len(specs))
-            continue
-        # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
-        # repo and revision, with the local snapshot folder as its path
-        ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
-        ident = _ck_identity(ck, cfg.dtype)
-        data_cfg = _data_config(cfg, traj, ck)
-        tok_fp = tokenizer_fingerprint(ck.path)
-        # record keys include the eval-set id, which depends on the tokenizer: build the set once per
-        # tokenizer (cached), then decide from the keys whether this checkpoint needs loading at all.
-        tok = None
-        es_id = sets.known_id(data_cfg, tok_fp)
-        if es_id is None:
-            tok = load_tokenizer(ck.path, cfg.trust_remote_code)
-            es_id = sets.eval_set(data_cfg, tok, tok_fp).id
-        keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
-                                  "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
-        tkeys = ({spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
-                                    "calibration": _calib_identity(cfg, spec), "tasks": cfg.tasks.identity()})
-                  for spec in specs} if cfg.tasks is not None else {})
-        todo = [s for s in specs if not store.has(keys[s]) or (tkeys and not store.has(tkeys[s], kind="tasks"))]
-        summary.records_skipped += len(specs) - len(todo)
-        overall.update(len(specs) - len(todo))
-        geo_key = None
-        if cfg.geometry is not None:
-            gs_id = sets.known_id(data_cfg, tok_fp, geometry=True)
-            if gs_id is None:
-                tok = tok or load_tokenizer(ck.path, cfg.trust_remote_code)
-                gs_id = sets.geometry_set(data_cfg, tok, tok_fp).id
-            geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs_id})
-            geo_key = None if store.has(geo_key, kind="geometry") else geo_key
+            return False  # another worker is averaging it; it will sweep it too
+        first = i not in groups
+        g = groups[i] if not first else groups.setdefault(i, _group(cfg, traj, mine[i], specs, sets))
+        todo = g.todo(store)
+        if first:
+            summary.records_skipped += len(specs) - len(todo)
+            overall.update(len(specs) - len(todo))
+        geo_key = g.geo_key if g.geo_key is not None and not store.has(g.geo_key, kind="geometry") else None
         if not todo and geo_key is None:
-            continue
-        claim = Claim(store.root, record_key({"checkpoint": ident}), worker, cfg.claim_ttl_s)
+            overall.update(held.pop(i, 0))  # finished by the worker that held it
+            return True
+        claim = Claim(store.root, record_key({"checkpoint": g.ident}), worker, cfg.claim_ttl_s)
         if not claim.acquire():
-            summary.claimed_elsewhere += 1
-            overall.update(len(todo))
-            continue
+            held.setdefault(i, len(todo))
+            return False
+        if i in held:  # taken over: the group's own progress counts from here
+            overall.update(held.pop(i) - len(todo))
+        lost = summary.lost_claims
         try:
-            tok = tok or load_tokenizer(ck.path, cfg.trust_remote_code)
+            tok = g.tok or load_tokenizer(g.ck.path, cfg.trust_remote_code)
+            g.tok = None
             if cfg.stream:  # geometry and tasks were refused up front
-                _run_checkpoint_streamed(cfg, traj, ck, ident, data_cfg, tok, tok_fp, sets, store, todo, keys,
-                                         summary, progress, overall)
+                _run_checkpoint_streamed(cfg, traj, g.ck, g.ident, g.data_cfg, tok, g.tok_fp, sets, store, todo,
+                                         g.keys, summary, progress, overall)
             else:
-                _run_checkpoint(cfg, traj, ck, ident, data_cfg, tok, tok_fp, sets, store, todo, keys, summary,
-                                progress, overall, claim, geo_key, tkeys)
+                _run_checkpoint(cfg, traj, g.ck, g.ident, g.data_cfg, tok, g.tok_fp, sets, store, todo, g.keys,
+                                summary, progress, overall, claim, geo_key, g.tkeys)
         finally:
             claim.release()
+        return summary.lost_claims == lost  # a claim lost midway: the worker that took it over finishes it
+
+    waiting = [i for i in range(len(mine)) if not visit(i)]
+    summary.claimed_elsewhere = len(waiting)
+    waiting = _wait_for_others(cfg, waiting, visit)
+    for i in waiting:
+        summary.left_groups += 1
+        summary.left_records += len(groups[i].todo(store)) if i in groups else len(specs)
     overall.close()
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+@dataclass
+class _Group:
+    """What identifies one checkpoint group's work, computed once (the weights are fingerprinted once)."""
+    ck: Checkpoint
+    ident: dict[str, Any]
+    data_cfg: DataConfig | None
+    tok_fp: str
+    tok: Any
+    keys: dict[QuantSpec, str]
+    tkeys: dict[QuantSpec, str]
+    geo_key: str | None
+
+    def todo(self, store: Store) -> list[QuantSpec]:
+        """The variants whose record (or task record) is missing or not a valid record."""
+        return [s for s in self.keys if not store.has(self.keys[s])
+                or (self.tkeys and not store.has(self.tkeys[s], kind="tasks"))]
+
+
+def _group(cfg: SweepConfig, traj: Trajectory, listed: Checkpoint, specs: list[QuantSpec], sets: _Sets) -> _Group:
+    # a hub revision is fetched (or found in the HF cache) here, when it is needed; records keep its
+    # repo and revision, with the local snapshot folder as its path
+    ck = replace(listed, path=str(resolve_checkpoint(listed, cfg.allow_pickle)))
+    ident = _ck_identity(ck, cfg.dtype)
+    data_cfg = _data_config(cfg, traj, ck)
+    tok_fp = tokenizer_fingerprint(ck.path)
+    # record keys include the eval-set id, which depends on the tokenizer: build the set once per
+    # tokenizer (cached), then decide from the keys whether this checkpoint needs loading at all.
+    tok = None
+    es_id = sets.known_id(data_cfg, tok_fp)
+    if es_id is None:
+        tok = load_tokenizer(ck.path, cfg.trust_remote_code)
+        es_id = sets.eval_set(data_cfg, tok, tok_fp).id
+    keys = {spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
+                              "calibration": _calib_identity(cfg, spec), "eval": es_id}) for spec in specs}
+    tkeys = ({spec: record_key({"checkpoint": ident, "variant": spec.to_dict(),
+                                "calibration": _calib_identity(cfg, spec), "tasks": cfg.tasks.identity()})
+              for spec in specs} if cfg.tasks is not None else {})
+    geo_key = None
+    if cfg.geometry is not None:
+        gs_id = sets.known_id(data_cfg, tok_fp, geometry=True)
+        if gs_id is None:
+            tok = tok or load_tokenizer(ck.path, cfg.trust_remote_code)
+            gs_id = sets.geometry_set(data_cfg, tok, tok_fp).id
+        geo_key = record_key({"checkpoint": ident, "geometry": cfg.geometry.model_dump(), "eval": gs_id})
+    return _Group(ck, ident, data_cfg, tok_fp, tok, keys, tkeys, geo_key)
+
+
+def _wait_for_others(cfg: SweepConfig, waiting: list[int], visit: Callable[[int], bool]) -> list[int]:
+    """Revisit the groups other workers held: take over those whose holder died (at once on this host,
+    after ``claim_ttl_s`` elsewhere), count those finished meanwhile, and wait for the rest while they
+    progress, giving up after ``claim_ttl_s`` without progress; returns the groups still left."""
+    poll = min(max(cfg.claim_ttl_s / 20, 0.05), 5.0)
+    patience = cfg.claim_ttl_s + 2 * poll  # a holder on another host that died just now goes stale within it
+    deadline = time.monotonic() + patience
+    while waiting:
+        still = [i for i in waiting if not visit(i)]
+        if len(still) < len(waiting):
+            deadline = time.monotonic() + patience
+        waiting = still
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(poll)
+    return waiting
 
 
 def _make_average(cfg: SweepConfig, job: AverageJob, store: Store, worker: str, summary: SweepSummary) -> bool:

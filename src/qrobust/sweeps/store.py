@@ -10,6 +10,11 @@ Layout of a results folder::
 A record file appears whole or not at all (temp file + fsync + rename), so a kill at any moment leaves
 only complete records; a re-run skips every key already present. Changing any setting changes the key,
 so new settings add records and never overwrite old ones.
+
+A file that is not a valid record (truncated or hand-edited JSON, not an object, no record schema, a key
+other than its file name, a folder) counts as missing: readers skip it with a warning naming it, and the
+sweep recomputes it and replaces it atomically. Nothing is moved or deleted by a reader: ``results`` and
+``report`` must work on read-only copies, and the bad file stays visible, and warned about, until then.
 """
 from __future__ import annotations
 
@@ -20,16 +25,23 @@ import json
 import os
 import platform
 import socket
+import stat
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import QrobustError
+from ..errors import QrobustError, QrobustWarning
+from ..leftovers import tag
 from ..names import safe_name
 from ..trajectory import Trajectory, atomic_write_text
 
 RECORD_SCHEMA = "qrobust.record/1"
+# every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
+# the report, downstream-task work files)
+STORE_FOLDERS = ("records", "fp", "geometry", "tasks", "tasks_fp", "trajectories", "configs", "claims",
+                 "averaged", "report", "tasks_work")
 
 # Flat columns for CSV / tables, in order. Nested values are looked up by dotted path.
 COLUMNS = [
@@ -68,15 +80,51 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
     return {c: _get(rec, c) for c in COLUMNS}
 
 
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else "" if v is None else str(v)
+
+
+def _number(v: Any) -> float:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def _order(r: dict[str, Any], variant: bool = True) -> tuple:
+    """Sort key of a record; tolerant of odd field types (never a TypeError between records)."""
+    head = (_text(r.get("trajectory")), _text(_get(r, "checkpoint.run")), _number(_get(r, "checkpoint.step")))
+    if not variant:
+        return head
+    return head + (_text(_get(r, "variant.method")), _number(_get(r, "variant.bits")),
+                   _number(_get(r, "variant.group_size")))
+
+
+def json_type(d: Any) -> str:
+    """JSON's name for the type of parsed value ``d`` (for messages)."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(d), "number")
+
+
+def invalid_record(d: Any, key: str) -> str | None:
+    """Why ``d`` (a parsed record file named ``key``.json) is not a record the store wrote; None when it is."""
+    if not isinstance(d, dict):
+        return f"holds a JSON {json_type(d)}, not a record"
+    if d.get("schema") != RECORD_SCHEMA:
+        return f"has no '{RECORD_SCHEMA}' schema"
+    if d.get("key") != key:
+        return f"its key {d.get('key')!r} differs from its file name"
+    return None
+
+
 class Store:
     def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root)
+        self._warned: set[Path] = set()  # each bad file is reported once per Store
+        self._valid: dict[Path, tuple[int, int, int]] = {}  # files known valid, by (inode, mtime, size)
         if create:
             try:
                 for sub in ("records", "fp", "trajectories"):
                     (self.root / sub).mkdir(parents=True, exist_ok=True)
                 # a private probe name: concurrent workers must not delete each other's probe
-                fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=self.root)
+                fd, probe = tempfile.mkstemp(prefix=f".write-probe.{tag()}.", dir=self.root)
                 os.close(fd)
                 os.unlink(probe)
             except OSError as e:
@@ -90,30 +138,73 @@ class Store:
         return self.root / kind / f"{key}.json"
 
     def has(self, key: str, kind: str = "records") -> bool:
-        return self._path(kind, key).is_file()
+        """True when a valid record is stored under ``key`` (a bad file counts as missing: it is redone)."""
+        p = self._path(kind, key)
+        try:
+            st = p.stat()
+        except OSError:
+            return False
+        if self._valid.get(p) == (st.st_ino, st.st_mtime_ns, st.st_size):
+            return True
+        return self._load(p) is not None
 
     def get(self, key: str, kind: str = "records") -> dict[str, Any] | None:
-        p = self._path(kind, key)
-        if not p.is_file():
+        """The record under ``key``; None when there is none or its file is not a valid record."""
+        return self._load(self._path(kind, key))
+
+    def _warn(self, p: Path, why: str, then: str = "a sweep with the same settings recomputes it") -> None:
+        if p not in self._warned:
+            self._warned.add(p)
+            warnings.warn(f"skipped '{p}': {why}; {then}", QrobustWarning, stacklevel=3)
+
+    def _read_json(self, p: Path, then: str) -> tuple[Any, bool]:
+        """(parsed JSON, True) of file ``p``; (None, False) with a warning when it is not a readable JSON file."""
+        try:
+            if not stat.S_ISREG(p.stat().st_mode):
+                self._warn(p, "not a regular file", then)
+                return None, False
+            return json.loads(p.read_text()), True
+        except FileNotFoundError:
+            return None, False  # removed meanwhile (overwritten by a worker): nothing to report
+        except OSError as e:
+            self._warn(p, f"cannot be read ({e.strerror or e})", then)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            self._warn(p, "not valid JSON (truncated or damaged)", then)
+        return None, False
+
+    def _load(self, p: Path) -> dict[str, Any] | None:
+        """The record in ``p`` if it is one the store wrote (see the module doc), else None (with a warning)."""
+        try:
+            st = p.stat()
+        except OSError:
             return None
-        return json.loads(p.read_text())
+        d, ok = self._read_json(p, "a sweep with the same settings recomputes it")
+        if not ok:
+            return None
+        why = invalid_record(d, p.stem)
+        if why is not None:
+            self._warn(p, why)
+            return None
+        self._valid[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        return d
 
     def put(self, key: str, record: dict[str, Any], kind: str = "records") -> None:
-        record = {"schema": RECORD_SCHEMA, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                  "host": socket.gethostname(), "versions": versions(), **record}
+        # the envelope last: what readers check (schema, key = file name) is always the store's own
+        record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                  "versions": versions(), **record, "schema": RECORD_SCHEMA, "key": key}
         atomic_write_text(self._path(kind, key), json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
 
-    def records(self) -> list[dict[str, Any]]:
+    def _all(self, kind: str) -> list[dict[str, Any]]:
+        """Every valid record of ``kind``; a bad file is skipped with a warning naming it."""
         out = []
-        for p in sorted((self.root / "records").glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except json.JSONDecodeError:  # impossible with atomic writes, but never crash a report on it
-                continue
-        out.sort(key=lambda r: (r.get("trajectory", ""), _get(r, "checkpoint.run") or "",
-                                _get(r, "checkpoint.step") or 0, _get(r, "variant.method") or "",
-                                _get(r, "variant.bits") or 0, _get(r, "variant.group_size") or 0))
+        for p in sorted((self.root / kind).glob("*.json")):
+            d = self._load(p)
+            if d is not None:
+                out.append(d)
         return out
+
+    def records(self) -> list[dict[str, Any]]:
+        return sorted(self._all("records"), key=_order)
 
     def geometry(self) -> list[dict[str, Any]]:
         """Loss-geometry records (λmax, trace, weight statistics per checkpoint)."""
@@ -121,15 +212,7 @@ class Store:
 
     def side_records(self, kind: str) -> list[dict[str, Any]]:
         """Records stored beside the quantization records (``geometry``, ``tasks``), sorted like them."""
-        out = []
-        for p in sorted((self.root / kind).glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except json.JSONDecodeError:
-                continue
-        out.sort(key=lambda r: (r.get("trajectory", ""), _get(r, "checkpoint.run") or "",
-                                _get(r, "checkpoint.step") or 0))
-        return out
+        return sorted(self._all(kind), key=lambda r: _order(r, variant=False))
 
     # -- trajectories --------------------------------------------------------------------------------
     def save_trajectory(self, traj: Trajectory) -> None:
@@ -137,26 +220,59 @@ class Store:
         atomic_write_text(self.root / "trajectories" / f"{name}.json", json.dumps(traj.to_dict(), indent=1))
 
     def trajectories(self) -> dict[str, dict[str, Any]]:
-        return {p.stem: json.loads(p.read_text()) for p in sorted((self.root / "trajectories").glob("*.json"))}
+        """Stored trajectories by name; a file that is not a JSON object is skipped with a warning."""
+        out = {}
+        for p in sorted((self.root / "trajectories").glob("*.json")):
+            d, ok = self._read_json(p, "the next sweep of this trajectory rewrites it")
+            if ok and not isinstance(d, dict):
+                self._warn(p, f"holds a JSON {json_type(d)}, not a trajectory",
+                           "the next sweep of this trajectory rewrites it")
+            elif ok:
+                out[p.stem] = d
+        return out
 
     # -- sweep configs -------------------------------------------------------------------------------
     def save_config(self, cfg: dict[str, Any]) -> None:
         """Keep every sweep config that wrote here (one file per distinct config), for the report's provenance."""
         blob = json.dumps(cfg, sort_keys=True, default=str)
         path = self.root / "configs" / f"sweep-{hashlib.sha1(blob.encode()).hexdigest()[:12]}.json"
-        if not path.is_file():
+        if not path.is_file() or self._config(path, quiet=True) is None:  # missing, or damaged: (re)write it
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(cfg, indent=1, sort_keys=True, default=str))
 
-    def configs(self) -> list[dict[str, Any]]:
-        """Stored sweep configs, oldest first; unreadable files are skipped."""
-        out = []
-        for p in sorted((self.root / "configs").glob("sweep-*.json"), key=lambda p: p.stat().st_mtime):
+    def _config(self, p: Path, quiet: bool = False) -> dict[str, Any] | None:
+        then = "the next sweep with this config rewrites it"
+        if quiet:
             try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
-        return out
+                d = json.loads(p.read_text())
+            except (OSError, ValueError):
+                return None
+            return d if isinstance(d, dict) else None
+        d, ok = self._read_json(p, then)
+        if ok and not isinstance(d, dict):
+            self._warn(p, f"holds a JSON {json_type(d)}, not a sweep config", then)
+        return d if ok and isinstance(d, dict) else None
+
+    def configs(self) -> list[dict[str, Any]]:
+        """Stored sweep configs, oldest first; unreadable files are skipped with a warning."""
+        def mtime(p: Path) -> float:
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return 0.0
+        got = (self._config(p) for p in sorted((self.root / "configs").glob("sweep-*.json"), key=mtime))
+        return [d for d in got if d is not None]
+
+    # -- leftovers -----------------------------------------------------------------------------------
+    def clean(self) -> list[Path]:
+        """Remove temporary files and folders a killed writer left in the results folder (only those whose
+        writer is certainly gone: see :mod:`qrobust.leftovers`); returns what was removed. Only the folders
+        qrobust writes are looked through: ``out`` may be a folder holding much else."""
+        from ..leftovers import clean
+        removed = clean(self.root, recursive=False)
+        for sub in STORE_FOLDERS:
+            removed += clean(self.root / sub)
+        return removed
 
     # -- export --------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
@@ -190,9 +306,12 @@ class Store:
             import pyarrow.parquet as pq
         except ImportError:
             raise QrobustError("parquet export needs pyarrow (pip install pyarrow); use csv or json") from None
-        table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in COLUMNS})
+        try:
+            table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in COLUMNS})
+        except pa.ArrowException as e:  # one column holding a number in one record and text in another
+            raise QrobustError(f"cannot export to parquet: {str(e).splitlines()[0]}; use csv or json") from None
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             pq.write_table(table, tmp)

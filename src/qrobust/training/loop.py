@@ -21,6 +21,7 @@ from ..config import TrainAverageConfig, TrainConfig
 from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError
+from ..leftovers import clean as clean_leftovers
 from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, save_checkpoint
 from ..names import safe_name
 from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
@@ -290,6 +291,9 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int],
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     _check_out(cfg, out)
+    # half-written checkpoint folders / files of a killed run (never a live writer's)
+    clean_leftovers(out, recursive=False)
+    clean_leftovers(out / "checkpoints")
     sched = main_schedule(cfg)
     _check_branches(cfg, sched)
     data = prepare_data(cfg.data, out / "data", trust_remote_code)
