@@ -131,6 +131,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     windows when the method needs them. ``verify_blocks=N``: reload the export with transformers and
     compare its loss on N eval blocks with the fake-quantized model's (returned as ``loss_*``)."""
     from .data.tokenizer import load_tokenizer
+    from .models import check_vocab
     from .quant import QuantSpec, get_quantizer
     from .quant.apply import quantize_inplace
     from .quant.export import FORMATS, _require_package, check_exportable, check_spec, export_compressed_tensors
@@ -146,6 +147,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
                             device=device)
     tok = load_tokenizer(checkpoint, trust_remote_code)
+    check_vocab(model, tok, checkpoint)  # the export carries this tokenizer: it must be the model's
     if isinstance(calibration, str):
         calibration = (calib_blocks(checkpoint, trust_remote_code=trust_remote_code) if quantizer.needs_calibration
                        else None)
@@ -155,7 +157,8 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     blocks = eval_blocks(checkpoint, n_blocks=verify_blocks, trust_remote_code=trust_remote_code) if verify_blocks \
         else None
     if blocks is not None:
-        report["loss_fake_quant"] = evaluate_loss(model, blocks).loss
+        report["loss_fake_quant"] = evaluate_loss(model, blocks, name=f"checkpoint '{checkpoint}' quantized as "
+                                                                    f"{spec.label}").loss
     path = export_compressed_tensors(model, result, out, tok, extra={"source": report["source"]})
     report["out"] = str(path)
     if blocks is not None:
@@ -171,7 +174,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
                 raise remote_code_error(path) from None
             raise
         reloaded = reloaded.to(resolve_device(device))
-        report["loss_reloaded"] = evaluate_loss(reloaded, blocks).loss
+        report["loss_reloaded"] = evaluate_loss(reloaded, blocks, name=f"the export '{path}'").loss
         report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
     return report
 

@@ -428,10 +428,16 @@ def _eval_streamed(a: argparse.Namespace, spec) -> int:
     from .layerwise import describe, streamed_losses
     if spec is None or a.tasks:
         raise QrobustError("--stream evaluates FP and quantized loss in one pass: give --bits, and no --tasks")
+    from .data.tokenizer import load_tokenizer
+    from .models import check_vocab, read_model_config
+    config = read_model_config(a.checkpoint)
+    check_vocab(config, load_tokenizer(a.checkpoint, a.trust_remote_code), a.checkpoint)  # as in memory, before any work
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field, a.trust_remote_code)
+    calib = _calibration_for(a, a.checkpoint)
+    _check_lengths(config, a.checkpoint, blocks, calib)
     res = streamed_losses(a.checkpoint, spec, blocks, a.batch_size, device=a.device, dtype=a.dtype,
                           trust_remote_code=a.trust_remote_code, progress=not a.json,
-                          calibration=_calibration_for(a, a.checkpoint), states=a.states, states_dir=a.states_dir)
+                          calibration=calib, states=a.states, states_dir=a.states_dir)
     out = {"checkpoint": str(a.checkpoint), "streamed": True, **describe(res)}
     if a.json:
         print(json.dumps(out, indent=1))
@@ -461,8 +467,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     check_vocab(model, tok, a.checkpoint)
     blocks = eval_blocks(a.checkpoint, a.corpus, a.split, a.n_blocks, a.seq_len, a.field, a.trust_remote_code)
     calib = _calibration_for(a, a.checkpoint) if spec is not None else None
+    _check_lengths(model.config, a.checkpoint, blocks, calib)
     progress = not a.json
-    fp = evaluate_loss(model, blocks, a.batch_size, progress, desc="FP")
+    fp = evaluate_loss(model, blocks, a.batch_size, progress, desc="FP", name=f"checkpoint '{a.checkpoint}'")
     out: dict[str, Any] = {"checkpoint": str(a.checkpoint), "n_blocks": int(blocks.shape[0]),
                            "seq_len": int(blocks.shape[1]), "n_tokens": fp.n_tokens, "loss_fp": fp.loss,
                            "ppl_fp": fp.ppl}
@@ -472,7 +479,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             out["tasks_fp"] = run_tasks()
         if spec is not None:
             with quantized(model, spec, calib) as res:
-                q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label)
+                q = evaluate_loss(model, blocks, a.batch_size, progress, desc=spec.label,
+                                  name=f"checkpoint '{a.checkpoint}' quantized as {spec.label}")
                 if run_tasks is not None:
                     out["tasks_q"] = run_tasks()
             out.update({"variant": spec.label, **degradation(fp.loss, q.loss), **res.summary()})
@@ -492,6 +500,14 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             print(f"{task}: acc {r['acc']:.4f} ± {r['acc_stderr']:.4f}, acc_norm {r['acc_norm']:.4f} "
                   f"(n={r['n']}){qpart}")
     return 0
+
+
+def _check_lengths(config, checkpoint: str, blocks, calib) -> None:
+    """Evaluation and calibration sequences must fit the model's positions: refused before any work."""
+    from .checks import check_seq_len
+    check_seq_len(config, blocks.shape[1], checkpoint)
+    if calib is not None:
+        check_seq_len(config, calib.shape[1], checkpoint, "calibration sample length", "--calib-seq-len")
 
 
 def _task_runner(a: argparse.Namespace, model, tok, work: Path):

@@ -14,6 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import CheckpointError
+
+
+class NonFiniteLoss(CheckpointError):
+    """A model's loss came out NaN or infinite: an error, never a number to record."""
+
 
 @dataclass
 class LossResult:
@@ -30,12 +36,23 @@ class LossResult:
 
 @torch.inference_mode()
 def evaluate_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, progress: bool = False,
-                  desc: str = "eval") -> LossResult:
-    """Mean next-token cross-entropy of ``model`` over ``blocks`` ([n, T] token ids)."""
+                  desc: str = "eval", name: str | None = None) -> LossResult:
+    """Mean next-token cross-entropy of ``model`` over ``blocks`` ([n, T] token ids).
+
+    Refused before any work: blocks longer than the model's positions, token ids beyond its embedding.
+    A loss that is not a finite number (the model's outputs overflow: weights too large for the dtype)
+    is an error naming ``name`` (what is evaluated, e.g. the checkpoint and variant), never a result."""
     import time
+
+    from .checks import check_seq_len, check_token_ids
 
     if blocks.ndim != 2 or blocks.shape[1] < 2:
         raise ValueError("blocks must be a [n, T] tensor with T >= 2")
+    where = name or desc
+    check_seq_len(getattr(model, "config", None), blocks.shape[1], where)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        check_token_ids(blocks, emb.weight.shape[0], where)
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -54,6 +71,12 @@ def evaluate_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, p
         model.train()
     per = blocks.shape[1] - 1
     n = per * blocks.shape[0]
+    bad = [i for i, x in enumerate(sums) if not math.isfinite(x)]
+    if bad:
+        raise NonFiniteLoss(f"{where}: the loss is not a finite number (NaN/inf in {len(bad)} of {len(sums)} "
+                            f"evaluation blocks, first block {bad[0]}); its outputs overflow (weights too large "
+                            f"for {next(model.parameters()).dtype}?), so it cannot be evaluated and nothing is "
+                            "recorded for it")
     return LossResult(loss=math.fsum(sums) / n, n_tokens=n, block_sums=sums, tokens_per_block=per,
                       seconds=time.perf_counter() - t0)
 

@@ -132,6 +132,20 @@ def _weight_files(p: Path) -> tuple[list[Path], list[Path]]:
     return safe, [f for f in pickle if f.name not in ("training_args.bin",)]
 
 
+def check_loaded_tensors(folder: Path, model: nn.Module, info: dict[str, Any], safe: list[Path]) -> None:
+    """Refuse what transformers would fill in or cast silently: missing, unexpected or re-shaped tensors
+    (``info``, its loading report) and, from the safetensors headers, weights stored with the wrong
+    dtype kind (``checks.check_tensors``)."""
+    from .checks import check_tensors, file_index
+    index = None
+    if safe and getattr(model, "hf_quantizer", None) is None:  # pre-quantized files: transformers' report alone
+        try:
+            index = file_index(safe, model)
+        except CheckpointError:  # tensors converted on load (not only renamed): transformers' report alone
+            index = None
+    check_tensors(folder, model, index, info)
+
+
 def check_finite(model: nn.Module, where: str) -> None:
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not torch.isfinite(t).all():
@@ -213,9 +227,10 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
         raise CheckpointError(f"'{p}' holds pickle weights ({pickled[0].name}), which can run code when loaded; "
                               "re-save as safetensors or pass --allow-pickle to load them with weights_only=True")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             str(p), dtype=dtype, local_files_only=True, use_safetensors=bool(safe),
             trust_remote_code=bool(trust_remote_code), revision=revision,
+            output_loading_info=True, ignore_mismatched_sizes=True,  # reported, then refused below
         )
     except ValueError as e:
         if remote_code_refused(e):  # the hint is on a later line of transformers' message
@@ -225,20 +240,26 @@ def load_checkpoint(path: str | Path, allow_pickle: bool = False, trust_remote_c
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(f"cannot load '{p}': {first}") from None
     model.eval()
+    check_loaded_tensors(p, model, info, safe)
     check_finite(model, str(p))
     if target is not None and target.type != "cpu":
         model.to(target)
     return model
 
 
-def check_vocab(model: nn.Module | int, tokenizer, where: str) -> None:
-    """Every id the tokenizer can emit must index the model's embedding (``model``: the model, or its
-    number of embedding rows when it is not loaded whole)."""
-    n_model = model if isinstance(model, int) else model.get_input_embeddings().weight.shape[0]
-    n_tok = len(tokenizer)
-    if n_tok > n_model:
-        raise CheckpointError(f"tokenizer/model vocab mismatch at '{where}': tokenizer has {n_tok} tokens, "
-                              f"model embeds {n_model}; use the tokenizer saved with the checkpoint")
+def check_vocab(model: nn.Module | int | dict, tokenizer, where: str) -> None:
+    """The tokenizer must belong to the model (``checks.check_tokenizer``): vocabulary size and special
+    ids. ``model``: the model, its ``config.json`` as a dict when it is not loaded whole, or its number of
+    embedding rows."""
+    from .checks import check_tokenizer
+    if isinstance(model, int):
+        rows, config = model, None
+    elif isinstance(model, dict):
+        v = model.get("vocab_size")
+        rows, config = (v if isinstance(v, int) and not isinstance(v, bool) else None), model
+    else:
+        rows, config = model.get_input_embeddings().weight.shape[0], getattr(model, "config", None)
+    check_tokenizer(rows, config, tokenizer, str(where))
 
 
 def atomic_dir(final: Path) -> "_AtomicDir":

@@ -199,19 +199,21 @@ def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool,
     """Greedy soup with held-out loss on the evaluation blocks a sweep would use."""
     from ..data.tokenizer import load_tokenizer
     from ..evaluate import evaluate_loss
-    from ..models import load_checkpoint
+    from ..models import check_vocab, load_checkpoint
     from ..sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
-    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), load_tokenizer(paths[0], trust_remote_code),
-                        tokenizer_fingerprint(paths[0]))
+    tok = load_tokenizer(paths[0], trust_remote_code)
+    es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), tok, tokenizer_fingerprint(paths[0]))
     model = load_checkpoint(paths[0], allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    check_vocab(model, tok, paths[0])
 
-    def loss_of(tensors) -> float:
+    def loss_of(tensors, name: str) -> float:
         model.load_state_dict(tensors, strict=False)
-        return evaluate_loss(model, es.blocks, ecfg.batch_size).loss
+        return evaluate_loss(model, es.blocks, ecfg.batch_size, name=name).loss
 
-    singles = [loss_of(weighted_mean([p], [1.0])) for p in paths]
-    return greedy_soup(paths, lambda ps: loss_of(weighted_mean(ps, [1 / len(ps)] * len(ps))), singles)
+    singles = [loss_of(weighted_mean([p], [1.0]), f"checkpoint '{p}'") for p in paths]
+    return greedy_soup(paths, lambda ps: loss_of(weighted_mean(ps, [1 / len(ps)] * len(ps)),
+                                                 f"the soup of {', '.join(map(str, ps))}"), singles)
 
 
 __all__ = ["average", "checkpoint_of", "combined", "folder_of", "is_made", "make", "plan", "plan_for_sweep"]

@@ -78,7 +78,7 @@ def grid_losses(model: nn.Module, center: dict[str, torch.Tensor], d1: dict[str,
             for x in xs:
                 for n, c in center.items():
                     params[n].copy_((c + x * d1[n] + y * d2[n]).to(params[n].dtype))
-                row.append(evaluate_loss(model, blocks, batch_size).loss)
+                row.append(evaluate_loss(model, blocks, batch_size, name=f"the landscape point ({x:g}, {y:g})").loss)
                 bar.update(1)
             out.append(row)
     finally:
@@ -154,7 +154,8 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
     import json
 
     from ..api import eval_blocks
-    from ..models import load_checkpoint
+    from ..data.tokenizer import load_tokenizer
+    from ..models import check_vocab, load_checkpoint
     from ..reporting.landscape import contour_figure, projection_figure
     from ..sources import load_source, resolve_checkpoint
     from ..trajectory import atomic_write_text
@@ -187,6 +188,7 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
             raise ConfigError(f"--center '{key}' is not a checkpoint of '{traj.name}'; e.g. '{cks[-1].name}'")
         like = names[key]
     model = load_checkpoint(like, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    check_vocab(model, load_tokenizer(like, trust_remote_code), like)
     blocks = eval_blocks(like, n_blocks=n_blocks, seq_len=seq_len, trust_remote_code=trust_remote_code)
     if plane == "pca":
         land = pca_landscape(model, pca, blocks, grid, margin, batch_size, [c.run for c in cks],

@@ -5,6 +5,7 @@ what it was computed from (eval blocks, parameter subset, solver, products used,
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from ..config import GeometryConfig
+from ..evaluate import NonFiniteLoss
 from .eigen import lanczos, power_iteration
 from .hessian import HessianOperator, select_parameters
 from .trace import hutchinson, hutchpp
@@ -26,8 +28,14 @@ def _top(op: HessianOperator, cfg: GeometryConfig, k: int, iters: int) -> dict[s
     return r.to_dict()
 
 
+def _name(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+
+
 def measure(model: nn.Module, blocks: torch.Tensor, cfg: GeometryConfig) -> dict[str, Any]:
     """Geometry of ``model`` on ``blocks`` ([n, L] token ids) as a JSON-ready dict."""
+    from ..checks import check_seq_len
+    check_seq_len(getattr(model, "config", None), int(blocks.shape[1]), _name(model))
     out: dict[str, Any] = {"config": cfg.model_dump(), "n_blocks": int(blocks.shape[0]),
                            "seq_len": int(blocks.shape[1])}
     if cfg.weight_stats:
@@ -38,6 +46,9 @@ def measure(model: nn.Module, blocks: torch.Tensor, cfg: GeometryConfig) -> dict
         with HessianOperator(model, blocks, params, cfg.batch_size) as op:
             t0 = time.perf_counter()
             out["loss"], g = op.loss_and_grad()
+            if not math.isfinite(out["loss"]):  # overflowing outputs: no curvature to measure, nothing to record
+                raise NonFiniteLoss(f"checkpoint '{_name(model)}': the loss is not a finite number "
+                                    f"({out['loss']}); its outputs overflow, so its geometry cannot be measured")
             out["grad_norm"] = float(g.norm())
             out["grad_seconds"] = time.perf_counter() - t0
             if cfg.sharpness:

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..checks import check_seq_len, check_tensors, check_token_ids
 from ..errors import CheckpointError, QrobustError
 from ..evaluate import LossResult, evaluate_loss
 from ..models import resolve_device, resolve_dtype
@@ -191,6 +192,14 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     model = skeleton(folder, dt, trust_remote_code)
     source = WeightSource(folder, model)
+    check_tensors(folder, model, source.where)  # the same check as an in-memory load, before any work
+    rows = model.get_input_embeddings().weight.shape[0]
+    check_seq_len(model.config, blocks.shape[1], str(folder))
+    check_token_ids(blocks, rows, str(folder))
+    for spec in calib_batch:
+        check_seq_len(model.config, calibration[spec].shape[1], str(folder), "calibration sample length",
+                      "--calib-seq-len (calibration.seq_len)")
+        check_token_ids(calibration[spec], rows, str(folder))
     layers = decoder_layers(model)
     if layers is None:
         raise CheckpointError(f"'{folder}': no decoder block list found; layer streaming needs a decoder-only model")
@@ -263,11 +272,13 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
                 layers[i] = block.to_empty(device="meta")  # drop this block's weights
                 _return_freed_memory()
                 block_seconds.append(time.perf_counter() - t0)
-            fp_loss = _head_losses(model, layers, fp_states, fp_tuple, blocks, batch_size) if fp_states else None
+            fp_loss = (_head_losses(model, layers, fp_states, fp_tuple, blocks, batch_size, f"checkpoint '{folder}'")
+                       if fp_states else None)
             out = []
             for v in variants:
                 te = time.perf_counter()
-                q = _head_losses(model, layers, v.states, v.as_tuple, blocks, batch_size)
+                q = _head_losses(model, layers, v.states, v.as_tuple, blocks, batch_size,
+                                 f"checkpoint '{folder}' quantized as {v.spec.label}")
                 out.append(VariantLosses(v.spec, q, v.layers, v.quantize_seconds,
                                          v.eval_seconds + time.perf_counter() - te))
     finally:
@@ -290,14 +301,14 @@ def _load_block(block: nn.Module, prefix: str, source: WeightSource, dev: torch.
 
 
 def _head_losses(model: nn.Module, layers: nn.ModuleList, states: HiddenStates, as_tuple: bool,
-                 blocks: torch.Tensor, batch_size: int) -> LossResult:
+                 blocks: torch.Tensor, batch_size: int, name: str) -> LossResult:
     """The loss of a stream's last hidden states through the model's own final norm, head and loss."""
     real = list(layers)
     try:
         layers[0] = _Replay((states.hidden(j) for j in range(len(states))), as_tuple)
         for j in range(1, len(real)):
             layers[j] = _Replay(None, as_tuple)
-        return evaluate_loss(model, blocks, batch_size)
+        return evaluate_loss(model, blocks, batch_size, name=name)
     finally:
         for j, b in enumerate(real):
             layers[j] = b

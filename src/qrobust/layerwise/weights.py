@@ -8,49 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import ST_DTYPES as _ST_DTYPES, file_index, renamings, safetensors_header as _header  # noqa: F401
 from ..errors import CheckpointError
 from ..models import remote_code_error, remote_code_refused, weight_safetensors
-
-
-def renamings(model: nn.Module) -> list[tuple[str, str]]:
-    """(regex, replacement) pairs transformers applies to checkpoint keys when it loads this model (e.g.
-    GPT-NeoX's ``embed_out.`` → ``lm_head.``); anything beyond plain renaming is refused."""
-    try:
-        from transformers.conversion_mapping import WeightRenaming, get_model_conversion_mapping
-    except ImportError:  # older transformers: keys are the module names
-        return []
-    pairs = []
-    for conv in get_model_conversion_mapping(model) or []:
-        if not isinstance(conv, WeightRenaming):
-            raise CheckpointError(f"{type(model).__name__} converts its checkpoint tensors on load "
-                                  f"({type(conv).__name__}); layer streaming supports models whose tensors are "
-                                  "only renamed")
-        for src, tgt in zip(conv.source_patterns, conv.target_patterns * len(conv.source_patterns)):
-            pairs.append((src, tgt))
-    return pairs
-
-
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-
-
-def _header(path: Path) -> tuple[int, dict[str, Any]]:
-    """(offset of the data section, header) of a safetensors file: an 8-byte little-endian length,
-    then that many bytes of JSON naming each tensor's dtype, shape and byte range."""
-    import json
-    import struct
-    with path.open("rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise CheckpointError(f"'{path}' is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", raw)
-        try:
-            head = json.loads(f.read(n))
-        except ValueError:
-            raise CheckpointError(f"'{path}' is not a safetensors file (bad header)") from None
-    head.pop("__metadata__", None)
-    return 8 + n, head
 
 
 class WeightSource:
@@ -61,19 +21,14 @@ class WeightSource:
     by block that would grow to the whole file, which is what streaming is meant to avoid."""
 
     def __init__(self, folder: Path, model: nn.Module | None = None):
-        import re
         files = weight_safetensors(folder)
         if not files:
             raise CheckpointError(f"'{folder}' has no *.safetensors weights; layer streaming reads safetensors only")
-        renames = renamings(model) if model is not None else []
-        self.where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
-        for f in files:
-            start, head = _header(f)
-            for key, entry in head.items():
-                name = key
-                for src, tgt in renames:
-                    name = re.sub(src, tgt, name)
-                self.where[name] = (f, start, entry)
+        if model is not None:  # by the model's names, as transformers would load them (checks.file_index)
+            self.where: dict[str, tuple[Path, int, dict[str, Any]]] = file_index(files, model)
+        else:
+            self.where = {key: (f, start, entry) for f in files for start, head in [_header(f)]
+                          for key, entry in head.items()}
 
     def get(self, name: str) -> torch.Tensor:
         import os

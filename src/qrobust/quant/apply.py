@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import QrobustError
-from .calibration import CalibrationSet
+from .calibration import CalibrationSet, tokens_of
 from .grid import LayerGrid
 from .registry import QuantSpec, get_quantizer
 
@@ -74,6 +74,12 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
     quantizer = get_quantizer(spec.method)
     if quantizer.needs_calibration and calibration is None:
         raise QrobustError(f"method '{spec.method}' needs calibration data; pass calibration blocks")
+    tokens = tokens_of(calibration) if quantizer.needs_calibration else None
+    if tokens is not None and tokens.ndim == 2:  # beyond the model's positions its activations are not its own
+        from ..checks import check_seq_len
+        config = getattr(model, "config", None)
+        check_seq_len(config, tokens.shape[1], getattr(config, "_name_or_path", "") or spec.label,
+                      "calibration sample length", "--calib-seq-len (calibration.seq_len)")
     layers = select_linears(model, spec.include, spec.exclude)
     originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
     touched = quantizer.touched_params(model, layers, spec)

@@ -356,12 +356,14 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
     model = load_checkpoint(ck.path, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
                             dtype=cfg.dtype, device=cfg.device)
     check_vocab(model, tok, ck.path)
+    _check_lengths(cfg, model.config, ck, es, todo, data_cfg)
     load_s = time.perf_counter() - t0
     summary.model_loads += 1
     fp_key = record_key({"checkpoint": ident, "eval": es.id})
     fp = store.get(fp_key, kind="fp")
     if fp is None:
-        r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}")
+        r = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"FP {ck.name}",
+                          name=f"checkpoint {ck.name} ('{ck.path}')")
         summary.fp_evals += 1
         fp = _fp_record(ck, es, r)
         store.put(fp_key, fp, kind="fp")
@@ -395,7 +397,8 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
             tasks.fp()  # before quantizing: the FP accuracy comes from the FP model
         with quantized(model, spec, calib) as qr:
             if need_rec:
-                rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}")
+                rq = evaluate_loss(model, es.blocks, cfg.eval.batch_size, progress, desc=f"{spec.label} {ck.name}",
+                                   name=f"checkpoint {ck.name} ('{ck.path}') quantized as {spec.label}")
             if need_tasks:
                 tasks.quantized(spec, tkeys[spec])
                 summary.task_evals += 1
@@ -409,6 +412,16 @@ def _run_checkpoint(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint, ident: d
         summary.records_written += 1
         summary.new_keys.append(keys[spec])
         bar.update(1)
+
+
+def _check_lengths(cfg: SweepConfig, model_config: Any, ck: Checkpoint, es: EvalSet, todo: list[QuantSpec],
+                   data_cfg: DataConfig | None) -> None:
+    """eval.seq_len and the calibration length must fit the model's positions: refused before any work."""
+    from ..checks import check_seq_len
+    check_seq_len(model_config, es.blocks.shape[1], ck.path, "eval.seq_len", "eval.seq_len")
+    if any(get_quantizer(s.method).needs_calibration for s in todo):
+        n = cfg.calibration.seq_len or default_calibration_length(data_cfg, model_config)
+        check_seq_len(model_config, n, ck.path, "calibration.seq_len", "calibration.seq_len")
 
 
 def _fp_record(ck: Checkpoint, es: EvalSet, r) -> dict[str, Any]:
@@ -450,11 +463,11 @@ def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint,
     from ..models import read_model_config
     es = sets.eval_set(data_cfg, tok, tok_fp)
     config = read_model_config(ck.path)
-    if isinstance(config.get("vocab_size"), int):
-        check_vocab(config["vocab_size"], tok, ck.path)
+    check_vocab(config, tok, ck.path)
     fp_key = record_key({"checkpoint": ident, "eval": es.id})
     fp = store.get(fp_key, kind="fp")
     todo = [s for s in todo if not store.has(keys[s])]
+    _check_lengths(cfg, config, ck, es, todo, data_cfg)
     calibs, infos = {}, {}
     for spec in todo:
         if get_quantizer(spec.method).needs_calibration:
