@@ -171,7 +171,8 @@ def test_greedy_soup_of_foreign_checkpoints_needs_a_corpus(foreign_model, tmp_pa
     assert not (tmp_path / "soup").exists()
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"document {i}: " + "some words to evaluate on. " * 20 for i in range(40)))
-    assert main([str(a) for a in args] + ["--corpus", f"text:{corpus}", "--n-blocks", "2"]) == 0
+    assert main([str(a) for a in args] + ["--corpus", f"text:{corpus}", "--n-blocks", "2",
+                                               "--seq-len", "32"]) == 0
     prov = json.loads(next((tmp_path / "soup").rglob("qrobust_average.json")).read_text())
     assert prov["plan"]["eval"]["corpus"] == f"text:{corpus}"
 

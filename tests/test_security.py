@@ -63,6 +63,12 @@ def _add_remote_code(folder: Path, marker: Path) -> Path:
     tcfg = json.loads((folder / "tokenizer_config.json").read_text())
     tcfg.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": [None, "evil.EvilTokenizer"]})
     (folder / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    # GPT-NeoX files name the head 'embed_out'; transformers renames it only for model_type gpt_neox, so the
+    # custom model's files must use the module's own name (else its head would be missing, and refused)
+    from safetensors.torch import load_file, save_file
+    weights = load_file(folder / "model.safetensors")
+    weights["lm_head.weight"] = weights.pop("embed_out.weight")
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
 
 

@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-blocks", type=_positive, default=64, help="greedy soup: held-out blocks (default 64)")
     p.add_argument("--corpus", default=None, help="greedy soup: held-out corpus spec (default: the training corpus; "
                                                   "needed for checkpoints qrobust did not train)")
+    p.add_argument("--seq-len", type=_positive, default=None,
+                   help="greedy soup: tokens per held-out block (default: the training length, else 128)")
     _add_load_args(p)
     p.add_argument("--quiet", action="store_true")
 
@@ -688,7 +690,7 @@ def _table(head: list[str], body: list[list[str]]) -> str:
 def _cmd_average(a: argparse.Namespace) -> int:
     from . import api
     traj = api.average(a.sources, a.averager, a.out, window=a.window, stride=a.stride, beta=a.beta, runs=a.run,
-                       eval={"n_blocks": a.n_blocks, "corpus": a.corpus}, progress=not a.quiet,
+                       eval={"n_blocks": a.n_blocks, "corpus": a.corpus, "seq_len": a.seq_len}, progress=not a.quiet,
                        allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
     made = [c for c in traj if c.path.startswith(str(Path(a.out).resolve()))]
     runs = sorted({c.run for c in made})
