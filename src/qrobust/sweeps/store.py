@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import QrobustError
+from ..errors import QrobustError, write_error
 from ..trajectory import Trajectory, atomic_write_text
 
 RECORD_SCHEMA = "qrobust.record/1"
@@ -195,8 +195,10 @@ class Store:
         try:
             pq.write_table(table, tmp)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise write_error(e, path, "parquet export") from None
             raise
 
