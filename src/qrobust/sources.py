@@ -25,8 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .config import parse_yaml
 from .errors import CheckpointError, ConfigError
 from .trajectory import Checkpoint, Trajectory, load_trajectory as load_local
 
@@ -216,7 +215,7 @@ def preset_files() -> dict[str, dict[str, Any]]:
     out = {}
     for f in resources.files("qrobust.presets").iterdir():
         if f.name.endswith(".yaml"):
-            d = yaml.safe_load(f.read_text())
+            d = parse_yaml(f.read_text(), f"preset file {f.name}")
             out[d["family"]] = d
     return out
 
