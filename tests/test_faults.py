@@ -178,6 +178,15 @@ def test_store_record_disk_full_one_line(capsys, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["old.json"]
 
 
+def test_torn_log_line_does_not_stop_a_resume(tmp_path):
+    """A full disk (or a kill) can cut the step log mid-line; resuming drops that line instead of crashing."""
+    from qrobust.training.loop import _truncate_log
+    log = tmp_path / "main.jsonl"
+    log.write_text('{"step": 1, "loss": 5.7, "lr": 0.0}\n{"step": 2, "loss": 5.6, "lr": 0.001}\n{"step": 3, "lo')
+    _truncate_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 5.7, "lr": 0.0}\n{"step": 2, "loss": 5.6, "lr": 0.001}\n'
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A real, tiny filesystem (tmpfs); skipped where mounting is not allowed."""
