@@ -337,13 +337,13 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
 
 def _options(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+    from .config import parse_yaml
     out: dict[str, Any] = {}
     for kv in pairs:
         k, sep, v = kv.partition("=")
         if not sep or not k:
             raise QrobustError(f"--opt expects KEY=VALUE, got '{kv}'")
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_yaml(v, f"--opt {k.strip()}")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, write_error
 from .leftovers import tag
 
 
@@ -81,6 +81,16 @@ PRESETS: dict[str, SizePreset] = {
 def build_model(arch: str, preset: str, vocab_size: int, max_positions: int, seed: int = 0,
                 overrides: dict[str, Any] | None = None) -> nn.Module:
     """A freshly initialised causal LM (fp32, dropout off) from a size preset."""
+    cls, config = model_config(arch, preset, vocab_size, max_positions, overrides)
+    torch.manual_seed(seed)
+    model = cls(config)
+    model.eval()
+    return model
+
+
+def model_config(arch: str, preset: str, vocab_size: int, max_positions: int,
+                 overrides: dict[str, Any] | None = None) -> tuple[type, Any]:
+    """(model class, transformers config) of a size preset + overrides: the sizes, without building weights."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
     if preset not in PRESETS:
@@ -109,10 +119,7 @@ def build_model(arch: str, preset: str, vocab_size: int, max_positions: int, see
         config = cfg_cls(**kw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid model overrides: {e}") from None
-    torch.manual_seed(seed)
-    model = cls(config)
-    model.eval()
-    return model
+    return cls, config
 
 
 # training state kept in a qrobust checkpoint folder beside the weights: never model tensors
@@ -262,19 +269,26 @@ def check_vocab(model: nn.Module | int | dict, tokenizer, where: str) -> None:
     check_tokenizer(rows, config, tokenizer, str(where))
 
 
-def atomic_dir(final: Path) -> "_AtomicDir":
-    return _AtomicDir(final)
+def atomic_dir(final: Path, what: str = "folder") -> "_AtomicDir":
+    return _AtomicDir(final, what)
 
 
 class _AtomicDir:
-    """Write a folder under a temporary name, then rename it into place: a kill never leaves half a folder."""
+    """Write a folder under a temporary name, then rename it into place: a kill never leaves half a folder.
 
-    def __init__(self, final: Path):
+    A write failure inside (disk full, read-only, safetensors' I/O error) removes the temporary folder, leaves
+    any earlier ``final`` untouched and becomes one :class:`~qrobust.errors.WriteError` naming ``what``."""
+
+    def __init__(self, final: Path, what: str = "folder"):
         self.final = Path(final)
+        self.what = what
 
     def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-{tag()}-", dir=self.final.parent))
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-{tag()}-", dir=self.final.parent))
+        except OSError as e:
+            raise write_error(e, self.final, self.what) from None
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints on shared disks must stay readable
@@ -283,11 +297,25 @@ class _AtomicDir:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            err = write_error(exc, self.final, self.what)
+            if err is not None:
+                raise err from None
             return
+        try:
+            self._move_into_place()
+        except OSError as e:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise write_error(e, self.final, self.what) from None
+
+    def _move_into_place(self) -> None:
         if self.final.exists():
             old = self.final.with_name(f".{self.final.name}.old-{tag()}")
             os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
+            try:
+                os.replace(self.tmp, self.final)
+            except BaseException:
+                os.replace(old, self.final)  # put the earlier folder back: a failed rewrite loses nothing
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.final)
@@ -295,12 +323,12 @@ class _AtomicDir:
 
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None,
-                    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+                    tensor_files: dict[str, dict[str, torch.Tensor]] | None = None, what: str = "checkpoint") -> Path:
     """``save_pretrained`` (safetensors) + tokenizer + optional state/optimizer/text/tensor side files, atomically."""
     from safetensors.torch import save_file
 
     final = Path(path)
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, what) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if extra is not None:

@@ -26,8 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
+from .config import parse_yaml
 from .errors import CheckpointError, ConfigError
 from .names import file_stem
 from .trajectory import Checkpoint, Trajectory, load_trajectory as load_local
@@ -254,7 +253,7 @@ def preset_files() -> dict[str, dict[str, Any]]:
     out = {}
     for f in resources.files("qrobust.presets").iterdir():
         if f.name.endswith(".yaml"):
-            d = yaml.safe_load(f.read_text())
+            d = parse_yaml(f.read_text(), f"preset file {f.name}")
             out[d["family"]] = d
     return out
 

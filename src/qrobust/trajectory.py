@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, write_error
 from .leftovers import tag
 from .names import file_stem, safe_name
 
@@ -104,10 +104,16 @@ class Trajectory:
         return p
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder + ``os.replace``: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
+def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
+    """Write via a temporary file in the same folder + ``os.replace``: readers see old or new, never half.
+
+    A failed write (disk full, read-only) removes the temporary file, keeps the old ``path`` and becomes one
+    :class:`~qrobust.errors.WriteError` naming ``what``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(e, path, what) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results on shared disks must stay readable
         with os.fdopen(fd, "w") as f:
@@ -115,11 +121,13 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise write_error(e, path, what) from None
         raise
 
 

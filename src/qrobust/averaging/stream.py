@@ -118,7 +118,7 @@ def write_checkpoint(tensors: dict[str, torch.Tensor], like: Path, out: Path, pr
                      state: dict[str, Any] | None = None) -> Path:
     """Weights + the side files (config, tokenizer) of ``like`` + provenance, as one atomic folder."""
     from safetensors.torch import save_file
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out), "averaged checkpoint") as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         for name in SIDE_FILES:

@@ -49,7 +49,7 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, trust_remote_co
     val = encode_documents(tok, val_docs)
     data = PreparedData(tok, train, val, len(train_docs), len(val_docs))
     if cache_dir is not None:
-        with atomic_dir(cache_dir) as tmp:
+        with atomic_dir(cache_dir, "prepared data") as tmp:
             tok.save_pretrained(str(tmp / "tokenizer"))
             save_file({"train": train, "val": val}, str(tmp / "tokens.safetensors"))
             (tmp / "meta.json").write_text(json.dumps(

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, write_error
 from ..leftovers import clean, tag
 
 Tier = Literal["device", "cpu", "disk"]
@@ -122,9 +122,12 @@ class HiddenStates:
             self._meta[j] = (h.dtype, tuple(h.shape))
             raw = h.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
             tmp = self._folder / f"{j}.tmp"
-            with tmp.open("wb") as f:
-                f.write(memoryview(raw))
-            os.replace(tmp, self._folder / f"{j}.bin")
+            try:
+                with tmp.open("wb") as f:
+                    f.write(memoryview(raw))
+                os.replace(tmp, self._folder / f"{j}.bin")
+            except OSError as e:  # the disk tier filled its disk: one line naming the folder (it is removed on close)
+                raise write_error(e, self._folder, "hidden states (disk tier)") from None
 
     def hidden(self, j: int) -> torch.Tensor:
         """Batch ``j``'s hidden states on the compute device."""

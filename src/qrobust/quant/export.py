@@ -107,7 +107,7 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
     compressor.compress_model(model)
     final = Path(out)
-    with atomic_dir(final) as tmp:
+    with atomic_dir(final, "exported checkpoint") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         compressor.update_config(str(tmp))
         if tokenizer is not None:

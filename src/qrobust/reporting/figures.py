@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
+from ..errors import write_error
 from ..leftovers import tag
 
 DPI = 130
@@ -87,9 +88,13 @@ def _variant_order(rec: dict[str, Any]) -> tuple[str, float, float, bool]:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder + ``os.replace``: readers see the old PNG or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
+    """Temp file in the same folder + ``os.replace``: readers see the old PNG or the new one, never half;
+    a failed write is one :class:`~qrobust.errors.WriteError`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(e, path, "figure") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -97,9 +102,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path, "figure") from None
         raise
 
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config
+from ..config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config, parse_yaml
 from ..errors import ConfigError
 from ..names import check_name
 
@@ -66,17 +66,16 @@ def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
         if not p.is_file():
             raise ConfigError(f"experiment file '{p}' not found; give a YAML path or one of {', '.join(builtin_names())}")
         text = p.read_text()
-        data = load_yaml(p)
         what = f"experiment file {p}"
+        data = load_yaml(p)
     else:
         if str(name_or_path) not in builtin_names():
             raise ConfigError(f"unknown experiment '{name_or_path}'; known: {', '.join(builtin_names())}, all, "
                               "or a YAML path")
         f = resources.files("qrobust.reproduction").joinpath("configs", f"{name_or_path}.yaml")
         text = f.read_text()
-        import yaml
-        data = yaml.safe_load(text)
         what = f"experiment '{name_or_path}'"
+        data = parse_yaml(text, what)
     if overrides:
         data = merge(data, overrides)
     spec = parse_config(ReproduceSpec, data, what)

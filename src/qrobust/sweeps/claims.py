@@ -20,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ..errors import write_error
 from ..leftovers import tag
 
 
@@ -73,10 +74,17 @@ class Claim:
         if gens and not self._stale(gens[-1][1]):
             return self.held()
         nxt = gens[-1][0] + 1 if gens else 0
-        fd, tmp = tempfile.mkstemp(prefix=f".claim.{tag()}.", dir=self.dir)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(),
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".claim.{tag()}.", dir=self.dir)
+        except OSError as e:
+            raise write_error(e, self.dir, "claim") from None
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"worker": self.worker, "host": socket.gethostname(), "pid": os.getpid(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+        except OSError as e:
+            os.unlink(tmp)
+            raise write_error(e, self.dir, "claim") from None
         target = self.dir / f"{self.key}.{nxt:06d}.json"
         try:
             os.link(tmp, target)

@@ -32,7 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import QrobustError, QrobustWarning
+from ..errors import QrobustError, QrobustWarning, write_error
 from ..leftovers import tag
 from ..names import safe_name
 from ..trajectory import Trajectory, atomic_write_text
@@ -316,8 +316,10 @@ class Store:
         try:
             pq.write_table(table, tmp)
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise write_error(e, path, "parquet export") from None
             raise
 

@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from ..config import TrainAverageConfig, TrainConfig
 from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
-from ..errors import ConfigError, QrobustError
+from ..errors import ConfigError, QrobustError, write_error
+from ..layerwise.states import host_available_bytes
 from ..leftovers import clean as clean_leftovers
-from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, save_checkpoint
+from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, model_config, save_checkpoint
 from ..names import safe_name
 from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
 from .averages import STATE_FILE, RunningAverages, swapped_parameters
@@ -207,11 +208,11 @@ class _Trainer:
                     avgs.update(model, step)
                 lv = loss.item()
                 ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
-                logf.write(json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
+                _log_write(logf, log, json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
                 bar.update(1)
                 bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
                 if step % cfg.checkpoint_every == 0 or step == last_step:
-                    logf.flush()
+                    _log_write(logf, log, None)
                     self._save(run, sched, step, model, opt, ema_loss, avgs)
                 if on_step is not None:
                     on_step(run, step)
@@ -241,7 +242,8 @@ class _Trainer:
                 meta = {k: state[k] for k in ("step", "tokens", "lr", "phase", "samples_seen", "data", "time")}
                 meta.update(run=avg_run, averaged=avgs.info(a.suffix(cfg.checkpoint_every)), averaged_from=run)
                 with swapped_parameters(model, values):
-                    save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, avg_run, step), extra=meta)
+                    save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, avg_run, step), extra=meta,
+                                    what="averaged checkpoint")
             avg_tensors, state["averaging"] = avgs.state()
             files[STATE_FILE] = avg_tensors
         save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, run, step), extra=state,
@@ -254,12 +256,31 @@ def _jsonable_groups(groups: list[dict]) -> list[dict]:
     return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in groups]
 
 
+def _log_write(logf, log: Path, line: str | None) -> None:
+    """Append a line to the step log (None: flush it); a full disk is one WriteError naming the log."""
+    try:
+        if line is None:
+            logf.flush()
+        else:
+            logf.write(line)
+    except OSError as e:
+        raise write_error(e, log, "training log") from None
+
+
+def _log_step(line: str) -> int | None:
+    """The step of one log line; None for a line cut short by a kill or a full disk."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines past the resume point so a resumed run's log equals an uninterrupted one's."""
+    """Drop log lines past the resume point (and torn lines) so a resumed run's log equals an uninterrupted one's."""
     if not log.exists():
         return
-    keep = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    atomic_write_text(log, "".join(k + "\n" for k in keep))
+    keep = [ln for ln in log.read_text().splitlines() if (s := _log_step(ln)) is not None and s <= step]
+    atomic_write_text(log, "".join(k + "\n" for k in keep), "training log")
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> None:
@@ -276,10 +297,32 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ConfigError(f"'{out}' holds a run with a different config (differs in: {', '.join(diff)}); "
                               "use another --out or the original config")
-    try:
-        atomic_write_text(cfg_file, json.dumps(mine, indent=1, sort_keys=True))
-    except OSError as e:
-        raise QrobustError(f"cannot write to output folder '{out}': {e.strerror}") from None
+
+
+def _record_config(cfg: TrainConfig, out: Path) -> None:
+    """Write the config beside the run (after every check: a refused config must not claim the folder)."""
+    mine = cfg.model_dump(exclude={"out", "threads"})
+    atomic_write_text(out / "train_config.json", json.dumps(mine, indent=1, sort_keys=True), "training config")
+
+
+def step_memory_bytes(config, batch_size: int, seq_len: int) -> int:
+    """A lower bound on the memory one fp32 training step holds at its peak: the logits and their gradient,
+    per layer what backward keeps (block input, attention output, MLP hidden), and the int64 inputs/labels.
+
+    Measured peaks are about twice this (micro, tiny presets): a batch refused by it cannot fit."""
+    per_token = 2 * config.vocab_size + config.num_hidden_layers * (2 * config.hidden_size + config.intermediate_size)
+    return batch_size * seq_len * (4 * per_token + 16)
+
+
+def _check_memory(cfg: TrainConfig, vocab_size: int) -> None:
+    """Refuse a batch whose training step cannot fit in host memory before spending minutes on it."""
+    _, config = model_config(cfg.model.arch, cfg.model.preset, vocab_size, cfg.data.seq_len, cfg.model.overrides)
+    need = step_memory_bytes(config, cfg.batch_size, cfg.data.seq_len)
+    free = host_available_bytes()
+    if need > free:
+        raise ConfigError(f"batch_size {cfg.batch_size} needs at least {need:,} bytes ({need / 2**30:.1f} GiB) for one "
+                          f"training step (seq_len {cfg.data.seq_len}, vocab {vocab_size}), but {free:,} bytes "
+                          f"({free / 2**30:.1f} GiB) of memory are available; lower batch_size")
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None,
@@ -297,7 +340,9 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int],
     sched = main_schedule(cfg)
     _check_branches(cfg, sched)
     data = prepare_data(cfg.data, out / "data", trust_remote_code)
+    _check_memory(cfg, len(data.tokenizer))
     blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
+    _record_config(cfg, out)
     trainer = _Trainer(cfg, out, data, _Batches(blocks, cfg.batch_size, cfg.seed), progress, on_step)
     trainer.segment("main", sched, None, 0, cfg.steps)
     for b in cfg.branches:
