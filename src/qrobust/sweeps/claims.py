@@ -21,21 +21,11 @@ import uuid
 from pathlib import Path
 
 from ..errors import write_error
-from ..leftovers import tag
+from ..leftovers import pid_alive, tag
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Claim:
@@ -63,7 +53,7 @@ class Claim:
             return False  # vanished or being replaced: let the next look decide
         if info.get("worker") == self.worker:
             return False
-        if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
+        if info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1))):
             return True
         return age > self.ttl
 
