@@ -141,7 +141,7 @@ def test_train_disk_full_one_line_then_resume(capsys, monkeypatch, tmp_path, tin
 def test_disk_full_keeps_the_earlier_folder(tmp_path, monkeypatch):
     """Rewriting an existing folder that fails leaves the old one in place (atomic_dir), as one WriteError."""
     from qrobust.errors import QrobustError
-    from qrobust.models import atomic_dir
+    from qrobust.io.atomic import atomic_dir
     final = tmp_path / "f"
     final.mkdir()
     (final / "a").write_text("old")

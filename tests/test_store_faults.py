@@ -391,13 +391,13 @@ def test_clean_removes_only_abandoned_temporaries(tmp_path):
 _WRITER = """
 import sys, time
 from pathlib import Path
-from qrobust.models import atomic_dir
-from qrobust.trajectory import atomic_write_text
+from qrobust.io.atomic import atomic_dir
+from qrobust.io.atomic import write_text as atomic_write_text
 with atomic_dir(Path(sys.argv[1]) / "step-0000099") as tmp:
     (tmp / "model.safetensors").write_bytes(b"0" * 1000)
-    import qrobust.trajectory as t
-    # stop inside atomic_write_text, its temp file written, and say so
-    t.os.replace = lambda a, b: (print("writing", flush=True), time.sleep(300))
+    import os
+    # stop inside the atomic writer, its temp file written, and say so
+    os.replace = lambda a, b: (print("writing", flush=True), time.sleep(300))
     atomic_write_text(Path(sys.argv[1]) / "k.json", "{}")
 """
 

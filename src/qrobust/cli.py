@@ -639,7 +639,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 def _cmd_results(a: argparse.Namespace) -> int:
     from .sweeps.store import Store
-    from .trajectory import atomic_write_text
+    from .io.atomic import write_text
     store = Store(a.results, create=False)
     if a.format == "parquet":
         if not a.out:
@@ -652,7 +652,7 @@ def _cmd_results(a: argparse.Namespace) -> int:
     text = format_table(store.rows()) if a.format == "table" else store.export(a.format)
     if a.out:
         try:
-            atomic_write_text(Path(a.out), text)
+            write_text(Path(a.out), text)
         except OSError as e:
             raise QrobustError(f"cannot write '{a.out}': {e.strerror or e}; choose a writable path") from None
         print(f"wrote {a.out}")

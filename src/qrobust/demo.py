@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .trajectory import atomic_write_text
+from .io.atomic import write_text
 
 FULL: dict[str, Any] = {
     "name": "demo", "steps": 1200, "batch_size": 16, "checkpoint_every": 100, "seed": 0,
@@ -143,7 +143,7 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, threads: int | N
     ver = verdict(rows)
     summary = {"rows": rows, "verdict": ver, "checkpoints": len(traj), "records": s.records_written + s.records_skipped,
                "train_s": t1 - t0, "sweep_s": t2 - t1, "report": str(html), "quick": quick}
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(f"\nqrobust demo{' (quick)' if quick else ''}: {len(traj)} checkpoints, "
           f"{summary['records']} records; train {t1 - t0:.0f} s, sweep {t2 - t1:.0f} s")
     print("ΔQ L = L(quantized)/L(FP) - 1 at each decayed endpoint vs the constant-LR control at the same step:")

@@ -32,7 +32,7 @@ class QrobustWarning(UserWarning):
 class WriteError(QrobustError, OSError):
     """A file or folder could not be written (disk full, read-only, no permission).
 
-    Raised by the atomic writers (:func:`qrobust.models.atomic_dir`, :func:`qrobust.trajectory.atomic_write_text`)
+    Raised by the atomic writer (:mod:`qrobust.io.atomic`)
     after removing their temporary copy, so whatever was written before stays complete. Also an ``OSError``
     (errno kept) so code that handles write failures as OS errors keeps working."""
 

@@ -1,7 +1,7 @@
 """Temporary files and folders a kill leaves behind, and their safe removal on the next run.
 
-qrobust writes every file and folder under a temporary name first (``atomic_write_text``,
-``models.atomic_dir``, claim and probe files, layer-streaming state folders) and renames it into place,
+qrobust writes every file and folder under a temporary name first (``io.atomic``'s
+files and folders, claim and probe files, layer-streaming state folders) and renames it into place,
 so a kill can leave the temporary name behind, never a half result. Each temporary name carries its
 writer, ``p<pid>-<host8>`` (``host8``: 8 hex digits of the host name's sha1), so the next run can tell
 a leftover from a file another worker is writing right now:
@@ -32,7 +32,7 @@ STALE_AFTER_S = 24 * 3600.0
 _T = r"(?:p(?P<pid>\d+)-(?P<host>[0-9a-f]{8})[.\-])?"  # the writer's tag (absent in older qrobust's names)
 _R = r"[a-z0-9_]{8}"  # tempfile's random part
 # the exact temporary names qrobust writes, nothing else: a user's own files are never touched
-_FILE_PATTERNS = (re.compile(rf"^\..+?\.{_T}{_R}\.tmp$"),  # atomic_write_text, figures, parquet export
+_FILE_PATTERNS = (re.compile(rf"^\..+?\.{_T}{_R}\.tmp$"),  # io.atomic files: records, figures, parquet export
                   re.compile(rf"^\.claim\.{_T}{_R}$"),  # a claim file before it is linked into place
                   re.compile(rf"^\.write-probe\.{_T}{_R}$"))  # the results folder's write probe
 _DIR_PATTERNS = (re.compile(rf"^\..+\.tmp-{_T}{_R}$"),  # atomic_dir's folder being written

@@ -7,9 +7,6 @@ runs only when ``trust_remote_code`` is asked for.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, write_error
-from .leftovers import tag
+from .errors import CheckpointError, ConfigError
+from .io.atomic import atomic_dir
+from .io.files import OPTIMIZER_FILE, STATE_FILE, STATE_TENSOR_FILES
 
 
 def quiet_transformers() -> None:
@@ -123,9 +121,6 @@ def model_config(arch: str, preset: str, vocab_size: int, max_positions: int,
 
 
 # training state kept in a qrobust checkpoint folder beside the weights: never model tensors
-OPTIMIZER_FILE = "optimizer.safetensors"
-AVERAGING_FILE = "averaging.safetensors"
-STATE_TENSOR_FILES = (OPTIMIZER_FILE, AVERAGING_FILE)
 
 
 def weight_safetensors(folder: Path) -> list[Path]:
@@ -269,58 +264,6 @@ def check_vocab(model: nn.Module | int | dict, tokenizer, where: str) -> None:
     check_tokenizer(rows, config, tokenizer, str(where))
 
 
-def atomic_dir(final: Path, what: str = "folder") -> "_AtomicDir":
-    return _AtomicDir(final, what)
-
-
-class _AtomicDir:
-    """Write a folder under a temporary name, then rename it into place: a kill never leaves half a folder.
-
-    A write failure inside (disk full, read-only, safetensors' I/O error) removes the temporary folder, leaves
-    any earlier ``final`` untouched and becomes one :class:`~qrobust.errors.WriteError` naming ``what``."""
-
-    def __init__(self, final: Path, what: str = "folder"):
-        self.final = Path(final)
-        self.what = what
-
-    def __enter__(self) -> Path:
-        try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.tmp-{tag()}-", dir=self.final.parent))
-        except OSError as e:
-            raise write_error(e, self.final, self.what) from None
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o777 & ~mask)  # mkdtemp makes 0700; checkpoints on shared disks must stay readable
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            err = write_error(exc, self.final, self.what)
-            if err is not None:
-                raise err from None
-            return
-        try:
-            self._move_into_place()
-        except OSError as e:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise write_error(e, self.final, self.what) from None
-
-    def _move_into_place(self) -> None:
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old-{tag()}")
-            os.replace(self.final, old)
-            try:
-                os.replace(self.tmp, self.final)
-            except BaseException:
-                os.replace(old, self.final)  # put the earlier folder back: a failed rewrite loses nothing
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
-
-
 def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None,
                     extra_tensors: dict[str, torch.Tensor] | None = None, files: dict[str, str] | None = None,
                     tensor_files: dict[str, dict[str, torch.Tensor]] | None = None, what: str = "checkpoint") -> Path:
@@ -332,7 +275,7 @@ def save_checkpoint(model: nn.Module, tokenizer, path: str | Path, extra: dict[s
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         if extra is not None:
-            (tmp / "qrobust_state.json").write_text(json.dumps(extra, indent=1, sort_keys=True))
+            (tmp / STATE_FILE).write_text(json.dumps(extra, indent=1, sort_keys=True))
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / OPTIMIZER_FILE))
         for name, text in (files or {}).items():

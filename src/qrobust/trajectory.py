@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, write_error
-from .leftovers import tag
+from .errors import CheckpointError
+from .io.atomic import write_text
 from .names import file_stem, safe_name
+from .io.files import STATE_FILE
 
 MANIFEST = "trajectory.json"
 FORMAT = "qrobust.trajectory/1"
@@ -100,41 +100,8 @@ class Trajectory:
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
-        atomic_write_text(p, json.dumps(self.to_dict(relative_to=p.parent), indent=1))
+        write_text(p, json.dumps(self.to_dict(relative_to=p.parent), indent=1))
         return p
-
-
-def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
-    """Write via a temporary file in the same folder + ``os.replace``: readers see old or new, never half.
-
-    A failed write (disk full, read-only) removes the temporary file, keeps the old ``path`` and becomes one
-    :class:`~qrobust.errors.WriteError` naming ``what``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(e, path, what) from None
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results on shared disks must stay readable
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError):
-            raise write_error(e, path, what) from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_trajectory(source: str | Path) -> Trajectory:
@@ -161,7 +128,7 @@ def load_trajectory(source: str | Path) -> Trajectory:
 
 
 def _state_step(p: Path) -> int:
-    st = p / "qrobust_state.json"
+    st = p / STATE_FILE
     if st.is_file():
         return int(json.loads(st.read_text()).get("step", 0))
     return 0

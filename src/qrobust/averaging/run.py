@@ -27,6 +27,7 @@ from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
 from .averagers import AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
 from .stream import PROVENANCE, weighted_mean, write_checkpoint
+from ..io.files import STATE_FILE
 
 
 def plan(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
@@ -174,7 +175,7 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
 
 
 def _state(like: Path, step: int) -> dict[str, Any] | None:
-    st = like / "qrobust_state.json"
+    st = like / STATE_FILE
     if not st.is_file():
         return None
     data = json.loads(st.read_text()).get("data")

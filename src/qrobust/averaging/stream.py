@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
-from ..models import atomic_dir, read_model_config, weight_safetensors
+from ..io.atomic import atomic_dir
+from ..models import read_model_config, weight_safetensors
+from ..io.files import STATE_FILE
 
 # config keys that do not change the architecture
 _CONFIG_NOISE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "use_cache"}
@@ -126,5 +128,5 @@ def write_checkpoint(tensors: dict[str, torch.Tensor], like: Path, out: Path, pr
                 shutil.copy2(Path(like) / name, tmp / name)
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=1, sort_keys=True))
         if state is not None:
-            (tmp / "qrobust_state.json").write_text(json.dumps(state, indent=1, sort_keys=True))
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True))
     return Path(out)

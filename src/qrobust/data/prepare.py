@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import DataConfig
-from ..models import atomic_dir
+from ..io.atomic import atomic_dir
 from .blocks import split_documents
 from .corpus import load_documents
 from .tokenizer import build_tokenizer, encode_documents, load_tokenizer

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
-from ..trajectory import atomic_write_text
+from ..io.atomic import write_text
 
 PAPER_TASKS = ["arc_challenge", "arc_easy", "openbookqa", "piqa", "hellaswag", "winogrande", "mathqa", "pubmedqa",
                "sciq", "social_iqa", "commonsense_qa", "mmlu"]
@@ -98,7 +98,7 @@ def nextline_items(docs: list[str], n: int = 200, seed: int = 0,
 
 
 def _write_task(name: str, jsonl: Path, out_dir: Path) -> None:
-    atomic_write_text(out_dir / f"{name}.yaml", _YAML.format(name=name, path=json.dumps(str(jsonl.resolve()))))
+    write_text(out_dir / f"{name}.yaml", _YAML.format(name=name, path=json.dumps(str(jsonl.resolve()))))
 
 
 def resolve_tasks(specs: list[str], work_dir: Path, held_out_docs=None,
@@ -127,7 +127,7 @@ def resolve_tasks(specs: list[str], work_dir: Path, held_out_docs=None,
                 raise ConfigError("builtin-nextline needs a checkpoint trained by qrobust (its held-out documents)")
             items = nextline_items(held_out_docs(), n, fits=fits)
             path = work_dir / f"builtin-nextline-{n}.jsonl"  # same docs and fits: same items
-            atomic_write_text(path, "".join(json.dumps(x) + "\n" for x in items))  # workers may share it
+            write_text(path, "".join(json.dumps(x) + "\n" for x in items))  # workers may share it
             name = f"qrobust_builtin_nextline_{n}"
             _write_task(name, path, yaml_dir)
             names.append(name)

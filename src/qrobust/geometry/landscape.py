@@ -158,7 +158,7 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
     from ..models import check_vocab, load_checkpoint
     from ..reporting.landscape import contour_figure, projection_figure
     from ..sources import load_source, resolve_checkpoint
-    from ..trajectory import atomic_write_text
+    from ..io.atomic import write_text
     from .pca import trajectory_pca
 
     if plane not in ("pca", "random"):
@@ -204,5 +204,5 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
     if plane == "pca":
         figs.append(projection_figure(result, out / "pca_projection.png", f"{traj.name}: trajectory PCA"))
     result["figures"] = [str(f.path) for f in figs]
-    atomic_write_text(out / "landscape.json", json.dumps(result, indent=1))
+    write_text(out / "landscape.json", json.dumps(result, indent=1))
     return result

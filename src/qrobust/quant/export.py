@@ -87,7 +87,7 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
     from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
                                                  apply_quantization_config)
 
-    from ..models import atomic_dir
+    from ..io.atomic import atomic_dir
 
     check_exportable(result)
     _verify_codes(model, result.grids)

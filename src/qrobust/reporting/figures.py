@@ -7,14 +7,11 @@ never raises.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
-from ..errors import write_error
-from ..leftovers import tag
+from ..io.atomic import write_bytes
 
 DPI = 130
 ROOT_COLOUR = "#1a1a1a"
@@ -87,35 +83,12 @@ def _variant_order(rec: dict[str, Any]) -> tuple[str, float, float, bool]:
     return (str(get(rec, "variant.method")), v[0] or 0.0, v[1] or math.inf, get(rec, "variant.sym") is False)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder + ``os.replace``: readers see the old PNG or the new one, never half;
-    a failed write is one :class:`~qrobust.errors.WriteError`."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise write_error(e, path, "figure") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise write_error(e, path, "figure") from None
-        raise
-
-
 def _save(fig: Figure, path: Path) -> bytes:
     FigureCanvasAgg(fig)  # bbox_inches="tight" below does the tight layout (crops to all artists, legend included)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08, metadata={"Software": None})
     data = buf.getvalue()
-    write_bytes_atomic(path, data)
+    write_bytes(path, data, "figure")
     return data
 
 

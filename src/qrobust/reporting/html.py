@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..sweeps.store import Store
-from ..trajectory import atomic_write_text
+from ..io.atomic import write_text
 from .figures import FigureOut, get, make_figures, num
 
 CSS = """
@@ -228,6 +228,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     figs = make_figures(records, trajs, out, geometry, tasks)
     page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs())
     index = out / "index.html"
-    atomic_write_text(index, page)
+    write_text(index, page)
     os.chmod(index, 0o644)  # the temp file behind it was created 0600
     return index

@@ -10,7 +10,7 @@ from typing import Any
 from ..reporting.figures import FigureOut
 from ..reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
 from ..stats import CONFIDENCE, N_BOOT
-from ..trajectory import atomic_write_text
+from ..io.atomic import write_text
 from .verdicts import fmt_diff
 
 STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
@@ -83,7 +83,7 @@ def _rel(path: str, page_dir: Path) -> str:
 def write_page(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str, Any]],
                trajs: dict[str, dict[str, Any]], path: Path) -> Path:
     page = render(result, figs, records, trajs, path.parent)
-    atomic_write_text(path, page)
+    write_text(path, page)
     os.chmod(path, 0o644)
     return path
 
@@ -116,6 +116,6 @@ def write_index(out: Path) -> Path:
             f"<title>qrobust reproduce</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
             f"<h1>qrobust reproduce</h1>\n{body}\n</body>\n</html>\n")
     path = out / "index.html"
-    atomic_write_text(path, page)
+    write_text(path, page)
     os.chmod(path, 0o644)
     return path

@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..reporting.figures import FigureOut, make_figures, slug
 from ..reporting.runs_compare import runs_figure
 from ..sweeps.store import Store, versions
-from ..trajectory import atomic_write_text
+from ..io.atomic import write_text
 from . import verdicts
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
 
@@ -114,7 +114,7 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
               "figures": [str(f.path) for f in figs], "spec_yaml": text, "versions": versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     exp_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
+    write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
     records = [r for recs, _ in stores.values() for r in recs]
     result["page"] = str(write_page(result, figs, records, trajs, exp_dir / "index.html"))
     if progress:

@@ -19,6 +19,7 @@ from ..data.prepare import eval_stream
 from ..sources import cached_snapshot
 from ..trajectory import Checkpoint
 from .store import record_key
+from ..io.files import STATE_FILE
 
 
 def file_fingerprint(paths: list[Path], chunk: int = 4 << 20) -> str:
@@ -45,7 +46,7 @@ def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
     """The data config a qrobust checkpoint was trained with (from ``qrobust_state.json``), if any."""
     import json
 
-    st = Path(folder) / "qrobust_state.json"
+    st = Path(folder) / STATE_FILE
     if not st.is_file():
         return None
     try:

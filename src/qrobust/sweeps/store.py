@@ -32,10 +32,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..errors import QrobustError, QrobustWarning, write_error
+from ..errors import QrobustError, QrobustWarning
 from ..leftovers import tag
 from ..names import safe_name
-from ..trajectory import Trajectory, atomic_write_text
+from ..io.atomic import atomic_file, write_text
+from ..trajectory import Trajectory
 
 RECORD_SCHEMA = "qrobust.record/1"
 # every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
@@ -192,7 +193,7 @@ class Store:
         # the envelope last: what readers check (schema, key = file name) is always the store's own
         record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                   "versions": versions(), **record, "schema": RECORD_SCHEMA, "key": key}
-        atomic_write_text(self._path(kind, key), json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
+        write_text(self._path(kind, key), json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
 
     def _all(self, kind: str) -> list[dict[str, Any]]:
         """Every valid record of ``kind``; a bad file is skipped with a warning naming it."""
@@ -217,7 +218,7 @@ class Store:
     # -- trajectories --------------------------------------------------------------------------------
     def save_trajectory(self, traj: Trajectory) -> None:
         name = safe_name(traj.name, "trajectory name")  # never a path that leaves trajectories/
-        atomic_write_text(self.root / "trajectories" / f"{name}.json", json.dumps(traj.to_dict(), indent=1))
+        write_text(self.root / "trajectories" / f"{name}.json", json.dumps(traj.to_dict(), indent=1))
 
     def trajectories(self) -> dict[str, dict[str, Any]]:
         """Stored trajectories by name; a file that is not a JSON object is skipped with a warning."""
@@ -238,7 +239,7 @@ class Store:
         path = self.root / "configs" / f"sweep-{hashlib.sha1(blob.encode()).hexdigest()[:12]}.json"
         if not path.is_file() or self._config(path, quiet=True) is None:  # missing, or damaged: (re)write it
             path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(cfg, indent=1, sort_keys=True, default=str))
+            write_text(path, json.dumps(cfg, indent=1, sort_keys=True, default=str))
 
     def _config(self, p: Path, quiet: bool = False) -> dict[str, Any] | None:
         then = "the next sweep with this config rewrites it"
@@ -296,7 +297,7 @@ class Store:
         else:
             raise QrobustError(f"unknown export format '{fmt}'; use csv, json or parquet")
         if path is not None:
-            atomic_write_text(Path(path), text)
+            write_text(Path(path), text)
         return text
 
     @staticmethod
@@ -310,16 +311,6 @@ class Store:
             table = pa.Table.from_pylist(rows, schema=None) if rows else pa.table({c: [] for c in COLUMNS})
         except pa.ArrowException as e:  # one column holding a number in one record and text in another
             raise QrobustError(f"cannot export to parquet: {str(e).splitlines()[0]}; use csv or json") from None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag()}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise write_error(e, path, "parquet export") from None
-            raise
+        with atomic_file(path, "parquet export") as tmp:
+            pq.write_table(table, str(tmp))
 

@@ -22,9 +22,7 @@ from safetensors.torch import load_file
 
 from ..config import TrainAverageConfig
 from ..errors import CheckpointError
-from ..models import AVERAGING_FILE
-
-STATE_FILE = AVERAGING_FILE
+from ..io.files import AVERAGING_FILE
 
 
 class RunningAverages:
@@ -106,7 +104,7 @@ class RunningAverages:
         if missing:
             raise CheckpointError(f"checkpoint '{folder}' has no saved state for averaging '{missing[0]}', so it "
                                   "cannot be continued exactly; branch from a checkpoint trained with it")
-        tensors = load_file(str(Path(folder) / STATE_FILE)) if self.specs else {}
+        tensors = load_file(str(Path(folder) / AVERAGING_FILE)) if self.specs else {}
         for n in self.specs:
             if n in self.ema:
                 self.ema[n] = [tensors[f"{n}/ema/{k}"] for k in self.names]

@@ -23,10 +23,12 @@ from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError, write_error
 from ..layerwise.states import host_available_bytes
 from ..leftovers import clean as clean_leftovers
-from ..models import OPTIMIZER_FILE, build_model, load_checkpoint, model_config, save_checkpoint
+from ..io.files import AVERAGING_FILE, OPTIMIZER_FILE, STATE_FILE
+from ..models import build_model, load_checkpoint, model_config, save_checkpoint
 from ..names import safe_name
-from ..trajectory import MANIFEST, Checkpoint, Trajectory, atomic_write_text
-from .averages import STATE_FILE, RunningAverages, swapped_parameters
+from ..io.atomic import write_text
+from ..trajectory import MANIFEST, Checkpoint, Trajectory
+from .averages import RunningAverages, swapped_parameters
 from .schedule import Schedule
 from .state import flatten_optimizer, restore_optimizer
 
@@ -94,7 +96,7 @@ def _latest(out: Path, run: str) -> Path | None:
     d = _run_dir(out, run)
     if not d.is_dir():
         return None
-    done = sorted(p for p in d.iterdir() if p.name.startswith("step-") and (p / "qrobust_state.json").is_file())
+    done = sorted(p for p in d.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file())
     return done[-1] if done else None
 
 
@@ -128,7 +130,7 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
         if not d.is_dir():
             continue
         for p in sorted(d.iterdir()):
-            st_file = p / "qrobust_state.json"
+            st_file = p / STATE_FILE
             if not p.name.startswith("step-") or not st_file.is_file():
                 continue
             st = json.loads(st_file.read_text())
@@ -163,7 +165,7 @@ class _Trainer:
         if resume is not None:
             start_dir = resume
         if start_dir is not None:
-            state = json.loads((start_dir / "qrobust_state.json").read_text())
+            state = json.loads((start_dir / STATE_FILE).read_text())
             if state["step"] >= last_step:
                 return
             model = load_checkpoint(start_dir)
@@ -245,7 +247,7 @@ class _Trainer:
                     save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, avg_run, step), extra=meta,
                                     what="averaged checkpoint")
             avg_tensors, state["averaging"] = avgs.state()
-            files[STATE_FILE] = avg_tensors
+            files[AVERAGING_FILE] = avg_tensors
         save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, run, step), extra=state,
                         extra_tensors=tensors, tensor_files=files)
         model.train(was_training)
@@ -280,7 +282,7 @@ def _truncate_log(log: Path, step: int) -> None:
     if not log.exists():
         return
     keep = [ln for ln in log.read_text().splitlines() if (s := _log_step(ln)) is not None and s <= step]
-    atomic_write_text(log, "".join(k + "\n" for k in keep), "training log")
+    write_text(log, "".join(k + "\n" for k in keep), "training log")
 
 
 def _check_out(cfg: TrainConfig, out: Path) -> None:
@@ -302,7 +304,7 @@ def _check_out(cfg: TrainConfig, out: Path) -> None:
 def _record_config(cfg: TrainConfig, out: Path) -> None:
     """Write the config beside the run (after every check: a refused config must not claim the folder)."""
     mine = cfg.model_dump(exclude={"out", "threads"})
-    atomic_write_text(out / "train_config.json", json.dumps(mine, indent=1, sort_keys=True), "training config")
+    write_text(out / "train_config.json", json.dumps(mine, indent=1, sort_keys=True), "training config")
 
 
 def step_memory_bytes(config, batch_size: int, seq_len: int) -> int:

@@ -1,0 +1,8 @@
+"""The names of the files qrobust keeps beside a checkpoint's weights: one place, so readers and writers
+agree (a training-state file is never a model tensor file, never averaged, never fingerprinted)."""
+from __future__ import annotations
+
+STATE_FILE = "qrobust_state.json"  # step, data config, optimizer groups, averaging state of a checkpoint
+OPTIMIZER_FILE = "optimizer.safetensors"
+AVERAGING_FILE = "averaging.safetensors"
+STATE_TENSOR_FILES = (OPTIMIZER_FILE, AVERAGING_FILE)
