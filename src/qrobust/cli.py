@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import bits_problem, group_size_problem
 from .errors import QrobustError, QrobustWarning
 
 
@@ -25,9 +26,9 @@ def _bits(v: str) -> int:
     try:
         b = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got '{v}'") from None
-    if not 2 <= b <= 8:
-        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got {b}")
+        raise argparse.ArgumentTypeError(bits_problem(v)) from None
+    if bits_problem(b):
+        raise argparse.ArgumentTypeError(bits_problem(b))
     return b
 
 
@@ -35,9 +36,9 @@ def _group(v: str) -> int:
     try:
         g = int(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"group size must be -1 or a positive integer, got '{v}'") from None
-    if g == 0 or g < -1:
-        raise argparse.ArgumentTypeError(f"group size must be -1 (per output channel) or a positive integer, got {g}")
+        raise argparse.ArgumentTypeError(group_size_problem(v)) from None
+    if group_size_problem(g):
+        raise argparse.ArgumentTypeError(group_size_problem(g))
     return g
 
 

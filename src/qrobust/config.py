@@ -15,6 +15,26 @@ from .errors import ConfigError
 from .names import check_name
 
 
+MIN_BITS, MAX_BITS = 2, 8  # the integer grids qrobust quantizes to
+
+
+def bits_problem(bits: object) -> str | None:
+    """Why ``bits`` is not a bit-width qrobust can quantize to, or None: the one rule the CLI, the configs
+    and the grids share."""
+    if isinstance(bits, int) and MIN_BITS <= bits <= MAX_BITS:
+        return None
+    got = bits if isinstance(bits, int) else repr(bits)
+    return f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {got}"
+
+
+def group_size_problem(group_size: object) -> str | None:
+    """Why ``group_size`` is not a group size (-1: one group per output channel), or None."""
+    if isinstance(group_size, int) and (group_size == -1 or group_size > 0):
+        return None
+    got = group_size if isinstance(group_size, int) else repr(group_size)
+    return f"group size must be -1 (per output channel) or a positive integer, got {got}"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -295,16 +315,16 @@ class SweepConfig(Strict):
     @classmethod
     def _bits(cls, v: list[int]) -> list[int]:
         for b in v:
-            if not 2 <= b <= 8:
-                raise ValueError(f"bits must be between 2 and 8, got {b}")
+            if bits_problem(b):
+                raise ValueError(bits_problem(b))
         return v
 
     @field_validator("group_sizes")
     @classmethod
     def _groups(cls, v: list[int]) -> list[int]:
         for g in v:
-            if g == 0 or g < -1:
-                raise ValueError(f"group size must be -1 (per output channel) or a positive integer, got {g}")
+            if group_size_problem(g):
+                raise ValueError(group_size_problem(g))
         return v
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import bits_problem, group_size_problem
 from ..errors import QrobustError
 
 
@@ -43,8 +44,8 @@ def _compute(x: torch.Tensor) -> torch.Tensor:
 
 
 def maxq_for(bits: int) -> int:
-    if not 2 <= bits <= 8:
-        raise ValueError(f"bits must be between 2 and 8, got {bits}")
+    if bits_problem(bits):
+        raise ValueError(bits_problem(bits))
     return 2 ** bits - 1
 
 
@@ -113,8 +114,8 @@ def quantize_dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
 
 def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
     """Column ranges of the groups: size ``group_size``, the last one holding the remainder."""
-    if group_size == 0 or group_size < -1:
-        raise ValueError(f"group size must be -1 or positive, got {group_size}")
+    if group_size_problem(group_size):
+        raise ValueError(group_size_problem(group_size))
     if group_size > in_features:
         raise GroupSizeError(f"group size {group_size} is larger than in_features={in_features}; "
                              "use -1 (per output channel) or a smaller group size")
