@@ -78,6 +78,7 @@ def test_results_csv_matches_the_json_files(store_v1: Path, capsys) -> None:
         assert (loss_fp, loss_q, dq) == (m["loss_fp"], m["loss_q"], m["dq_rel"])  # CSV keeps full precision
         assert dq == pytest.approx(loss_q / loss_fp - 1, abs=1e-12)
         assert row["checkpoint.name"] == files[row["key"]]["checkpoint"]["name"]
+        assert row["checkpoint.name"] == f'{row["checkpoint.run"]}/step-{int(row["checkpoint.step"]):07d}'
     assert {r["checkpoint.name"] for r in rows} == CHECKPOINTS
     assert {f'{r["variant.method"]}-w{r["variant.bits"]}g{r["variant.group_size"]}' for r in rows} == VARIANTS
 
