@@ -41,9 +41,15 @@ class QuantSpec:
 
     @property
     def label(self) -> str:
-        g = "ch" if self.group_size == -1 else f"g{self.group_size}"
         opts = "".join(f"-{k}={v}" if k != "profile" else f"-{v}" for k, v in self.options)
-        return f"{self.method}-w{self.bits}{g}{'' if self.sym else '-asym'}{opts}"
+        return base_label(self.method, self.bits, self.group_size, self.sym) + opts
+
+
+def base_label(method: Any, bits: Any, group_size: Any, sym: Any = True) -> str:
+    """``rtn-w4g128``, ``gptq-w3ch`` (per output channel), ``-asym`` appended: the one spelling of a
+    variant's method, bits, groups and grid, for labels, tables and figure names."""
+    g = "ch" if group_size == -1 else f"g{group_size}"
+    return f"{method}-w{bits}{g}{'' if sym is not False else '-asym'}"
 
 
 class Quantizer:

@@ -23,6 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
 from ..io.atomic import write_bytes
+from ..quant.registry import base_label
 
 DPI = 130
 ROOT_COLOUR = "#1a1a1a"
@@ -64,9 +65,8 @@ def slug(s: Any) -> str:
 
 
 def variant_slug(rec: dict[str, Any]) -> str:
-    gs = get(rec, "variant.group_size")
-    s = f"{get(rec, 'variant.method')}-w{get(rec, 'variant.bits')}g{gs if gs else 'ch'}"
-    return slug(s + ("-asym" if get(rec, "variant.sym") is False else ""))
+    return slug(base_label(get(rec, "variant.method"), get(rec, "variant.bits"), get(rec, "variant.group_size"),
+                           get(rec, "variant.sym")))
 
 
 def variant_id(rec: dict[str, Any]) -> tuple[str, str]:
