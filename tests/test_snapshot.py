@@ -32,7 +32,6 @@ def test_demo_quick_does_not_move(tmp_path):
     _check("demo_quick", tmp_path)
 
 
-@pytest.mark.slow
 def test_streamed_sweep_does_not_move(tmp_path):
     _check("streamed_sweep", tmp_path)
 
@@ -42,7 +41,6 @@ def test_reproduce_does_not_move(tmp_path):
     _check("reproduce", tmp_path)
 
 
-@pytest.mark.slow
 def test_export_round_trip_does_not_move(tmp_path):
     pytest.importorskip("compressed_tensors", reason="export needs compressed-tensors (pip install 'qrobust[export]')")
     _check("export", tmp_path)
