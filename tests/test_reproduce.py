@@ -230,3 +230,12 @@ def test_page_holds_verdict_comparisons_figures_and_provenance(tmp_path):
     assert page.count("data:image/png;base64,") == len(figs) == 1
     assert "training seed 5" in page and "calibration seed 3" in page and "name: x" in page
     assert 'href="r.html"' in page  # links relative to the page, so the folder can move
+
+
+def test_group_size_wider_than_the_model_fails_before_training(tmp_path):
+    """f2 sweeps group size 128; the micro model's linears read 32 features: refused up front, nothing trained."""
+    from qrobust.errors import ConfigError
+    from qrobust.reproduction.run import reproduce_one
+    with pytest.raises(ConfigError, match=r"group size 128 is larger than the 'micro' model's width \(32"):
+        reproduce_one("f2", out=tmp_path / "r", scale=0.1, model="micro", progress=False)
+    assert not any((tmp_path / "r").rglob("model.safetensors"))

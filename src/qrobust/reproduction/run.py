@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import SweepConfig, TrainConfig
 from ..errors import ConfigError
 from ..reporting.figures import FigureOut, make_figures, slug
 from ..reporting.runs_compare import runs_figure
@@ -73,6 +74,19 @@ def format_claims(claims: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _check_groups_fit(experiment: str, run: TrainConfig, sweep: SweepConfig) -> None:
+    """Every group size of the sweep must fit the narrowest quantized linear of the run's model (its width:
+    attention and MLP-input linears read ``hidden_size`` features); checked from the config, nothing built."""
+    from ..models import model_config
+    _, config = model_config(run.model.arch, run.model.preset, 8, run.data.seq_len, run.model.overrides)
+    width = config.hidden_size
+    too_big = sorted(g for g in sweep.group_sizes if g > width)
+    if too_big:
+        raise ConfigError(f"experiment '{experiment}': group size {too_big[0]} is larger than the "
+                          f"'{run.model.preset}' model's width ({width} input features); choose a wider --model "
+                          f"or set the sweep's group_sizes to at most {width} (or -1)")
+
+
 def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", scale: float = 1.0,
                   model: str | None = None, threads: int | None = None, progress: bool = True,
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -84,6 +98,8 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
     out = Path(out)
     runs = resolve_runs(spec, out, scale, model, threads)
     sweeps = {label: resolve_sweep(spec, cfg, out, threads) for label, cfg in runs.items()}
+    for label, cfg in runs.items():  # a sweep that cannot run on the model fails now, not after training
+        _check_groups_fit(spec.name, cfg, sweeps[label])
     t0 = time.perf_counter()
     for label, cfg in runs.items():
         if progress:
