@@ -44,7 +44,7 @@ def main() -> None:
     out: dict[str, float] = {"threads": torch.get_num_threads()}
     out.update(eval_throughput(a.repeats))
     if not a.skip_demo:
-        from qrobust.demo import run_demo
+        from qrobust.workflows.demo import run_demo
         with tempfile.TemporaryDirectory() as d:
             t0 = time.perf_counter()
             s = run_demo(Path(d) / "demo", quick=a.quick, progress=False)

@@ -1,7 +1,7 @@
 """Benchmark: layer-streamed quantize + evaluate of a model bigger than the memory budget.
 
 A synthetic Llama-architecture model (random init, fp32, ≥ 3 GB of safetensors) is built once into
-``--model-dir``. Then, in a fresh process per case, ``qrobust.layerwise.stream_checkpoint`` evaluates
+``--model-dir``. Then, in a fresh process per case, ``qrobust.quant.pipelines.streamed.stream_checkpoint`` evaluates
 FP and quantized loss (4-bit, group 128) over ``--n-blocks`` blocks of ``--seq-len`` random tokens.
 Cases: ``rtn``, ``gptq``, ``awq`` alone, and ``rtn+gptq+awq`` (FP and all three variants in one pass,
 as a streamed sweep runs them). Reported per case:
@@ -36,7 +36,7 @@ CONFIG = {"hidden_size": 2048, "intermediate_size": 5504, "num_hidden_layers": 1
 
 _MEASURE = r"""
 import json, sys, time, torch
-from qrobust.layerwise import stream_checkpoint
+from qrobust.quant.pipelines.streamed import stream_checkpoint
 from qrobust.quant import QuantSpec
 path, n_blocks, seq_len, batch, vocab = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 torch.set_num_threads(int(sys.argv[6]))

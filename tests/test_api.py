@@ -36,7 +36,7 @@ def test_readme_api_flow(tiny_run, tmp_path):
     assert len(geo["eigen"]["values"]) == 2 and "trace" in geo and "weights" in geo
     land = qrobust.landscape(str(tiny_run), tmp_path / "land", grid=3, n_blocks=1, progress=False)
     assert len(land["landscape"]["loss"]) == 3
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     recs = Store(tmp_path / "res").records()
     cmp = qrobust.compare_dq(recs[0], recs[1])
     assert cmp["paired"] and cmp["low"] <= cmp["diff"] <= cmp["high"]
@@ -56,10 +56,10 @@ def test_api_functions_are_not_shadowed_by_subpackages():
     import qrobust.reporting.figures  # noqa: F401
     import qrobust.sweeps.run  # noqa: F401
     import qrobust.training.loop  # noqa: F401
-    import qrobust.geometry.landscape  # noqa: F401
+    import qrobust.workflows.landscape  # noqa: F401
     import qrobust.averaging.run  # noqa: F401
     import qrobust.stats  # noqa: F401
-    import qrobust.reproduction.run  # noqa: F401
+    import qrobust.workflows.reproduction.run  # noqa: F401
     for name in ("train", "sweep", "report", "quantize", "evaluate_loss", "sharpness", "landscape", "average",
                  "compare_dq", "dq_interval", "reproduce", "export"):
         assert callable(getattr(qrobust, name)), name

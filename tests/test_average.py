@@ -212,7 +212,7 @@ def test_sweep_averages_then_quantizes_then_evaluates(tiny_run, tmp_path):
     """One sweep config: LAWA(2) and EMA(0.5) runs of 'main' and a soup are made in OUT/averaged, swept beside
     the originals, and made only once (a re-run neither rewrites them nor re-quantizes)."""
     from qrobust.sweeps import sweep
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     out = tmp_path / "res"
     cfg = {"trajectory": str(tiny_run), "out": str(out), "bits": [3], "group_sizes": [16], "eval": {"n_blocks": 4},
            "average": [{"averager": "lawa", "window": 2, "runs": ["main"]},

@@ -9,10 +9,10 @@ from torch import nn
 from qrobust.errors import ConfigError, QrobustError
 from qrobust.models import build_model, load_checkpoint
 from qrobust.quant import QuantSpec, quantized, select_linears
-from qrobust.quant.awq import (AWQOptions, _fold, _generic_mappings, _known_mappings, _search_clip, awq_fake_quantize,
+from qrobust.quant.methods.awq import (AWQOptions, _fold, _generic_mappings, _known_mappings, _search_clip, awq_fake_quantize,
                                awq_options)
-from qrobust.quant.blocks import decoder_layers
-from qrobust.quant.grid import GroupSizeError
+from qrobust.quant.pipelines.blocks import decoder_layers
+from qrobust.quant.formats.grid import GroupSizeError
 
 
 def test_grid_zero_point_hand_computed():

@@ -370,7 +370,7 @@ def test_quantize_out_is_unrelated_folder(capsys, tmp_path, ckpt):
 
 
 def test_results_out_under_regular_file(capsys, tmp_path):
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     Store(tmp_path / "res")
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")
@@ -452,7 +452,7 @@ def test_report_out_under_regular_file(capsys, tmp_path):
         import qrobust.reporting  # noqa: F401
     except ImportError as e:
         pytest.skip(f"qrobust.reporting not importable: {e}")
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     Store(tmp_path / "res")
     blocker = tmp_path / "blocker"
     blocker.write_text("keep me")

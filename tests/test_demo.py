@@ -6,7 +6,7 @@ import json
 import pytest
 
 from qrobust.cli import main
-from qrobust.demo import stable_vs_decay, verdict
+from qrobust.workflows.demo import stable_vs_decay, verdict
 
 
 def _rec(run, step, bits, dq, loss_fp, parent_step=None, method="rtn"):

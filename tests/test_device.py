@@ -66,10 +66,10 @@ def test_bf16_gptq_uses_fp32_hessians_and_puts_bf16_weights_on_the_grid(tiny_run
     ck = tiny_run / "checkpoints" / "main" / "step-0000012"
     model = load_checkpoint(ck, dtype="bfloat16", device="cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
-    from qrobust.quant.apply import quantize_inplace
+    from qrobust.quant.pipelines.in_memory import quantize_inplace
     from qrobust.quant.export import _verify_codes
     seen = []
-    import qrobust.quant.gptq as gptq_mod
+    import qrobust.quant.methods.gptq as gptq_mod
     real = gptq_mod.gptq_quantize
 
     def spy(W, H, *a, **k):

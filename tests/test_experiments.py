@@ -20,7 +20,7 @@ def test_experiment_config_parses(path: Path) -> None:
 
 def test_demo_averaged_is_the_demo_plus_averaging() -> None:
     """F4's comparison relies on the averaged run's raw weights being the demo's own."""
-    from qrobust.demo import FULL
+    from qrobust.workflows.demo import FULL
     path = Path(__file__).parent.parent / "experiments" / "demo_averaged.yaml"
     mine = parse_config(TrainConfig, yaml.safe_load(path.read_text())).model_dump(exclude={"out", "averaging"})
     assert mine == parse_config(TrainConfig, FULL).model_dump(exclude={"out", "averaging"})

@@ -15,7 +15,7 @@ pytest.importorskip("compressed_tensors", reason="export needs compressed-tensor
 
 import qrobust  # noqa: E402
 from qrobust.errors import QrobustError  # noqa: E402
-from qrobust.quant.grid import fake_quantize  # noqa: E402
+from qrobust.quant.formats.grid import fake_quantize  # noqa: E402
 
 
 def _ckpt(tiny_run: Path) -> Path:

@@ -166,7 +166,7 @@ def test_disk_full_keeps_the_earlier_folder(tmp_path, monkeypatch):
 def test_store_record_disk_full_one_line(capsys, tmp_path, monkeypatch):
     """A results record that cannot be written: one line naming it; the store keeps its older records."""
     from qrobust.errors import WriteError
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     s = Store(tmp_path)
     s.put("old", {"metrics": {"x": 1}})
     monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, NO_SPACE)))
@@ -333,7 +333,7 @@ def _shipped_yaml() -> list[Path]:
     root = Path(__file__).parents[1]
     src = root / "src" / "qrobust"
     files = [*(root / "experiments").glob("*.yaml"), *(src / "presets").glob("*.yaml"),
-             *(src / "reproduction" / "configs").glob("*.yaml")]
+             *(src / "workflows" / "reproduction" / "configs").glob("*.yaml")]
     assert len(files) >= 16  # experiments/reproduce links to reproduction/configs
     return sorted(files)
 
@@ -345,7 +345,7 @@ def test_shipped_yaml_still_loads(path):
 
 
 def test_presets_and_builtin_experiments_load():
-    from qrobust.reproduction.spec import builtin_names, load_spec
+    from qrobust.workflows.reproduction.spec import builtin_names, load_spec
     from qrobust.sources import preset_files
     assert {"pythia", "olmo2", "smollm3"} <= set(preset_files())
     for name in builtin_names():

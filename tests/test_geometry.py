@@ -197,7 +197,7 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     from qrobust.reporting import write_report
     from qrobust.reporting.geometry import rank_correlation
     from qrobust.sweeps import sweep
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     out = tmp_path / "res"
     base = {"trajectory": str(tiny_run), "out": str(out), "bits": [3], "group_sizes": [16], "eval": {"n_blocks": 4}}
     s = sweep(base, progress=False)

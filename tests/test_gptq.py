@@ -7,8 +7,8 @@ import torch
 from qrobust.errors import ConfigError, QrobustError
 from qrobust.models import build_model, load_checkpoint
 from qrobust.quant import QuantSpec, quantized, select_linears
-from qrobust.quant.gptq import _input_groups, decoder_layers, gptq_options
-from qrobust.quant.grid import fake_quantize
+from qrobust.quant.methods.gptq import _input_groups, decoder_layers, gptq_options
+from qrobust.quant.formats.grid import fake_quantize
 
 
 def _calib(vocab: int, n: int = 8, t: int = 24, seed: int = 0) -> torch.Tensor:

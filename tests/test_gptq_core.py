@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from qrobust.errors import QrobustError
-from qrobust.quant.gptq_core import gptq_quantize
-from qrobust.quant.grid import fake_quantize
+from qrobust.quant.methods.gptq_core import gptq_quantize
+from qrobust.quant.formats.grid import fake_quantize
 
 
 def _params64(x: torch.Tensor, bits: int, sym: bool):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qrobust.quant.grid import fake_quantize, find_params, group_bounds, quantize_dequantize
+from qrobust.quant.formats.grid import fake_quantize, find_params, group_bounds, quantize_dequantize
 
 
 def _fq(row, bits, sym):

@@ -13,7 +13,7 @@ from qrobust.averaging.stream import write_checkpoint
 from qrobust.errors import ConfigError
 from qrobust.evaluate import evaluate_loss
 from qrobust.geometry import pca as pca_mod
-from qrobust.geometry.landscape import filter_normalized, trajectory_landscape
+from qrobust.workflows.landscape import filter_normalized, trajectory_landscape
 from qrobust.geometry.pca import directions, trajectory_pca
 from qrobust.models import load_checkpoint
 

@@ -9,7 +9,7 @@ import torch
 
 from qrobust.errors import CheckpointError, QrobustError
 from qrobust.evaluate import evaluate_loss
-from qrobust.layerwise import streamed_losses
+from qrobust.quant.pipelines.streamed import streamed_losses
 from qrobust.models import build_model, load_checkpoint
 from qrobust.quant import QuantSpec, quantized
 
@@ -65,7 +65,7 @@ def test_what_cannot_be_streamed_is_refused(tmp_path):
     path = _llama(tmp_path, False)
     blocks = torch.randint(0, 96, (2, 16))
     from qrobust.quant.registry import QUANTIZERS, register_quantizer
-    from qrobust.quant.rtn import RTN
+    from qrobust.quant.methods.rtn import RTN
 
     class Plugin(RTN):
         name = "plugin-rtn"
@@ -141,7 +141,7 @@ def test_awq_stream_equals_in_memory_awq(tmp_path, tiny_run, arch):
 
 def test_several_variants_in_one_pass_equal_in_memory_in_every_tier(tmp_path, tiny_run):
     import qrobust
-    from qrobust.layerwise import stream_checkpoint
+    from qrobust.quant.pipelines.streamed import stream_checkpoint
     ck = tiny_run / "checkpoints" / "main" / "step-0000012"
     blocks = qrobust.eval_blocks(ck, n_blocks=5)
     calib = qrobust.calib_blocks(ck, n_samples=4)
@@ -164,8 +164,8 @@ def test_several_variants_in_one_pass_equal_in_memory_in_every_tier(tmp_path, ti
 
 
 def test_states_tier_follows_free_memory():
-    from qrobust.layerwise import choose_tier
-    from qrobust.layerwise.states import resolve_tier, state_bytes
+    from qrobust.quant.pipelines.streamed import choose_tier
+    from qrobust.quant.pipelines.streamed.hidden_states import resolve_tier, state_bytes
     gpu, cpu = torch.device("cuda:0"), torch.device("cpu")
     gb = 1 << 30
     assert state_bytes(64 * 2048, 8192, torch.float32) == 4 * gb  # 64 blocks of 2048 tokens, 8192 wide
@@ -181,7 +181,7 @@ def test_states_tier_follows_free_memory():
 
 @pytest.mark.parametrize("tier", ["disk", "cpu"])
 def test_states_round_trip_exactly(tmp_path, tier):
-    from qrobust.layerwise import HiddenStates
+    from qrobust.quant.pipelines.streamed import HiddenStates
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         h = [torch.randn(2, 5, 8, generator=g).to(dtype), torch.randn(1, 5, 8, generator=g).to(dtype)]

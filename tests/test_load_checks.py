@@ -199,7 +199,7 @@ def test_fp16_and_sharded_files_load(tmp_path, tok, neox):
 def test_gpt2_files_without_base_prefix_load(tmp_path, tok):
     """GPT-2's hub files name tensors without 'transformer.' and hold no head (tied) but attn.bias buffers."""
     from transformers import GPT2Config, GPT2LMHeadModel
-    from qrobust.layerwise.weights import WeightSource
+    from qrobust.quant.pipelines.streamed.block_weights import WeightSource
     from qrobust.models import load_checkpoint
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=MAX_POS, n_embd=32, n_layer=2, n_head=2,
                                        bos_token_id=0, eos_token_id=0))
@@ -219,7 +219,7 @@ def test_gpt2_files_without_base_prefix_load(tmp_path, tok):
     loaded = load_checkpoint(hub)
     _same_weights(loaded, hub, lambda k: f"transformer.{k}")
     assert torch.equal(loaded.lm_head.weight, model.transformer.wte.weight)
-    from qrobust.layerwise.weights import skeleton
+    from qrobust.quant.pipelines.streamed.block_weights import skeleton
     from qrobust.checks import check_tensors
     sk = skeleton(hub, torch.float32, False)
     check_tensors(hub, sk, WeightSource(hub, sk).where)  # the streamed path's view agrees

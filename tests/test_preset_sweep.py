@@ -93,7 +93,7 @@ def _sweep_cfg(tmp_path: Path, corpus: Path | None, **over) -> dict:
 
 def test_sweep_of_a_preset_from_an_offline_cache(offline_cache, corpus, tmp_path):
     from qrobust.api import sweep
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     s = sweep(_sweep_cfg(tmp_path, corpus), progress=False)
     assert (s.checkpoints, s.records_written, s.model_loads, s.fp_evals) == (2, 4, 2, 2)
     recs = Store(tmp_path / "res", create=False).records()

@@ -17,11 +17,11 @@ from qrobust.errors import ConfigError
 from qrobust.models import build_model
 from qrobust.quant import QuantSpec, quantized, select_linears
 from qrobust.quant import awq as awq_mod
-from qrobust.quant.awq import Mapping, _search_scale, awq_fake_quantize, awq_options, candidates
-from qrobust.quant.gptq import gptq_options
-from qrobust.quant.gptq_core import gptq_quantize
-from qrobust.quant.grid import fake_quantize, fake_quantize_grid
-from qrobust.sweeps.store import record_key
+from qrobust.quant.methods.awq import Mapping, _search_scale, awq_fake_quantize, awq_options, candidates
+from qrobust.quant.methods.gptq import gptq_options
+from qrobust.quant.methods.gptq_core import gptq_quantize
+from qrobust.quant.formats.grid import fake_quantize, fake_quantize_grid
+from qrobust.results.store import record_key
 
 CT_MISSING = "needs compressed-tensors (pip install 'qrobust[export]') to compare with its own functions"
 
@@ -303,7 +303,7 @@ def test_llmcompressor_awq_quantizes_with_compressed_tensors_symmetric_step(monk
 def test_llmcompressor_profiles_stream_as_they_run_in_memory(tmp_path):
     """Layer streaming runs the same per-block code: the llmcompressor profiles give the same losses."""
     from qrobust.evaluate import evaluate_loss
-    from qrobust.layerwise import streamed_losses
+    from qrobust.quant.pipelines.streamed import streamed_losses
     from qrobust.models import load_checkpoint
     path = tmp_path / "llama"
     build_model("llama", "micro", vocab_size=96, max_positions=64, seed=3).save_pretrained(path)

@@ -8,7 +8,7 @@ from qrobust.errors import ConfigError, QrobustError
 from qrobust.evaluate import evaluate_loss
 from qrobust.models import build_model, load_checkpoint
 from qrobust.quant import QuantSpec, quantize, quantized, select_linears
-from qrobust.quant.grid import fake_quantize
+from qrobust.quant.formats.grid import fake_quantize
 
 
 @pytest.fixture(params=["gpt_neox", "llama"])

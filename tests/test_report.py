@@ -9,7 +9,7 @@ import pytest
 
 from qrobust.reporting import write_report
 from qrobust.reporting.figures import _groups, _series
-from qrobust.sweeps.store import Store
+from qrobust.results.store import Store
 from qrobust.trajectory import Checkpoint, Trajectory
 
 PNG_SIG = b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from qrobust.errors import ConfigError, QrobustError
-from qrobust.reproduction import verdicts
-from qrobust.reproduction.spec import builtin_names, load_spec, resolve_runs, scale_train
+from qrobust.workflows.reproduction import verdicts
+from qrobust.workflows.reproduction.spec import builtin_names, load_spec, resolve_runs, scale_train
 
 N_BLOCKS, TOKENS = 32, 10
 
@@ -178,7 +178,7 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     assert len(r4["claims"]) == 3 and all(c["n"] == 2 for c in r4["claims"])
     # the verdict is what the stored records say: recompute one comparison from them
     from qrobust.stats import compare_dq
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     recs = Store(r2["runs"]["constant-cooldowns"]["sweep_config"]["out"], create=False).records()
     at = {(r["checkpoint"]["run"], r["checkpoint"]["step"]): r for r in recs}
     first = r2["claims"][0]["comparisons"][0]
@@ -210,7 +210,7 @@ def test_equal_fp_loss_experiment_end_to_end(tmp_path):
 def synthetic_page(tmp_path):
     """A reproduction page from synthetic records (no training): (page path, result, figures)."""
     from qrobust.reporting.runs_compare import runs_figure
-    from qrobust.reproduction.page import write_page
+    from qrobust.workflows.reproduction.page import write_page
     runs = {"lo": _lr_run(3.0), "hi": _lr_run(1.0, seed=2)}
     claims = verdicts.equal_fp_loss({k: (v, {}) for k, v in runs.items()}, ["lo", "hi"], 3)
     figs = [runs_figure(runs, "gptq-w3g128", "x: <finding>", tmp_path / "x_gptq.png", claims[0]["comparisons"])]
@@ -235,7 +235,7 @@ def test_page_holds_verdict_comparisons_figures_and_provenance(tmp_path):
 def test_group_size_wider_than_the_model_fails_before_training(tmp_path):
     """f2 sweeps group size 128; the micro model's linears read 32 features: refused up front, nothing trained."""
     from qrobust.errors import ConfigError
-    from qrobust.reproduction.run import reproduce_one
+    from qrobust.workflows.reproduction.run import reproduce_one
     with pytest.raises(ConfigError, match=r"group size 128 is larger than the 'micro' model's width \(32"):
         reproduce_one("f2", out=tmp_path / "r", scale=0.1, model="micro", progress=False)
     assert not any((tmp_path / "r").rglob("model.safetensors"))

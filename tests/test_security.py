@@ -153,7 +153,7 @@ def test_every_loader_passes_the_flag_explicitly(evil):
     from qrobust.api import calib_blocks, eval_blocks
     from qrobust.data.tokenizer import load_tokenizer
     from qrobust.errors import CheckpointError
-    from qrobust.layerwise.weights import skeleton
+    from qrobust.quant.pipelines.streamed.block_weights import skeleton
     from qrobust.models import load_checkpoint
     import torch
     folder, marker = evil
@@ -320,7 +320,7 @@ def test_averaged_run_name_is_checked_where_the_folder_is_made(tmp_path):
 
 def test_store_refuses_a_trajectory_name_that_leaves_it(tmp_path):
     from qrobust.errors import ConfigError
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     from qrobust.trajectory import Trajectory
     store = Store(tmp_path / "res")
     for bad in ("../x", str(tmp_path / "abs"), "a/b", ".x", ""):

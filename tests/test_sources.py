@@ -76,7 +76,7 @@ def test_hub_revisions_from_a_local_cache_offline(tiny_run, tmp_path, monkeypatc
 
 def test_sweep_over_hub_revisions_offline(tiny_run, tmp_path, monkeypatch):
     from qrobust.api import sweep
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     cks = tiny_run / "checkpoints" / "main"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -7,10 +7,10 @@ from torch import nn
 
 from qrobust.models import build_model
 from qrobust.quant import QuantSpec, quantized, select_linears
-from qrobust.quant.gptq import decoder_layers
-from qrobust.quant.gptq_core import gptq_quantize
-from qrobust.quant.hessian import XtX
-from qrobust.quant.staged import StagedBlock, probe_block
+from qrobust.quant.methods.gptq import decoder_layers
+from qrobust.quant.methods.gptq_core import gptq_quantize
+from qrobust.quant.methods.hessian import XtX
+from qrobust.quant.pipelines.staged import StagedBlock, probe_block
 
 
 @pytest.mark.parametrize("dim,blocks", [(7, 1), (300, 4), (300, 3), (64, 5)])

@@ -68,7 +68,7 @@ def test_records_without_blocks_say_so():
 
 def test_sweep_stores_the_interval(tiny_run, tmp_path):
     from qrobust.sweeps import sweep
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     sweep({"trajectory": f"{tiny_run}?run=decay8", "out": str(tmp_path / "r"), "bits": [2], "group_sizes": [16],
            "eval": {"n_blocks": 8}}, progress=False)
     (rec,) = Store(tmp_path / "r").records()

@@ -18,7 +18,7 @@ import pytest
 
 import qrobust.trajectory
 from qrobust.errors import QrobustError
-from qrobust.sweeps.store import COLUMNS, RECORD_SCHEMA, Store, record_key
+from qrobust.results.store import COLUMNS, RECORD_SCHEMA, Store, record_key
 
 
 def _rec(traj: str, run: str, step: int, method: str, bits: int, gs: int = 128, dq: float = 0.01) -> dict:
@@ -258,7 +258,7 @@ def test_records_ignores_leftover_temp_files(tmp_path):
 
 _SERVER = r"""
 import os, sys
-from qrobust.sweeps.store import Store, versions
+from qrobust.results.store import Store, versions
 versions()  # import torch / transformers / tokenizers once, before forking workers
 store = Store(sys.argv[1])
 payload = "x" * 300_000  # big records: a kill often lands mid-write

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from qrobust.cli import main
-from qrobust.sweeps.store import Store
+from qrobust.results.store import Store
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
 KINDS = ("records", "fp", "geometry", "tasks", "tasks_fp")
@@ -155,7 +155,7 @@ def test_keys_follow_from_the_stored_fields(store_v1: Path) -> None:
 
 def test_key_formula_is_todays(store_v1: Path) -> None:
     """The written-out formula above is the store's own (so the key test checks what a re-run computes)."""
-    from qrobust.sweeps.store import record_key
+    from qrobust.results.store import record_key
     r = next(iter(_files(store_v1, "records").values()))
     parts = {"checkpoint": r["checkpoint_id"], "eval": r["eval_set"]["id"]}
     assert record_key(parts) == _key(parts)

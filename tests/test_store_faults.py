@@ -21,7 +21,7 @@ from qrobust.cli import main
 from qrobust.errors import QrobustWarning
 from qrobust.sweeps import Store, sweep
 from qrobust.sweeps.claims import Claim
-from qrobust.sweeps.store import RECORD_SCHEMA, record_key
+from qrobust.results.store import RECORD_SCHEMA, record_key
 
 KINDS = ("records", "fp", "geometry", "tasks", "tasks_fp")
 # what a record is compared on: everything computed (not when, where or how fast)
@@ -491,7 +491,7 @@ def test_damaged_averaging_mark_means_made_again_with_a_warning(tmp_path, text):
 
 
 def test_reproduction_index_skips_damaged_verdicts(tmp_path):
-    from qrobust.reproduction.page import write_index
+    from qrobust.workflows.reproduction.page import write_index
     good = {"experiment": "good-exp", "finding": "f", "scale": "tiny", "created": "now",
             "claims": [{"status": "pass", "cell": "c", "claim": "x", "n_expected_direction": 1, "n": 1,
                         "n_for": 1, "n_against": 0}]}

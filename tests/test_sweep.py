@@ -126,7 +126,7 @@ def test_default_calibration_length():
     from types import SimpleNamespace
 
     from qrobust.config import DataConfig
-    from qrobust.sweeps.evalset import default_calibration_length
+    from qrobust.data.evalset import default_calibration_length
     assert default_calibration_length(DataConfig(seq_len=96), {"max_position_embeddings": 4096}) == 96
     assert default_calibration_length(None, {"max_position_embeddings": 4096}) == 2048
     assert default_calibration_length(None, SimpleNamespace(n_positions=1024)) == 1024
@@ -136,7 +136,7 @@ def test_default_calibration_length():
 def test_report_provenance_shows_training_and_sweep_configs_with_seeds(tiny_run, tmp_path):
     """The stored trajectory carries the training config; every distinct sweep config is kept once."""
     from qrobust.reporting import write_report
-    from qrobust.sweeps.store import Store
+    from qrobust.results.store import Store
     cfg = {"trajectory": f"{tiny_run}?run=decay8", "out": str(tmp_path / "r"), "bits": [2], "group_sizes": [16],
            "eval": {"n_blocks": 4}, "calibration": {"seed": 7}}
     sweep(cfg, progress=False)

@@ -9,7 +9,7 @@ import torch
 from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
-from .layerwise import stream_checkpoint
+from .quant.pipelines.streamed import stream_checkpoint
 from .models import load_checkpoint, read_model_config, resolve_device, resolve_dtype
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .sweeps.run import SweepSummary
@@ -90,7 +90,7 @@ def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_c
     from .data.tokenizer import load_tokenizer
     from .geometry.measure import measure
     from .models import check_vocab, load_checkpoint
-    from .sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
+    from .data.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     cfg = parse_config(GeometryConfig, settings, "geometry settings")
     p = Path(checkpoint)
@@ -105,7 +105,7 @@ def landscape(source: str | dict, out: str | Path, plane: str = "pca", **setting
     """Trajectory PCA (exact, streamed) and a 2-D loss landscape in its plane (``plane="pca"``) or along
     two filter-normalised random directions (``"random"``); writes landscape.json and PNGs to ``out``.
     ``settings``: runs, grid, margin, span, center, n_blocks, seq_len, batch_size, params, seed, progress."""
-    from .geometry.landscape import trajectory_landscape
+    from .workflows.landscape import trajectory_landscape
     return trajectory_landscape(source, out, plane=plane, **settings)
 
 
@@ -116,7 +116,7 @@ def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", s
     ``"all"`` or YAML paths. Each trains its runs, sweeps them, computes its verdict from the records and
     writes ``OUT/<name>/`` (verdict.json, index.html, figures/). ``scale`` multiplies every step count;
     ``overrides`` is merged into each experiment file (e.g. ``{"base": {"model": {"preset": "micro"}}}``)."""
-    from .reproduction import reproduce as _reproduce
+    from .workflows.reproduction import reproduce as _reproduce
     return _reproduce(experiments, out=out, scale=scale, model=model, threads=threads, progress=progress,
                       overrides=overrides)
 
@@ -133,7 +133,7 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     from .data.tokenizer import load_tokenizer
     from .models import check_vocab
     from .quant import QuantSpec, get_quantizer
-    from .quant.apply import quantize_inplace
+    from .quant.pipelines.in_memory import quantize_inplace
     from .quant.export import FORMATS, _require_package, check_exportable, check_spec, export_compressed_tensors
 
     if format not in FORMATS:
@@ -192,7 +192,7 @@ def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = 
     Defaults follow the checkpoint's training data config (its validation split) when it has one.
     """
     from .data.tokenizer import load_tokenizer
-    from .sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
+    from .data.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     p = Path(checkpoint)
     tok = load_tokenizer(p, trust_remote_code)
@@ -208,7 +208,7 @@ def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | No
     """Seeded calibration windows ([n_samples, seq_len]) from the checkpoint's training split (or ``corpus``)."""
     from .config import CalibrationConfig
     from .data.tokenizer import load_tokenizer
-    from .sweeps.evalset import (build_calibration, checkpoint_data_config, default_calibration_length,
+    from .data.evalset import (build_calibration, checkpoint_data_config, default_calibration_length,
                                  tokenizer_fingerprint)
 
     p = Path(checkpoint)

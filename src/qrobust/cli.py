@@ -316,7 +316,7 @@ def _version() -> str:
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .workflows.demo import run_demo
     run_demo(out=a.out, quick=a.quick, threads=a.threads, progress=not a.quiet)
     return 0
 
@@ -428,7 +428,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
 
 def _eval_streamed(a: argparse.Namespace, spec) -> int:
     from .api import eval_blocks
-    from .layerwise import describe, streamed_losses
+    from .quant.pipelines.streamed import describe, streamed_losses
     if spec is None or a.tasks:
         raise QrobustError("--stream evaluates FP and quantized loss in one pass: give --bits, and no --tasks")
     from .data.tokenizer import load_tokenizer
@@ -639,7 +639,7 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_results(a: argparse.Namespace) -> int:
-    from .sweeps.store import Store
+    from .results.store import Store
     from .io.atomic import write_text
     store = Store(a.results, create=False)
     if a.format == "parquet":

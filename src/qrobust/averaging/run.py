@@ -185,7 +185,7 @@ def _state(like: Path, step: int) -> dict[str, Any] | None:
 def _check_greedy_corpus(trajs: list[Trajectory], jobs: list[AverageJob], ecfg: EvalConfig) -> None:
     """A greedy soup ranks its ingredients by held-out loss on the training corpus; ingredients without
     one (a preset, foreign checkpoints) need the corpus named, before anything is read or written."""
-    from ..sweeps.evalset import has_training_data
+    from ..data.evalset import has_training_data
     greedy = [c for j in jobs if j.greedy for c in j.inputs]
     if not greedy or ecfg.corpus:
         return
@@ -201,7 +201,7 @@ def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool,
     from ..data.tokenizer import load_tokenizer
     from ..evaluate import evaluate_loss
     from ..models import check_vocab, load_checkpoint
-    from ..sweeps.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
+    from ..data.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
 
     tok = load_tokenizer(paths[0], trust_remote_code)
     es = build_eval_set(ecfg, checkpoint_data_config(paths[0]), tok, tokenizer_fingerprint(paths[0]))

@@ -158,7 +158,7 @@ def held_out_documents(checkpoint: Path):
     None for checkpoints without a qrobust data config."""
     from ..data.blocks import split_documents
     from ..data.corpus import load_documents
-    from ..sweeps.evalset import checkpoint_data_config
+    from ..data.evalset import checkpoint_data_config
     cfg = checkpoint_data_config(checkpoint)
     if cfg is None:
         return None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..quant.apply import select_linears
+from ..quant.pipelines.in_memory import select_linears
 
 
 def select_parameters(model: nn.Module, patterns: list[str] | None = None) -> list[tuple[str, nn.Parameter]]:

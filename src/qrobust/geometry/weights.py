@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant.apply import select_linears
+from ..quant.pipelines.in_memory import select_linears
 
 
 def _stats(xs: list[torch.Tensor], k: float) -> dict[str, float]:

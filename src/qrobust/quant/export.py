@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..errors import QrobustError
-from .apply import QuantResult
-from .grid import LayerGrid
+from .pipelines.in_memory import QuantResult
+from .formats.grid import LayerGrid
 from .registry import QuantSpec
 
 FORMATS = ("compressed-tensors",)

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..sweeps.store import Store
+from ..results.store import Store
 from ..io.atomic import write_text
 from .figures import FigureOut, get, make_figures, num
 

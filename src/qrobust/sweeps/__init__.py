@@ -1,5 +1,5 @@
 """Plan, execute and store sweeps: every checkpoint x every quantization variant."""
-from .store import Store
+from ..results.store import Store
 from .run import sweep
 
 __all__ = ["Store", "sweep"]

@@ -26,11 +26,11 @@ from ..averaging.averagers import AverageJob
 from ..averaging.run import folder_of, is_made, make, plan_for_sweep
 from ..sources import load_source, missing_line, not_cached, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
-from .evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
+from ..data.evalset import (EvalSet, build_calibration, build_eval_set, checkpoint_data_config, default_calibration_length,
                       file_fingerprint, has_training_data,
                       tokenizer_fingerprint)
 from .claims import Claim, worker_id
-from .store import Store, record_key
+from ..results.store import Store, record_key
 
 
 @dataclass
@@ -446,7 +446,7 @@ def _variant_record(traj: Trajectory, ck: Checkpoint, ident: dict[str, Any], spe
 
 def _check_stream(cfg: SweepConfig, specs: list[QuantSpec]) -> None:
     """What a streamed sweep cannot do, refused before any work."""
-    from ..layerwise import check_streamable
+    from ..quant.pipelines.streamed import check_streamable
     if cfg.geometry is not None or cfg.tasks is not None:
         raise ConfigError("stream: true evaluates losses block by block; loss geometry and downstream tasks need "
                           "the whole model: drop 'geometry' / 'tasks' or set stream: false")
@@ -459,7 +459,7 @@ def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint,
                              bar: tqdm) -> None:
     """One checkpoint, layer-streamed: FP (unless stored) and every missing variant in one pass over the
     blocks, each block read from the files; records identical to the in-memory path's."""
-    from ..layerwise import stream_checkpoint
+    from ..quant.pipelines.streamed import stream_checkpoint
     from ..models import read_model_config
     es = sets.eval_set(data_cfg, tok, tok_fp)
     config = read_model_config(ck.path)

@@ -21,7 +21,7 @@ from ..config import TrainAverageConfig, TrainConfig
 from ..data.blocks import pack_blocks
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ConfigError, QrobustError, write_error
-from ..layerwise.states import host_available_bytes
+from ..quant.pipelines.streamed.hidden_states import host_available_bytes
 from ..leftovers import clean as clean_leftovers
 from ..io.files import AVERAGING_FILE, OPTIMIZER_FILE, STATE_FILE
 from ..models import build_model, load_checkpoint, model_config, save_checkpoint

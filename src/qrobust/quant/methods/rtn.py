@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .grid import GroupSizeError, fake_quantize_grid
-from .registry import Quantizer, QuantSpec, register_quantizer
+from ..formats.grid import GroupSizeError, fake_quantize_grid
+from ..registry import Quantizer, QuantSpec, register_quantizer
 
 
 @register_quantizer

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..evaluate import evaluate_loss
-from .pca import TrajectoryPCA, directions
+from ..geometry.pca import TrajectoryPCA, directions
 
 
 @dataclass
@@ -159,7 +159,7 @@ def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca"
     from ..reporting.landscape import contour_figure, projection_figure
     from ..sources import load_source, resolve_checkpoint
     from ..io.atomic import write_text
-    from .pca import trajectory_pca
+    from ..geometry.pca import trajectory_pca
 
     if plane not in ("pca", "random"):
         raise ConfigError(f"plane must be 'pca' or 'random', got {plane!r}")

@@ -17,8 +17,8 @@ import math
 from collections import Counter
 from typing import Any, Callable
 
-from ..errors import QrobustError
-from ..stats import compare_dq, compare_dq_at_fp_loss, compare_loss
+from ...errors import QrobustError
+from ...stats import compare_dq, compare_dq_at_fp_loss, compare_loss
 
 Records = list[dict[str, Any]]
 

@@ -27,15 +27,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..checks import check_seq_len, check_tensors, check_token_ids
-from ..errors import CheckpointError, QrobustError
-from ..evaluate import LossResult, evaluate_loss
-from ..models import resolve_device, resolve_dtype
-from ..quant import QuantSpec, get_quantizer
-from ..quant.apply import select_linears, weight_error
-from ..quant.blocks import decoder_layers, first_block_inputs
-from .states import HiddenStates, Tier, resolve_tier, state_bytes
-from .weights import WeightSource, materialize, skeleton
+from ....checks import check_seq_len, check_tensors, check_token_ids
+from ....errors import CheckpointError, QrobustError
+from ....evaluate import LossResult, evaluate_loss
+from ....models import resolve_device, resolve_dtype
+from ... import QuantSpec, get_quantizer
+from ..in_memory import select_linears, weight_error
+from ..blocks import decoder_layers, first_block_inputs
+from .hidden_states import HiddenStates, Tier, resolve_tier, state_bytes
+from .block_weights import WeightSource, materialize, skeleton
 
 STREAMABLE_METHODS = ("rtn", "gptq", "awq")
 
@@ -64,7 +64,7 @@ class VariantLosses:
     eval_seconds: float = 0.0
 
     def summary(self) -> dict[str, float]:
-        from ..quant.apply import QuantResult
+        from ..in_memory import QuantResult
         return QuantResult(spec=self.spec, layers=self.layers).summary()
 
 
@@ -127,13 +127,13 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
     more = i < v.last
     with torch.no_grad():
         if spec.method == "gptq":
-            from ..quant.gptq import _ieee_fp32, gptq_options, quantize_block
+            from ...methods.gptq import _ieee_fp32, gptq_options, quantize_block
             with _ieee_fp32():
                 quantize_block(block, layers, v.calib, spec, gptq_options(dict(spec.options)), info, propagate=False)
             if more:
                 v.calib.advance(block)
         elif spec.method == "awq":
-            from ..quant.awq import AWQ, awq_options
+            from ...methods.awq import AWQ, awq_options
             local = {n[len(prefix) + 1:]: lin for n, lin in layers.items()}
             dtypes = {n: lin.weight.dtype for n, lin in local.items()}
             _, fp_outputs = AWQ().quantize_block(  # FP weights for the errors re-read from the files, as below
@@ -157,14 +157,14 @@ def check_streamable(specs: list[QuantSpec]) -> dict[QuantSpec, int]:
                                "needs its own streamed path (not built yet): evaluate it in memory")
         get_quantizer(spec.method).check_options(dict(spec.options))
         if spec.method == "gptq":
-            from ..quant.gptq import gptq_options
+            from ...methods.gptq import gptq_options
             opts = gptq_options(dict(spec.options))
             if not opts.sequential:
                 raise QrobustError("streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP "
                                    "Hessians need the whole model)")
             sizes[spec] = opts.calib_batch_size
         elif spec.method == "awq":
-            from ..quant.awq import awq_options
+            from ...methods.awq import awq_options
             sizes[spec] = awq_options(dict(spec.options)).calib_batch_size
     return sizes
 
@@ -330,7 +330,7 @@ def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tenso
 
 def describe(res: StreamedResult) -> dict[str, Any]:
     """A JSON-able summary (for the CLI)."""
-    from ..evaluate import degradation
+    from ....evaluate import degradation
     return {"label": res.spec.label, "loss_fp": res.fp.loss, "loss_q": res.q.loss,
             **{k: v for k, v in degradation(res.fp.loss, res.q.loss).items() if k in ("dq_rel", "dq_abs")},
             "n_tokens": res.fp.n_tokens, "blocks": len(res.block_seconds), "states": res.tier,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import QrobustError
-from .grid import find_params, maxq_for, quantize_dequantize
+from ...errors import QrobustError
+from ..formats.grid import find_params, maxq_for, quantize_dequantize
 
 
 @dataclass

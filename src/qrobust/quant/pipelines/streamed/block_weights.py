@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checks import ST_DTYPES as _ST_DTYPES, file_index, renamings, safetensors_header as _header  # noqa: F401
-from ..errors import CheckpointError
-from ..models import remote_code_error, remote_code_refused, weight_safetensors
+from ....checks import ST_DTYPES as _ST_DTYPES, file_index, renamings, safetensors_header as _header  # noqa: F401
+from ....errors import CheckpointError
+from ....models import remote_code_error, remote_code_refused, weight_safetensors
 
 
 class WeightSource:

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .io.atomic import write_text
+from ..io.atomic import write_text
 
 FULL: dict[str, Any] = {
     "name": "demo", "steps": 1200, "batch_size": 16, "checkpoint_every": 100, "seed": 0,
@@ -71,8 +71,8 @@ def stable_vs_decay(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
     """Paired bootstrap of ΔQ L(a) − ΔQ L(b) over the shared evaluation blocks; None without block losses."""
-    from .errors import QrobustError
-    from .stats import compare_dq
+    from ..errors import QrobustError
+    from ..stats import compare_dq
     try:
         return compare_dq(a, b)
     except QrobustError:
@@ -125,8 +125,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, threads: int | N
              progress: bool = True) -> dict[str, Any]:
     import time
 
-    from . import api
-    from .sweeps.store import Store
+    from .. import api
+    from ..results.store import Store
 
     out = Path(out)
     train_cfg, sweep_cfg = demo_configs(out, quick)

@@ -14,11 +14,11 @@ import torch
 
 from ..config import CalibrationConfig, DataConfig, EvalConfig, parse_config
 from ..errors import ConfigError, DataError
-from ..data.blocks import calibration_blocks, pack_blocks, take_blocks
-from ..data.prepare import eval_stream
+from .blocks import calibration_blocks, pack_blocks, take_blocks
+from .prepare import eval_stream
 from ..sources import cached_snapshot
 from ..trajectory import Checkpoint
-from .store import record_key
+from ..results.store import record_key
 from ..io.files import STATE_FILE
 
 

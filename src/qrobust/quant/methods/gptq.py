@@ -24,15 +24,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError, QrobustError
+from ...errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
-from .grid import GRIDS, LayerGrid
+from ..formats.grid import GRIDS, LayerGrid
 from .hessian import XtX
-from .calibration import memoised, tokens_of
-from .blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
+from ..calibration import memoised, tokens_of
+from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
-from .staged import BlockProbe, StagedBlock, probe_block
-from .registry import Quantizer, QuantSpec, register_quantizer, typed_options
+from ..pipelines.staged import BlockProbe, StagedBlock, probe_block
+from ..registry import Quantizer, QuantSpec, register_quantizer, typed_options
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any, Iterator, Literal
 import torch
 from torch import nn
 
-from ..errors import ConfigError, write_error
-from ..leftovers import clean, tag
+from ....errors import ConfigError, write_error
+from ....leftovers import clean, tag
 
 Tier = Literal["device", "cpu", "disk"]
 TIERS: tuple[str, ...] = ("auto", "device", "cpu", "disk")

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..reporting.figures import FigureOut
-from ..reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
-from ..stats import CONFIDENCE, N_BOOT
-from ..io.atomic import write_text
+from ...reporting.figures import FigureOut
+from ...reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
+from ...stats import CONFIDENCE, N_BOOT
+from ...io.atomic import write_text
 from .verdicts import fmt_diff
 
 STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
@@ -94,7 +94,7 @@ def write_index(out: Path) -> Path:
     import json
     import warnings
 
-    from ..errors import QrobustWarning
+    from ...errors import QrobustWarning
     rows = []
     for vf in sorted(out.glob("*/verdict.json")):
         try:

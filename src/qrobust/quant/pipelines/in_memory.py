@@ -16,10 +16,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import QrobustError
-from .calibration import CalibrationSet, tokens_of
-from .grid import LayerGrid
-from .registry import QuantSpec, get_quantizer
+from ...errors import QrobustError
+from ..calibration import CalibrationSet, tokens_of
+from ..formats.grid import LayerGrid
+from ..registry import QuantSpec, get_quantizer
 
 
 @dataclass
@@ -76,7 +76,7 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         raise QrobustError(f"method '{spec.method}' needs calibration data; pass calibration blocks")
     tokens = tokens_of(calibration) if quantizer.needs_calibration else None
     if tokens is not None and tokens.ndim == 2:  # beyond the model's positions its activations are not its own
-        from ..checks import check_seq_len
+        from ...checks import check_seq_len
         config = getattr(model, "config", None)
         check_seq_len(config, tokens.shape[1], getattr(config, "_name_or_path", "") or spec.label,
                       "calibration sample length", "--calib-seq-len (calibration.seq_len)")

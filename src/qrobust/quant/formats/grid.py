@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import bits_problem, group_size_problem
-from ..errors import QrobustError
+from ...config import bits_problem, group_size_problem
+from ...errors import QrobustError
 
 
 class GroupSizeError(QrobustError, ValueError):

@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config, parse_yaml
-from ..errors import ConfigError
-from ..names import check_name
+from ...config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config, parse_yaml
+from ...errors import ConfigError
+from ...names import check_name
 
 # step counts that --scale multiplies: (path in a train config, ...). Branch entries are handled apart.
 SCALED = [("steps",), ("checkpoint_every",), ("schedule", "warmup_steps"), ("schedule", "decay_steps")]
@@ -54,7 +54,7 @@ class ReproduceSpec(Strict):
 
 
 def builtin_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("qrobust.reproduction").joinpath("configs").iterdir()
+    return sorted(p.name[:-5] for p in resources.files("qrobust.workflows.reproduction").joinpath("configs").iterdir()
                   if p.name.endswith(".yaml"))
 
 
@@ -72,7 +72,7 @@ def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
         if str(name_or_path) not in builtin_names():
             raise ConfigError(f"unknown experiment '{name_or_path}'; known: {', '.join(builtin_names())}, all, "
                               "or a YAML path")
-        f = resources.files("qrobust.reproduction").joinpath("configs", f"{name_or_path}.yaml")
+        f = resources.files("qrobust.workflows.reproduction").joinpath("configs", f"{name_or_path}.yaml")
         text = f.read_text()
         what = f"experiment '{name_or_path}'"
         data = parse_yaml(text, what)

@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import SweepConfig, TrainConfig
-from ..errors import ConfigError
-from ..reporting.figures import FigureOut, make_figures, slug
-from ..reporting.runs_compare import runs_figure
-from ..sweeps.store import Store, versions
-from ..io.atomic import write_text
+from ...config import SweepConfig, TrainConfig
+from ...errors import ConfigError
+from ...reporting.figures import FigureOut, make_figures, slug
+from ...reporting.runs_compare import runs_figure
+from ...results.store import Store, versions
+from ...io.atomic import write_text
 from . import verdicts
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
 
@@ -77,7 +77,7 @@ def format_claims(claims: list[dict[str, Any]]) -> str:
 def _check_groups_fit(experiment: str, run: TrainConfig, sweep: SweepConfig) -> None:
     """Every group size of the sweep must fit the narrowest quantized linear of the run's model (its width:
     attention and MLP-input linears read ``hidden_size`` features); checked from the config, nothing built."""
-    from ..models import model_config
+    from ...models import model_config
     _, config = model_config(run.model.arch, run.model.preset, 8, run.data.seq_len, run.model.overrides)
     width = config.hidden_size
     too_big = sorted(g for g in sweep.group_sizes if g > width)
@@ -91,7 +91,7 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
                   model: str | None = None, threads: int | None = None, progress: bool = True,
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one experiment end to end; returns (and writes to ``OUT/<name>/verdict.json``) the verdict."""
-    from .. import api
+    from ... import api
     from .page import write_page
 
     spec, text = load_spec(name_or_path, overrides)

@@ -38,12 +38,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..errors import ConfigError, QrobustError
-from .calibration import tokens_of
-from .blocks import calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs, split_by_block
-from .grid import fake_quantize, group_bounds
-from .registry import Quantizer, QuantSpec, register_quantizer, typed_options
-from .staged import probe_block
+from ...errors import ConfigError, QrobustError
+from ..calibration import tokens_of
+from ..pipelines.blocks import calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs, split_by_block
+from ..formats.grid import fake_quantize, group_bounds
+from ..registry import Quantizer, QuantSpec, register_quantizer, typed_options
+from ..pipelines.staged import probe_block
 
 AVOID_CLIP = ("q_", "k_", "query", "key", "Wqkv")  # AutoAWQ: clipping these hurts attention logits
 

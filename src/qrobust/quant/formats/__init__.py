@@ -1,0 +1,1 @@
+"""Number formats: the grids a weight group is rounded onto."""

@@ -1,0 +1,1 @@
+"""Quantization methods, one module each, registered by name with ``@register_quantizer``."""
