@@ -178,7 +178,7 @@ def test_export_csv_and_json(tmp_path):
     assert second["variant.bits"] == "" and second["checkpoint.step"] == ""
 
     js = json.loads(s.export("json"))
-    assert js == s.records()
+    assert js == [r.to_dict() for r in s.records()]
     assert [r["key"] for r in js] == ["key-one", "key-two"]
 
     out = tmp_path / "exports" / "all.csv"

@@ -91,7 +91,18 @@ def test_store_reads_every_kind(store_v1: Path) -> None:
                "fp": store.side_records("fp"), "tasks_fp": store.side_records("tasks_fp")}
         trajs, configs = store.trajectories(), store.configs()
     for kind, recs in got.items():
-        assert {r["key"]: r for r in recs} == _files(store_v1, kind), kind
+        assert {r.key: r.to_dict() for r in recs} == _files(store_v1, kind), kind
+    # the typed fields say what the stored JSON says
+    for r in got["records"]:
+        raw = r.to_dict()
+        assert (r.metrics.dq_rel, r.metrics.loss_fp, r.variant.label, r.checkpoint.step, r.eval_set.id) == (
+            raw["metrics"]["dq_rel"], raw["metrics"]["loss_fp"], raw["variant"]["label"], raw["checkpoint"]["step"],
+            raw["eval_set"]["id"])
+        assert (r.metrics.dq_ci.low, r.metrics.dq_ci.high) == (raw["metrics"]["dq_ci"]["low"],
+                                                               raw["metrics"]["dq_ci"]["high"])
+        assert r.blocks.nll_fp == raw["blocks"]["nll_fp"] and r.weight_error.rel_err_mean == raw["weight_error"]["rel_err_mean"]
+    for r in got["fp"]:
+        assert (r.loss, r.block_nll) == (r.to_dict()["loss"], r.to_dict()["block_nll"])
     assert [(r["checkpoint"]["run"], r["checkpoint"]["step"]) for r in got["records"]] == sorted(
         (r["checkpoint"]["run"], r["checkpoint"]["step"]) for r in got["records"])
     assert {r["checkpoint"]["name"] for r in got["geometry"]} == CHECKPOINTS

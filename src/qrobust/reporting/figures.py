@@ -46,6 +46,7 @@ class FigureOut:
 
 def get(d: Any, dotted: str) -> Any:
     """Nested lookup by dotted path; ``None`` for anything missing (records may be partial)."""
+    d = getattr(d, "raw", d)  # a typed record: its stored fields
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return None

@@ -219,12 +219,12 @@ def _load_trajectories(store: Store) -> dict[str, dict[str, Any]]:
 def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Read the results store, write PNG figures and ``index.html`` into ``out_dir``; return the page path."""
     store = Store(results_dir, create=False)
-    records = [r for r in store.records() if isinstance(r, dict)]
+    records = [r.to_dict() for r in store.records()]
     trajs = _load_trajectories(store)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    geometry = [r for r in store.geometry() if isinstance(r, dict)]
-    tasks = [r for r in store.side_records("tasks") if isinstance(r, dict)]
+    geometry = [r.to_dict() for r in store.geometry()]
+    tasks = [r.to_dict() for r in store.side_records("tasks")]
     figs = make_figures(records, trajs, out, geometry, tasks)
     page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs())
     index = out / "index.html"

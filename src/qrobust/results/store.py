@@ -37,8 +37,9 @@ from ..leftovers import tag
 from ..names import safe_name
 from ..io.atomic import atomic_file, write_text
 from ..trajectory import Trajectory
+from .records import SCHEMA as RECORD_SCHEMA, Record, RecordError, parse
 
-RECORD_SCHEMA = "qrobust.record/1"
+__all__ = ["RECORD_SCHEMA", "Store", "record_key", "flatten", "COLUMNS"]
 # every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
 # the report, downstream-task work files)
 STORE_FOLDERS = ("records", "fp", "geometry", "tasks", "tasks_fp", "trajectories", "configs", "claims",
@@ -69,7 +70,9 @@ def versions() -> dict[str, str]:
             "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
+def _get(d: dict[str, Any] | Record, dotted: str) -> Any:
+    if isinstance(d, Record):
+        d = d.raw
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -77,7 +80,7 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
-def flatten(rec: dict[str, Any]) -> dict[str, Any]:
+def flatten(rec: dict[str, Any] | Record) -> dict[str, Any]:
     return {c: _get(rec, c) for c in COLUMNS}
 
 
@@ -89,9 +92,9 @@ def _number(v: Any) -> float:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
 
 
-def _order(r: dict[str, Any], variant: bool = True) -> tuple:
+def _order(r: Record, variant: bool = True) -> tuple:
     """Sort key of a record; tolerant of odd field types (never a TypeError between records)."""
-    head = (_text(r.get("trajectory")), _text(_get(r, "checkpoint.run")), _number(_get(r, "checkpoint.step")))
+    head = (_text(r.raw.get("trajectory")), _text(_get(r, "checkpoint.run")), _number(_get(r, "checkpoint.step")))
     if not variant:
         return head
     return head + (_text(_get(r, "variant.method")), _number(_get(r, "variant.bits")),
@@ -149,8 +152,8 @@ class Store:
             return True
         return self._load(p) is not None
 
-    def get(self, key: str, kind: str = "records") -> dict[str, Any] | None:
-        """The record under ``key``; None when there is none or its file is not a valid record."""
+    def get(self, key: str, kind: str = "records") -> Record | None:
+        """The typed record under ``key``; None when there is none or its file is not a valid record."""
         return self._load(self._path(kind, key))
 
     def _warn(self, p: Path, why: str, then: str = "a sweep with the same settings recomputes it") -> None:
@@ -173,8 +176,9 @@ class Store:
             self._warn(p, "not valid JSON (truncated or damaged)", then)
         return None, False
 
-    def _load(self, p: Path) -> dict[str, Any] | None:
-        """The record in ``p`` if it is one the store wrote (see the module doc), else None (with a warning)."""
+    def _load(self, p: Path) -> Record | None:
+        """The typed record in ``p`` if it is one the store wrote (see the module doc), else None (with a
+        warning). The folder is the record's kind."""
         try:
             st = p.stat()
         except OSError:
@@ -186,8 +190,13 @@ class Store:
         if why is not None:
             self._warn(p, why)
             return None
+        try:
+            rec = parse(p.parent.name, d, p.stem)
+        except RecordError as e:
+            self._warn(p, f"not a valid record: {e}")
+            return None
         self._valid[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
-        return d
+        return rec
 
     def put(self, key: str, record: dict[str, Any], kind: str = "records") -> None:
         # the envelope last: what readers check (schema, key = file name) is always the store's own
@@ -195,7 +204,7 @@ class Store:
                   "versions": versions(), **record, "schema": RECORD_SCHEMA, "key": key}
         write_text(self._path(kind, key), json.dumps(record, indent=1, sort_keys=True, allow_nan=True))
 
-    def _all(self, kind: str) -> list[dict[str, Any]]:
+    def _all(self, kind: str) -> list[Record]:
         """Every valid record of ``kind``; a bad file is skipped with a warning naming it."""
         out = []
         for p in sorted((self.root / kind).glob("*.json")):
@@ -204,14 +213,14 @@ class Store:
                 out.append(d)
         return out
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[Record]:
         return sorted(self._all("records"), key=_order)
 
-    def geometry(self) -> list[dict[str, Any]]:
+    def geometry(self) -> list[Record]:
         """Loss-geometry records (λmax, trace, weight statistics per checkpoint)."""
         return self.side_records("geometry")
 
-    def side_records(self, kind: str) -> list[dict[str, Any]]:
+    def side_records(self, kind: str) -> list[Record]:
         """Records stored beside the quantization records (``geometry``, ``tasks``), sorted like them."""
         return sorted(self._all(kind), key=lambda r: _order(r, variant=False))
 
@@ -282,7 +291,7 @@ class Store:
     def export(self, fmt: str, path: str | Path | None = None) -> str:
         rows = self.rows()
         if fmt == "json":
-            text = json.dumps(self.records(), indent=1)
+            text = json.dumps([r.to_dict() for r in self.records()], indent=1)
         elif fmt == "csv":
             buf = io.StringIO()
             w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
