@@ -114,3 +114,10 @@ def test_unknown_task_preset_and_task_option_are_one_line(tmp_path):
     with pytest.raises(QrobustError, match="unknown task option 'fewshot'; known: num_fewshot, limit"):
         task_options(None, {"fewshot": 5})
     assert task_options(TaskOptions(seed=3), {"limit": 7}) == TaskOptions(seed=3, limit=7)
+
+
+def test_a_sweep_names_an_unknown_averager_in_one_line_before_any_work(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"^unknown averager 'lawn'; known: ema, greedy-soup, lawa, soup$"):
+        qrobust.sweep({"trajectory": str(tiny_run), "out": str(tmp_path / "res"),
+                       "average": [{"averager": "lawn"}]}, progress=False)
+    assert not any((tmp_path / "res").rglob("*.json"))
