@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .averaging.run import AverageOptions
 from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
@@ -69,16 +70,19 @@ def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_
     return _sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
 
 
-def average(sources: str | dict | list, averager: str, out: str | Path, window: int = 5, stride: int = 1,
-            beta: float = 0.9, runs: list[str] | None = None, eval: dict | None = None,
-            progress: bool = True, allow_pickle: bool = False, trust_remote_code: bool = False) -> Trajectory:
+def average(sources: str | dict | list, averager: str, out: str | Path, *, options: AverageOptions | None = None,
+            **settings: Any) -> Trajectory:
     """Average checkpoints: ``lawa`` (window, stride) or ``ema`` (beta) along one trajectory, ``soup`` or
-    ``greedy-soup`` over the last checkpoint of every run of the sources. Streams from safetensors; writes
-    averaged checkpoints + a manifest (originals and averaged runs) to ``out``; returns that trajectory."""
+    ``greedy-soup`` over the last checkpoint of every run of the sources (or an averager registered with
+    ``qrobust.averaging.register_averager``). Streams from safetensors; writes averaged checkpoints + a
+    manifest (originals and averaged runs) to ``out``; returns that trajectory. ``settings``: ``window``,
+    ``stride``, ``beta``, ``runs`` (what is averaged), ``eval`` (EvalConfig keys of a greedy soup's held-out
+    set), ``progress``, ``allow_pickle``, ``trust_remote_code`` (or the typed ``options``)."""
     from .averaging import average as _average
     srcs = sources if isinstance(sources, list) else [sources]
-    return _average(srcs, averager, out, window=window, stride=stride, beta=beta, runs=runs, eval_config=eval,
-                    progress=progress, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    if "eval" in settings:
+        settings["eval_config"] = settings.pop("eval")
+    return _average(srcs, averager, out, options=options, **settings)
 
 
 def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_code: bool = False,

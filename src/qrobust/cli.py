@@ -521,7 +521,7 @@ def _task_runner(a: argparse.Namespace, model, tok, work: Path):
     from .downstream.tasks import context_fits, held_out_documents, model_context, resolve_tasks
     names, yaml_dir = resolve_tasks(a.tasks, work, held_out_documents(Path(a.checkpoint)),
                                     context_fits(tok, model_context(model)))
-    return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, a.num_fewshot, a.limit,
+    return functools.partial(evaluate_tasks, model, tok, names, yaml_dir, num_fewshot=a.num_fewshot, limit=a.limit,
                              backend=a.tasks_backend, trust_remote_code=a.trust_remote_code)
 
 

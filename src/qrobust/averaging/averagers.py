@@ -8,30 +8,21 @@
 - ``greedy-soup``: ingredients sorted by held-out loss; each is added only if the held-out loss of the
   uniform mean improves (Wortsman et al. 2022).
 Each job names its inputs and weights; ``run.py`` streams them and writes checkpoints with provenance.
+Each averager is registered by name (``registry.py``); these are the built-in ones.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from ..config import AverageConfig
 from ..errors import ConfigError
 from ..trajectory import Checkpoint, Trajectory
+from .registry import AverageJob, register_averager
 
 
-@dataclass
-class AverageJob:
-    run: str  # name of the averaged run
-    step: int
-    inputs: list[Checkpoint]
-    weights: list[float]
-    like: Checkpoint  # whose metadata (tokens, phase, config files) the result carries
-    params: dict[str, Any] = field(default_factory=dict)
-    greedy: bool = False  # inputs are candidates; the kept ones are chosen when the soup is made
-
-
-def _by_run(traj: Trajectory) -> dict[str, list[Checkpoint]]:
+def by_run(traj: Trajectory) -> dict[str, list[Checkpoint]]:
     runs: dict[str, list[Checkpoint]] = {}
     for c in traj:
         runs.setdefault(c.run, []).append(c)
@@ -42,7 +33,7 @@ def plan_lawa(traj: Trajectory, window: int, stride: int = 1, runs: list[str] | 
     if window < 1 or stride < 1:
         raise ConfigError("LAWA needs window >= 1 and stride >= 1")
     jobs = []
-    for run, cks in _by_run(traj).items():
+    for run, cks in by_run(traj).items():
         if runs is not None and run not in runs:
             continue
         span = (window - 1) * stride
@@ -66,7 +57,7 @@ def plan_ema(traj: Trajectory, beta: float, runs: list[str] | None = None) -> li
     if not 0 <= beta < 1:
         raise ConfigError(f"EMA needs 0 <= beta < 1, got {beta}")
     jobs = []
-    for run, cks in _by_run(traj).items():
+    for run, cks in by_run(traj).items():
         if runs is not None and run not in runs:
             continue
         for i in range(len(cks)):
@@ -79,7 +70,7 @@ def ingredients(trajs: list[Trajectory]) -> list[Checkpoint]:
     """The last checkpoint of every run of every source."""
     out = []
     for t in trajs:
-        for cks in _by_run(t).values():
+        for cks in by_run(t).values():
             out.append(cks[-1])
     return out
 
@@ -89,7 +80,18 @@ def plan_soup(trajs: list[Trajectory]) -> list[AverageJob]:
     if len(ing) < 2:
         raise ConfigError(f"a soup needs at least 2 ingredients (the last checkpoint of each run); got {len(ing)}")
     return [AverageJob("soup", max(c.step for c in ing), ing, [1 / len(ing)] * len(ing), ing[0],
-                       {"averager": "soup", "ingredients": len(ing)})]
+                       {"averager": "soup", "ingredients": len(ing)}, across_runs=True)]
+
+
+def plan_greedy_soup(trajs: list[Trajectory]) -> list[AverageJob]:
+    """One job whose inputs are all ingredients; which are kept is decided when the soup is made (it needs
+    held-out losses)."""
+    ing = ingredients(trajs)
+    if len(ing) < 2:
+        raise ConfigError(f"a greedy soup needs at least 2 ingredients (the last checkpoint of each run); "
+                          f"got {len(ing)}")
+    return [AverageJob("greedy-soup", max(c.step for c in ing), ing, [1 / len(ing)] * len(ing), ing[0],
+                       {"averager": "greedy-soup", "ingredients": len(ing)}, greedy=True, across_runs=True)]
 
 
 def greedy_soup(ing: list[Any], loss_of_mean: Callable[[list[Any]], float],
@@ -126,4 +128,28 @@ def mean_of(tensors: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return out
 
 
-AVERAGERS = ("lawa", "ema", "soup", "greedy-soup")
+def one_trajectory(trajs: list[Trajectory], averager: str) -> Trajectory:
+    """The single trajectory an along-the-run averager works on."""
+    if len(trajs) != 1:
+        raise ConfigError(f"{averager} averages along one trajectory; name exactly one source")
+    return trajs[0]
+
+
+@register_averager("lawa")
+def lawa(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
+    return plan_lawa(one_trajectory(trajs, "lawa"), spec.window, spec.stride, spec.runs)
+
+
+@register_averager("ema")
+def ema(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
+    return plan_ema(one_trajectory(trajs, "ema"), spec.beta, spec.runs)
+
+
+@register_averager("soup")
+def soup(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
+    return plan_soup(trajs)
+
+
+@register_averager("greedy-soup")
+def greedy(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
+    return plan_greedy_soup(trajs)

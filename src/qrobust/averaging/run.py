@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +26,15 @@ from ..leftovers import clean as clean_leftovers
 from ..names import safe_name
 from ..sources import load_source, resolve_checkpoint
 from ..trajectory import Checkpoint, Trajectory
-from .averagers import AverageJob, greedy_soup, ingredients, plan_ema, plan_lawa, plan_soup
+from .averagers import greedy_soup
+from .registry import AverageJob, planner
 from .stream import PROVENANCE, weighted_mean, write_checkpoint
 from ..io.files import STATE_FILE
 
 
 def plan(trajs: list[Trajectory], spec: AverageConfig) -> list[AverageJob]:
     """The averaged checkpoints one averager makes from the given trajectories."""
-    if spec.averager in ("lawa", "ema") and len(trajs) != 1:
-        raise ConfigError(f"{spec.averager} averages along one trajectory; name exactly one source")
-    if spec.averager == "lawa":
-        return plan_lawa(trajs[0], spec.window, spec.stride, spec.runs)
-    if spec.averager == "ema":
-        return plan_ema(trajs[0], spec.beta, spec.runs)
-    if spec.averager == "soup":
-        return plan_soup(trajs)
-    ing = ingredients(trajs)
-    if len(ing) < 2:
-        raise ConfigError(f"a greedy soup needs at least 2 ingredients (the last checkpoint of each run); "
-                          f"got {len(ing)}")
-    # which ingredients are kept is decided when the soup is made (it needs held-out losses)
-    return [AverageJob("greedy-soup", max(c.step for c in ing), ing, [1 / len(ing)] * len(ing), ing[0],
-                       {"averager": "greedy-soup", "ingredients": len(ing)}, greedy=True)]
+    return planner(spec.averager)(trajs, spec)
 
 
 def folder_of(job: AverageJob, out: Path) -> Path:
@@ -109,9 +97,8 @@ def make(job: AverageJob, out: Path, eval_cfg: EvalConfig | None = None, allow_p
 
 def checkpoint_of(job: AverageJob, out: Path) -> Checkpoint:
     """The averaged checkpoint as a trajectory entry (its folder may not be made yet)."""
-    parent = None if job.params["averager"] in ("soup", "greedy-soup") else job.like.run
     return Checkpoint(name=f"{job.run}/step-{job.step:07d}", path=str(folder_of(job, out).resolve()), step=job.step,
-                      tokens=job.like.tokens, lr=None, phase=job.like.phase, run=job.run, parent=parent)
+                      tokens=job.like.tokens, lr=None, phase=job.like.phase, run=job.run, parent=job.parent)
 
 
 def combined(base: Trajectory, originals: list[Checkpoint], jobs: list[AverageJob], out: Path,
@@ -119,8 +106,7 @@ def combined(base: Trajectory, originals: list[Checkpoint], jobs: list[AverageJo
     """Originals + averaged checkpoints; averaged runs are marked ``averaged`` in the run table."""
     runs = dict(base.runs)
     for j in jobs:
-        parent = None if j.params["averager"] in ("soup", "greedy-soup") else j.like.run
-        runs.setdefault(j.run, {"averaged": {k: v for k, v in j.params.items() if k != "log"}, "parent": parent})
+        runs.setdefault(j.run, {"averaged": {k: v for k, v in j.params.items() if k != "log"}, "parent": j.parent})
     made = [checkpoint_of(j, out) for j in jobs]
     return Trajectory(name=name or base.name, checkpoints=list(originals) + made, runs=runs, data=base.data,
                       source=str(out), config=base.config, provenance=base.provenance)
@@ -150,12 +136,42 @@ def plan_for_sweep(traj: Trajectory, specs: list[AverageConfig], out: Path
     return combined(traj, list(traj) + extra, jobs, out), keyed
 
 
-def average(sources: list[str | dict], averager: str, out: str | Path, window: int = 5, stride: int = 1,
-            beta: float = 0.9, runs: list[str] | None = None, eval_config: dict | None = None,
-            progress: bool = True, allow_pickle: bool = False, trust_remote_code: bool = False) -> Trajectory:
-    """Average checkpoints of ``sources``; returns the trajectory of originals + averaged runs (also saved)."""
-    spec = parse_config(AverageConfig, {"averager": averager, "window": window, "stride": stride, "beta": beta,
-                                        "runs": runs}, "averaging options")
+@dataclass(frozen=True)
+class AverageOptions:
+    """How an averaging run is carried out (not what it computes: that is :class:`AverageConfig`)."""
+
+    eval_config: dict[str, Any] | None = None  # greedy soup: EvalConfig keys of the set ranking ingredients
+    progress: bool = True
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+
+SPEC_KEYS = ("window", "stride", "beta", "runs")  # AverageConfig keys given as keywords
+
+
+def average_settings(averager: str, options: AverageOptions | None,
+                     settings: dict[str, Any]) -> tuple[AverageConfig, AverageOptions]:
+    """Keywords of :func:`average` split into what is averaged and how; an unknown keyword is one line."""
+    how = {f.name for f in fields(AverageOptions)}
+    unknown = sorted(set(settings) - how - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown averaging option '{unknown[0]}'; known: {', '.join([*SPEC_KEYS, *sorted(how)])}")
+    what = {"averager": averager, **{k: v for k, v in settings.items() if k in SPEC_KEYS}}
+    spec = parse_config(AverageConfig, what, "averaging options")
+    return spec, replace(options or AverageOptions(), **{k: v for k, v in settings.items() if k in how})
+
+
+def average(sources: list[str | dict], averager: str, out: str | Path, *, options: AverageOptions | None = None,
+            **settings: Any) -> Trajectory:
+    """Average checkpoints of ``sources``; returns the trajectory of originals + averaged runs (also saved).
+    ``settings``: ``window``, ``stride``, ``beta``, ``runs`` (:class:`AverageConfig`) and any field of
+    :class:`AverageOptions` (``eval_config``, ``progress``, ``allow_pickle``, ``trust_remote_code``)."""
+    spec, opts = average_settings(averager, options, settings)
+    return run_average(sources, spec, out, opts)
+
+
+def run_average(sources: list[str | dict], spec: AverageConfig, out: str | Path, opts: AverageOptions) -> Trajectory:
+    """:func:`average` with its options typed."""
     if not sources:
         raise ConfigError("name at least one trajectory source to average")
     out = Path(out)
@@ -163,13 +179,13 @@ def average(sources: list[str | dict], averager: str, out: str | Path, window: i
     clean_leftovers(out / "checkpoints")  # writer's)
     trajs = [load_source(s) for s in sources]
     jobs = plan(trajs, spec)
-    ecfg = parse_config(EvalConfig, eval_config or {}, "eval settings")
+    ecfg = parse_config(EvalConfig, opts.eval_config or {}, "eval settings")
     _check_greedy_corpus(trajs, jobs, ecfg)
     for j in jobs:  # every name checked before anything is written
         folder_of(j, out)
-    for j in tqdm(jobs, desc=averager, disable=not progress, unit="ckpt"):
-        make(j, out, ecfg, allow_pickle, trust_remote_code)
-    traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{averager}")
+    for j in tqdm(jobs, desc=spec.averager, disable=not opts.progress, unit="ckpt"):
+        make(j, out, ecfg, opts.allow_pickle, opts.trust_remote_code)
+    traj = combined(trajs[0], [c for t in trajs for c in t], jobs, out, name=f"{trajs[0].name}-{spec.averager}")
     traj.save(out / "trajectory.json")
     return traj
 
@@ -217,4 +233,4 @@ def _choose_greedy(paths: list[Path], ecfg: EvalConfig, allow_pickle: bool,
                                                  f"the soup of {', '.join(map(str, ps))}"), singles)
 
 
-__all__ = ["average", "checkpoint_of", "combined", "folder_of", "is_made", "make", "plan", "plan_for_sweep"]
+__all__ = ["AverageOptions", "average", "average_settings", "checkpoint_of", "combined", "folder_of", "is_made", "make", "plan", "plan_for_sweep", "run_average"]

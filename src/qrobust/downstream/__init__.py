@@ -1,5 +1,7 @@
 """Downstream accuracy: lm-evaluation-harness on in-memory FP and fake-quantized models, offline tasks."""
-from .run import evaluate_tasks
-from .tasks import PAPER_TASKS, resolve_tasks
+from .registry import TASK_KINDS, TaskContext, register_task_kind
+from .run import TaskOptions, evaluate_tasks
+from .tasks import PAPER_TASKS, TASK_PRESETS, resolve_tasks
 
-__all__ = ["PAPER_TASKS", "evaluate_tasks", "resolve_tasks"]
+__all__ = ["PAPER_TASKS", "TASK_KINDS", "TASK_PRESETS", "TaskContext", "TaskOptions", "evaluate_tasks",
+           "register_task_kind", "resolve_tasks"]

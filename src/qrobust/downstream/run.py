@@ -13,6 +13,7 @@ import logging
 import math
 import sys
 import tempfile
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
@@ -96,30 +97,54 @@ def _hf_lm(model: nn.Module, tokenizer, batch_size: int | str, seed: int,
                device=str(next(model.parameters()).device), trust_remote_code=bool(trust_remote_code))
 
 
-def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path | None, num_fewshot: int = 0,
-                   limit: int | None = None, batch_size: int | str = "auto", seed: int = 0,
-                   backend: Backend = "hf", trust_remote_code: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TaskOptions:
+    """How lm-eval runs the tasks (the settings of :class:`~qrobust.config.TasksConfig` but the names, and
+    the permission to run the tokenizer's / model's own code)."""
+
+    num_fewshot: int = 0
+    limit: int | None = None  # items per task (None: all)
+    batch_size: int | str = "auto"
+    seed: int = 0
+    backend: Backend = "hf"
+    trust_remote_code: bool = False
+
+
+def task_options(options: TaskOptions | None, settings: dict[str, Any]) -> TaskOptions:
+    """``options`` with keyword settings applied; an unknown keyword is one line naming the known ones."""
+    known = [f.name for f in fields(TaskOptions)]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise QrobustError(f"unknown task option '{unknown[0]}'; known: {', '.join(known)}")
+    return replace(options or TaskOptions(), **settings)
+
+
+def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path | None, *,
+                   options: TaskOptions | None = None, **settings: Any) -> dict[str, Any]:
     """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr, n}} for the model as it is now (FP or quantized).
-    ``trust_remote_code`` is handed to lm-eval's model (the user's choice, never a prompt)."""
+    ``settings``: fields of :class:`TaskOptions` (num_fewshot, limit, batch_size, seed, backend,
+    trust_remote_code: handed to lm-eval's model, the user's choice, never a prompt)."""
+    opts = task_options(options, settings)
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise QrobustError("downstream tasks need lm-evaluation-harness: pip install 'qrobust[tasks]'") from None
-    check_backend(backend)
+    check_backend(opts.backend)
     for name in ("lm-eval", "lm_eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
     was_training = model.training
     model.eval()
-    make_lm = _vllm_lm if backend == "vllm" else _hf_lm
+    make_lm = _vllm_lm if opts.backend == "vllm" else _hf_lm
+    seed = opts.seed
     try:
         with contextlib.ExitStack() as stack:
             with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints; stdout may carry our JSON
-                lm = stack.enter_context(make_lm(model, tokenizer, batch_size, seed, trust_remote_code))
+                lm = stack.enter_context(make_lm(model, tokenizer, opts.batch_size, seed, opts.trust_remote_code))
             tm = _task_manager(TaskManager, str(yaml_dir) if yaml_dir and yaml_dir.is_dir() else None)
             try:
                 with contextlib.redirect_stdout(sys.stderr):
-                    out = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit,
+                    out = simple_evaluate(model=lm, tasks=names, num_fewshot=opts.num_fewshot, limit=opts.limit,
                                           task_manager=tm,
                                           bootstrap_iters=1,  # mean metrics: closed-form stderr, no resampling
                                           verbosity="ERROR", random_seed=seed, numpy_random_seed=seed,
@@ -129,17 +154,19 @@ def evaluate_tasks(model: nn.Module, tokenizer, names: list[str], yaml_dir: Path
                 raise QrobustError(f"lm-eval could not run tasks {names}: {first}") from None
     finally:
         model.train(was_training)
-    res: dict[str, Any] = {}
-    for task, r in (out or {}).get("results", {}).items():
-        row = {k.split(",")[0]: v for k, v in r.items() if k.split(",")[0] in
-               ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
-        row = {k: (float(v) if isinstance(v, (int, float)) else None) for k, v in row.items()}
-        row["n"] = (out.get("n-samples") or {}).get(task, {}).get("effective")
-        for m in ("acc", "acc_norm"):  # standard error of a mean of 0/1 outcomes, when lm-eval gave none
-            if row.get(m) is not None and row.get(f"{m}_stderr") is None and row["n"] and row["n"] > 1:
-                row[f"{m}_stderr"] = math.sqrt(row[m] * (1 - row[m]) / (row["n"] - 1))
-        res[task] = row
-    return res
+    return {task: _task_row(out, task, r) for task, r in (out or {}).get("results", {}).items()}
+
+
+def _task_row(out: dict[str, Any], task: str, r: dict[str, Any]) -> dict[str, Any]:
+    """acc / acc_norm and their standard errors of one task, and the items it scored."""
+    row = {k.split(",")[0]: v for k, v in r.items() if k.split(",")[0] in
+           ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr")}
+    row = {k: (float(v) if isinstance(v, (int, float)) else None) for k, v in row.items()}
+    row["n"] = (out.get("n-samples") or {}).get(task, {}).get("effective")
+    for m in ("acc", "acc_norm"):  # standard error of a mean of 0/1 outcomes, when lm-eval gave none
+        if row.get(m) is not None and row.get(f"{m}_stderr") is None and row["n"] and row["n"] > 1:
+            row[f"{m}_stderr"] = math.sqrt(row[m] * (1 - row[m]) / (row["n"] - 1))
+    return row
 
 
 def accuracy_drop(fp: dict[str, Any], q: dict[str, Any]) -> dict[str, Any]:

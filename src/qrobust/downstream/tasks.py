@@ -1,6 +1,6 @@
 """Which tasks to run, as lm-evaluation-harness task names plus the YAML files of local tasks.
 
-Specs:
+Specs (the built-in task kinds, each registered by name in ``registry.py``):
 - ``builtin-nextline[:N]``: an offline multiple-choice task made from the checkpoint's own held-out
   documents (validation split of its training corpus): the first part of a line, and four candidate
   endings (the true one and the endings of three other lines). Seeded, so every checkpoint of a run
@@ -20,31 +20,12 @@ from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
 from ..io.atomic import write_text
+from .registry import TASK_KINDS, TaskContext, register_task_kind, write_mc_task
 
 PAPER_TASKS = ["arc_challenge", "arc_easy", "openbookqa", "piqa", "hellaswag", "winogrande", "mathqa", "pubmedqa",
                "sciq", "social_iqa", "commonsense_qa", "mmlu"]
 PAPER_FEWSHOT = 5
-
-_YAML = """task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-test_split: test
-fewshot_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{query}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""
-
+TASK_PRESETS: dict[str, list[str]] = {"paper12": PAPER_TASKS}
 
 def check_mc_jsonl(path: Path) -> int:
     """Validate a local multiple-choice file; returns the number of items."""
@@ -97,8 +78,34 @@ def nextline_items(docs: list[str], n: int = 200, seed: int = 0,
     return items
 
 
-def _write_task(name: str, jsonl: Path, out_dir: Path) -> None:
-    write_text(out_dir / f"{name}.yaml", _YAML.format(name=name, path=json.dumps(str(jsonl.resolve()))))
+@register_task_kind("preset")
+def preset_tasks(arg: str | None, ctx: TaskContext) -> list[str]:
+    """``preset:NAME``: a named list of lm-eval tasks."""
+    if arg not in TASK_PRESETS:
+        known = ", ".join(f"preset:{k}" for k in sorted(TASK_PRESETS))
+        raise ConfigError(f"unknown task preset 'preset:{arg or ''}'; known: {known}")
+    return list(TASK_PRESETS[arg])
+
+
+@register_task_kind("jsonl")
+def jsonl_task(arg: str | None, ctx: TaskContext) -> list[str]:
+    """``jsonl:PATH``: a local multiple-choice file, checked, as one task."""
+    path = Path(arg or "")
+    check_mc_jsonl(path)
+    name = "qrobust_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10] + "_" + path.stem
+    return [write_mc_task(name, path, ctx)]
+
+
+@register_task_kind("builtin-nextline")
+def nextline_task(arg: str | None, ctx: TaskContext) -> list[str]:
+    """``builtin-nextline[:N]``: N line-completion items from the checkpoint's held-out documents."""
+    n = int(arg.split(":")[0]) if arg is not None else 200
+    if ctx.held_out_docs is None:
+        raise ConfigError("builtin-nextline needs a checkpoint trained by qrobust (its held-out documents)")
+    items = nextline_items(ctx.held_out_docs(), n, fits=ctx.fits)
+    path = ctx.work_dir / f"builtin-nextline-{n}.jsonl"  # same docs and fits: same items
+    write_text(path, "".join(json.dumps(x) + "\n" for x in items))  # workers may share it
+    return [write_mc_task(f"qrobust_builtin_nextline_{n}", path, ctx)]
 
 
 def resolve_tasks(specs: list[str], work_dir: Path, held_out_docs=None,
@@ -106,36 +113,18 @@ def resolve_tasks(specs: list[str], work_dir: Path, held_out_docs=None,
     """(lm-eval task names, folder of generated task YAMLs) for the given specs.
 
     ``held_out_docs`` is a callable returning the checkpoint's held-out documents (for builtin tasks);
-    ``fits`` keeps generated items within the model's context."""
-    names: list[str] = []
+    ``fits`` keeps generated items within the model's context. A spec of no registered kind is a task
+    name lm-eval knows."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    yaml_dir = work_dir / "task_yaml"
+    ctx = TaskContext(work_dir, work_dir / "task_yaml", held_out_docs, fits)
+    names: list[str] = []
     for spec in specs:
-        if spec == "preset:paper12":
-            names += PAPER_TASKS
-        elif spec.startswith("preset:"):
-            raise ConfigError(f"unknown task preset '{spec}'; known: preset:paper12")
-        elif spec.startswith("jsonl:"):
-            path = Path(spec[len("jsonl:"):])
-            check_mc_jsonl(path)
-            name = "qrobust_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10] + "_" + path.stem
-            _write_task(name, path, yaml_dir)
-            names.append(name)
-        elif spec.split(":")[0] == "builtin-nextline":
-            n = int(spec.split(":")[1]) if ":" in spec else 200
-            if held_out_docs is None:
-                raise ConfigError("builtin-nextline needs a checkpoint trained by qrobust (its held-out documents)")
-            items = nextline_items(held_out_docs(), n, fits=fits)
-            path = work_dir / f"builtin-nextline-{n}.jsonl"  # same docs and fits: same items
-            write_text(path, "".join(json.dumps(x) + "\n" for x in items))  # workers may share it
-            name = f"qrobust_builtin_nextline_{n}"
-            _write_task(name, path, yaml_dir)
-            names.append(name)
-        else:
-            names.append(spec)
+        kind, sep, arg = spec.partition(":")
+        resolver = TASK_KINDS.get(kind)
+        names += resolver(arg if sep else None, ctx) if resolver else [spec]
     if not names:
         raise ConfigError("name at least one task (builtin-nextline, jsonl:PATH, preset:paper12 or an lm-eval task)")
-    return names, yaml_dir
+    return names, ctx.yaml_dir
 
 
 def model_context(model) -> int:

@@ -520,8 +520,9 @@ class _TaskRunner:
                                                                 "data": data.model_dump() if data else None})
             self._names = resolve_tasks(t.names, work, held_out_documents(Path(self.ck.path)),
                                         context_fits(self.tok, ctx))
-        return evaluate_tasks(self.model, self.tok, *self._names, t.num_fewshot, t.limit, t.batch_size, t.seed,
-                              t.backend, trust_remote_code=self.cfg.trust_remote_code)
+        return evaluate_tasks(self.model, self.tok, *self._names, num_fewshot=t.num_fewshot, limit=t.limit,
+                              batch_size=t.batch_size, seed=t.seed, backend=t.backend,
+                              trust_remote_code=self.cfg.trust_remote_code)
 
     def fp(self) -> dict[str, Any]:
         if self._fp is None:

@@ -158,29 +158,38 @@ class _Trainer:
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.cfg.data.seq_len
 
-    def segment(self, run: str, sched: Schedule, start_dir: Path | None, first_step: int, last_step: int) -> None:
-        """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
-        cfg, out, batches, on_step = self.cfg, self.out, self.batches, self.on_step
-        resume = _latest(out, run)
+    def _begin(self, run: str, start_dir: Path | None, first_step: int,
+               last_step: int) -> tuple[torch.nn.Module, torch.optim.AdamW, int, RunningAverages] | None:
+        """(model, optimizer, step, running averages) to train ``run`` from: its latest checkpoint, else
+        ``start_dir`` (a branch's parent checkpoint), else a fresh model at ``first_step``; None when the run
+        already reached ``last_step``."""
+        cfg = self.cfg
+        resume = _latest(self.out, run)
         if resume is not None:
             start_dir = resume
-        if start_dir is not None:
-            state = json.loads((start_dir / STATE_FILE).read_text())
-            if state["step"] >= last_step:
-                return
-            model = load_checkpoint(start_dir)
-            opt = _make_optimizer(model, cfg)
-            restore_optimizer(opt, start_dir / OPTIMIZER_FILE, state["optimizer_groups"])
-            step = state["step"]
-            avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
-            if avgs:
-                avgs.restore(start_dir, state.get("averaging"))
-        else:
+        if start_dir is None:
             model = build_model(cfg.model.arch, cfg.model.preset, len(self.data.tokenizer), cfg.data.seq_len,
                                 seed=cfg.seed, overrides=cfg.model.overrides)
             opt = _make_optimizer(model, cfg)
-            step = first_step
-            avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
+            return model, opt, first_step, RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
+        state = json.loads((start_dir / STATE_FILE).read_text())
+        if state["step"] >= last_step:
+            return None
+        model = load_checkpoint(start_dir)
+        opt = _make_optimizer(model, cfg)
+        restore_optimizer(opt, start_dir / OPTIMIZER_FILE, state["optimizer_groups"])
+        avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
+        if avgs:
+            avgs.restore(start_dir, state.get("averaging"))
+        return model, opt, state["step"], avgs
+
+    def segment(self, run: str, sched: Schedule, start_dir: Path | None, first_step: int, last_step: int) -> None:
+        """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
+        cfg, out, batches, on_step = self.cfg, self.out, self.batches, self.on_step
+        begun = self._begin(run, start_dir, first_step, last_step)
+        if begun is None:
+            return
+        model, opt, step, avgs = begun
         for g in opt.param_groups:
             g["lr"] = sched.lr(step)
             g["initial_lr"] = cfg.optim.lr
