@@ -32,7 +32,8 @@ from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
 from ..pipelines.staged import BlockProbe, StagedBlock, probe_block
-from ..registry import Quantizer, QuantSpec, register_quantizer, typed_options
+from ..base import BlockDone, BlockJob, Flow, Quantizer, typed_options
+from ..registry import QuantSpec, register_quantizer
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,31 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
 class GPTQ(Quantizer):
     name = "gptq"
     needs_calibration = True
+    records_grid = True
+    streamable = True
+    options_type = GPTQOptions
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        gptq_options(options)
+    def parse_options(self, options: dict[str, Any]) -> GPTQOptions:
+        return gptq_options(options)
+
+    def calibration_flow(self, options: dict[str, Any]) -> Flow:
+        """Sequential: block i is calibrated on the outputs of the quantized blocks < i; otherwise every
+        Hessian comes from one pass of the FP model."""
+        return "quantized" if gptq_options(options).sequential else "fp"
+
+    def stream_problem(self, options: dict[str, Any]) -> str | None:
+        if not gptq_options(options).sequential:
+            return "streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP Hessians need the whole model)"
+        return None
+
+    def quantize_block(self, job: BlockJob, spec: QuantSpec) -> BlockDone:
+        """One block from its calibration inputs (the quantized earlier blocks' outputs); the pipeline
+        moves the calibration stream on through the quantized block."""
+        info: dict[str, dict[str, Any]] = {}
+        with _ieee_fp32():
+            gptq_block(job.module, job.linears, job.inputs, spec, gptq_options(dict(spec.options)), info,
+                       propagate=False)
+        return BlockDone(info)
 
     def implied(self, options: dict[str, Any]) -> dict[str, Any]:
         """The grid when a profile (not the options) picks a non-reference one: the llmcompressor profile
@@ -210,11 +233,11 @@ class GPTQ(Quantizer):
         inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
         for bi in range(last + 1):
-            inputs = quantize_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
+            inputs = gptq_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
                                     calibration if bi == 0 else None, propagate=bi < last)
 
 
-def quantize_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
+def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
                    opts: GPTQOptions, info: dict[str, dict[str, float]], first_of: Any = None,
                    propagate: bool = True) -> list[tuple[tuple, dict]] | None:
     """GPTQ on one decoder block, in place, from its calibration inputs (the previous quantized block's

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a pre-hook to end a forward pass early (the rest of the block is not needed yet)."""
 
 
@@ -160,7 +160,7 @@ class StagedBlock:
                 if state["b"] not in per:
                     per[state["b"]] = _Kept(x)
             if mod is stop:
-                raise _Stop
+                raise StopForward
             if mod in selected and mod not in self.quantized:
                 state["dirty"] = True
 
@@ -203,7 +203,7 @@ class StagedBlock:
                 state["b"], state["dirty"] = b, False
                 try:
                     outs.append(self.block(*args, **kwargs))
-                except _Stop:
+                except StopForward:
                     outs.append(None)
         finally:
             for h in handles:
