@@ -146,10 +146,33 @@ class StagedBlock:
         Returns the block outputs (``None`` for batches that stopped early).
         """
         state = {"b": 0, "dirty": False}
+        handles, patched = self._install(*self._hooks(collect, stop_at, state), state)
+        outs: list[Any] = []
+        try:
+            for b, (args, kwargs) in enumerate(self.inputs):
+                state["b"], state["dirty"] = b, False
+                try:
+                    outs.append(self.block(*args, **kwargs))
+                except StopForward:
+                    outs.append(None)
+        finally:
+            for h in handles:
+                h.remove()
+            for mod, prev in patched:
+                if prev is None:
+                    del mod.forward
+                else:
+                    mod.forward = prev
+        self._prune()
+        return outs
+
+    def _hooks(self, collect: dict[str, Callable[[torch.Tensor], None]], stop_at: str | None,
+               state: dict[str, Any]) -> tuple[Callable, Callable]:
+        """The pre-hook of every linear (collect, keep tail inputs, stop, mark dirty) and the post-hook
+        that keeps clean outputs."""
         selected = set(self.linears.values())
         stop = self.linears[stop_at] if stop_at is not None else None
         by_module = {self.linears[n]: fn for n, fn in collect.items()}
-        handles, patched = [], []
 
         def pre(mod, args):
             x = args[0]
@@ -169,24 +192,11 @@ class StagedBlock:
                 per = self.cache.setdefault(mod, {})
                 if state["b"] not in per:
                     per[state["b"]] = _Kept(out)
+        return pre, post
 
-        def replayer(mod: nn.Module, original: Callable) -> Callable:
-            tail = self.probe.tails.get(mod)
-
-            def forward(*args, **kwargs):
-                b = state["b"]
-                hit = self.cache.get(mod, {}).get(b)
-                if hit is not None and hit.intact():
-                    return hit.obj
-                x = self.tail_inputs.get(tail[0], {}).get(b) if tail is not None else None
-                if x is not None and tail[0] in self.quantized and x.intact():
-                    y = tail[0].forward(x.obj)
-                    return y if tail[1] < 0 else (y,) + (None,) * (tail[1] - 1)
-                if hit is not None:  # edited in place since: recompute, and keep the fresh result
-                    del self.cache[mod][b]
-                return original(*args, **kwargs)
-            return forward
-
+    def _install(self, pre: Callable, post: Callable, state: dict[str, Any]) -> tuple[list, list]:
+        """Hooks on the block's submodules and replaying forwards on the cached ones; what undoes them."""
+        handles, patched = [], []
         for mod in self.block.modules():
             if mod is self.block:
                 continue
@@ -196,25 +206,26 @@ class StagedBlock:
                 handles.append(mod.register_forward_hook(post))
                 if mod in self.cache or mod in self.probe.tails:
                     patched.append((mod, mod.__dict__.get("forward")))
-                    mod.forward = replayer(mod, mod.forward)
-        outs: list[Any] = []
-        try:
-            for b, (args, kwargs) in enumerate(self.inputs):
-                state["b"], state["dirty"] = b, False
-                try:
-                    outs.append(self.block(*args, **kwargs))
-                except StopForward:
-                    outs.append(None)
-        finally:
-            for h in handles:
-                h.remove()
-            for mod, prev in patched:
-                if prev is None:
-                    del mod.forward
-                else:
-                    mod.forward = prev
-        self._prune()
-        return outs
+                    mod.forward = self._replayer(mod, mod.forward, state)
+        return handles, patched
+
+    def _replayer(self, mod: nn.Module, original: Callable, state: dict[str, Any]) -> Callable:
+        """``mod``'s forward that answers from the cache, or from its tail linear on the cached clean input."""
+        tail = self.probe.tails.get(mod)
+
+        def forward(*args, **kwargs):
+            b = state["b"]
+            hit = self.cache.get(mod, {}).get(b)
+            if hit is not None and hit.intact():
+                return hit.obj
+            x = self.tail_inputs.get(tail[0], {}).get(b) if tail is not None else None
+            if x is not None and tail[0] in self.quantized and x.intact():
+                y = tail[0].forward(x.obj)
+                return y if tail[1] < 0 else (y,) + (None,) * (tail[1] - 1)
+            if hit is not None:  # edited in place since: recompute, and keep the fresh result
+                del self.cache[mod][b]
+            return original(*args, **kwargs)
+        return forward
 
     def _prune(self) -> None:
         """Drop caches nobody can read any more: descendants of cached modules, inputs of cached tails."""
