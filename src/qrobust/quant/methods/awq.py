@@ -26,8 +26,8 @@ Profiles (``profile=...``) follow the library users compare against:
 - ``llmcompressor``: llm-compressor 0.14's ``AWQModifier`` followed by its ``QuantizationModifier``:
   candidates "no scaling" (s = 1) then duo-scaled ratios j/(n_grid−2), j = 0 … n_grid−2 (without duo
   scaling: j/(n_grid−1), j = 0 … n_grid−1); w̄ summed in float64 over the balanced linears' rows; non-finite
-  scales set to 1; no clip search; compressed-tensors' grid (``grid.py``: min/max include 0, symmetric
-  step 2·max|w|/(2^b−1) on levels −2^(b−1) … 2^(b−1)−1) in the search and for the final RTN.
+  scales set to 1; no clip search; compressed-tensors' grid (``formats/compressed_tensors.py``: min/max
+  include 0, symmetric step 2·max|w|/(2^b−1) on levels −2^(b−1) … 2^(b−1)−1) in the search and for the final RTN.
 """
 from __future__ import annotations
 

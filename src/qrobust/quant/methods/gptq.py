@@ -10,7 +10,8 @@ Profiles reproduce the defaults of the libraries users compare against (see READ
 - ``reference``      IST-DASLab GPTQ: damp 0.01, dynamic groups, no act-order, block-sequential.
 - ``llmcompressor``  damp 0.01, act-order "static" (permuted columns, group parameters from the original
                      W by original column index), block-sequential, no true-sequential, and compressed-tensors'
-                     grid (symmetric scale 2·absmax/(2^b−1), no reference quirk; see ``grid.py``).
+                     grid (symmetric scale 2·absmax/(2^b−1), no reference quirk; see
+                     ``formats/compressed_tensors.py``).
 - ``gptqmodel``      damp 0.05 auto-increased by 0.01 on Cholesky failure, dynamic groups, no act-order,
                      true-sequential (its ``act_group_aware`` / MSE options are not plain GPTQ: not modelled).
 """
@@ -49,7 +50,7 @@ class GPTQOptions:
     true_sequential: bool = True
     calib_batch_size: int = 8
     replay: bool = True
-    quant_grid: str = "reference"  # reference | compressed-tensors (quant/grid.py)
+    quant_grid: str = "reference"  # reference | compressed-tensors (quant/formats/)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -169,7 +170,8 @@ class GPTQ(Quantizer):
 
     def stream_problem(self, options: dict[str, Any]) -> str | None:
         if not gptq_options(options).sequential:
-            return "streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP Hessians need the whole model)"
+            return ("streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP Hessians need the "
+                    "whole model)")
         return None
 
     def quantize_block(self, job: BlockJob, spec: QuantSpec) -> BlockDone:

@@ -102,11 +102,13 @@ class _Groups:
                 orig = int(self.perm[col]) if self.perm is not None else col
                 self.scale, self.zero = self.static[orig // g]
                 self.g_pos[col] = orig // g
-                self.scales[:, orig // g: orig // g + 1], self.zeros[:, orig // g: orig // g + 1] = self.scale, self.zero
+                k = orig // g
+                self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
             else:
                 if col % g == 0:
                     self.scale, self.zero = find_params(fresh(col + g), self.bits, self.sym, self.grid)
-                    self.scales[:, col // g: col // g + 1], self.zeros[:, col // g: col // g + 1] = self.scale, self.zero
+                    k = col // g
+                    self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
                 self.g_pos[col] = col // g
         return self.scale, self.zero
 
