@@ -9,8 +9,10 @@ from torch import nn
 from qrobust.errors import ConfigError, QrobustError
 from qrobust.models import build_model, load_checkpoint
 from qrobust.quant import QuantSpec, quantized, select_linears
-from qrobust.quant.methods.awq import (AWQOptions, _fold, _generic_mappings, _known_mappings, _search_clip, awq_fake_quantize,
-                               awq_options)
+from qrobust.quant.methods.awq import fold
+from qrobust.quant.methods.awq_mappings import generic_mappings, known_mappings
+from qrobust.quant.methods.awq_options import AWQOptions, awq_fake_quantize, awq_options
+from qrobust.quant.methods.awq_search import search_clip
 from qrobust.quant.pipelines.blocks import decoder_layers
 from qrobust.quant.formats.grid import GroupSizeError
 
@@ -46,7 +48,7 @@ def test_folding_scales_keeps_the_fp_function(arch):
     model = build_model(arch, "micro", vocab_size=64, max_positions=32, seed=3).double()
     block = decoder_layers(model)[0]
     linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
-    maps = _known_mappings(block, set(linears))
+    maps = known_mappings(block, set(linears))
     assert [m.name for m in maps] == (["attn_in", "attn_out", "mlp_in", "mlp_out"] if arch == "llama"
                                       else ["attn_in", "mlp_in"])
     ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -54,7 +56,7 @@ def test_folding_scales_keeps_the_fp_function(arch):
         before = model(input_ids=ids).logits
         for m in maps:
             d = linears[m.layers[0]].in_features
-            _fold(m, linears, torch.rand(d, dtype=torch.float64) * 4 + 0.1)
+            fold(m, linears, torch.rand(d, dtype=torch.float64) * 4 + 0.1)
         after = model(input_ids=ids).logits
     assert torch.allclose(before, after, atol=1e-9)
 
@@ -64,7 +66,7 @@ def test_generic_mappings_find_norm_fed_groups_only():
     block = decoder_layers(model)[0]
     linears = {n: m for n, m in block.named_modules() if isinstance(m, nn.Linear)}
     ids = torch.randint(0, 64, (1, 8))
-    maps = _generic_mappings(block, linears, lambda: model(input_ids=ids))
+    maps = generic_mappings(block, linears, lambda: model(input_ids=ids))
     names = {mod: nm for nm, mod in block.named_modules()}
     got = sorted((names[m.prev], tuple(sorted(m.layers))) for m in maps)
     # o's input is the attention output and down's is act(gate)·up: neither is a module output to fold into
@@ -79,7 +81,7 @@ def test_clip_search_never_increases_output_error():
     x = torch.randn(200, 32, generator=g)  # makes the grid of the rest of its group finer
     x[:, 3] *= 0.01
     spec = QuantSpec(method="awq", bits=3, group_size=16, sym=False)
-    mx = _search_clip(w, x, spec, AWQOptions())
+    mx = search_clip(w, x, spec, AWQOptions())
     for gi, a in enumerate((0, 16)):
         wg, xg = w[:, a:a + 16], x[:, a:a + 16]
         none = (awq_fake_quantize(wg, 3, -1, True) @ xg.T - wg @ xg.T).pow(2).mean(1)

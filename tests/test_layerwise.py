@@ -67,11 +67,12 @@ def test_what_cannot_be_streamed_is_refused(tmp_path):
     from qrobust.quant.registry import QUANTIZERS, register_quantizer
     from qrobust.quant.methods.rtn import RTN
 
-    class Plugin(RTN):
+    class Plugin(RTN):  # a method that says it cannot stream
         name = "plugin-rtn"
+        streamable = False
     register_quantizer(Plugin)
     try:
-        with pytest.raises(QrobustError, match="layer streaming supports rtn, gptq, awq so far; 'plugin-rtn'"):
+        with pytest.raises(QrobustError, match="layer streaming supports awq, gptq, rtn so far; 'plugin-rtn'"):
             streamed_losses(path, QuantSpec(method="plugin-rtn", bits=4, group_size=16), blocks)
     finally:
         del QUANTIZERS["plugin-rtn"]

@@ -17,7 +17,9 @@ from qrobust.errors import ConfigError
 from qrobust.models import build_model
 from qrobust.quant import QuantSpec, quantized, select_linears
 from qrobust.quant import awq as awq_mod
-from qrobust.quant.methods.awq import Mapping, _search_scale, awq_fake_quantize, awq_options, candidates
+from qrobust.quant.methods.awq_mappings import Mapping
+from qrobust.quant.methods.awq_options import awq_fake_quantize, awq_options, candidates
+from qrobust.quant.methods.awq_search import search_scale
 from qrobust.quant.methods.gptq import gptq_options
 from qrobust.quant.methods.gptq_core import gptq_quantize
 from qrobust.quant.formats.grid import fake_quantize, fake_quantize_grid
@@ -206,7 +208,7 @@ def _search(w: torch.Tensor, profile: str, duo: bool) -> dict:
     m = Mapping("t", nn.LayerNorm(8), ["lin"], [lin])
     cap = SimpleNamespace(abs_sum={"lin": X.abs().sum(0)}, count={"lin": X.shape[0]}, calls={lin: [((X,), {})]})
     with torch.no_grad():
-        return _search_scale(m, {"lin": lin}, cap, QuantSpec(method="awq", bits=4, group_size=-1, sym=False),
+        return search_scale(m, {"lin": lin}, cap, QuantSpec(method="awq", bits=4, group_size=-1, sym=False),
                              awq_options({"profile": profile, "duo_scaling": duo}))
 
 
@@ -289,7 +291,9 @@ def test_llmcompressor_awq_quantizes_with_compressed_tensors_symmetric_step(monk
         seen["calls"] += 1
         seen["differ"] += not torch.equal(out, awq_fake_quantize(w, spec.bits, g, False))
         return out
-    monkeypatch.setattr(awq_mod, "grid_quantize", checked)
+    from qrobust.quant.methods import awq_search
+    monkeypatch.setattr(awq_mod, "grid_quantize", checked)  # the final RTN
+    monkeypatch.setattr(awq_search, "grid_quantize", checked)  # the scale search
     model = build_model("llama", "micro", vocab_size=64, max_positions=32, seed=4)
     calib = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
     spec = QuantSpec(method="awq", bits=4, group_size=16, options=(("profile", "llmcompressor"),))

@@ -138,11 +138,11 @@ def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: i
     from .models import check_vocab
     from .quant import QuantSpec, get_quantizer
     from .quant.pipelines.in_memory import quantize_inplace
-    from .quant.export import FORMATS, _require_package, check_exportable, check_spec, export_compressed_tensors
+    from .quant.export import FORMATS, require_package, check_exportable, check_spec, export_compressed_tensors
 
     if format not in FORMATS:
         raise ConfigError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
-    _require_package()
+    require_package()
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
                      exclude=tuple(exclude), options=tuple(sorted(options.items())))
     quantizer = get_quantizer(method)

@@ -1,8 +1,10 @@
-"""Weight-only fake quantization: a registry of quantizers over one shared quantizer grid."""
-from .pipelines.in_memory import QuantResult, quantize, quantized, select_linears
+"""Weight-only fake quantization: a registry of quantizers (``registry``) following one contract
+(``base``), over shared grids (``formats``), driven by pipelines (``pipelines``: in memory, layer-streamed)."""
+from .base import BlockDone, BlockJob, Quantizer
 from .calibration import CalibrationSet
-from .registry import QUANTIZERS, QuantSpec, Quantizer, get_quantizer, register_quantizer
+from .pipelines.in_memory import QuantResult, quantize, quantized, select_linears
+from .registry import QUANTIZERS, QuantSpec, base_label, get_quantizer, register_quantizer
 from .methods import awq, gptq, rtn  # noqa: F401  (registers "awq", "gptq", "rtn")
 
-__all__ = ["CalibrationSet", "QuantResult", "quantize", "quantized", "select_linears", "QUANTIZERS", "QuantSpec", "Quantizer",
-           "get_quantizer", "register_quantizer"]
+__all__ = ["BlockDone", "BlockJob", "CalibrationSet", "QuantResult", "quantize", "quantized", "select_linears",
+           "QUANTIZERS", "QuantSpec", "Quantizer", "base_label", "get_quantizer", "register_quantizer"]

@@ -21,13 +21,12 @@ from torch import nn
 from ..errors import QrobustError
 from .pipelines.in_memory import QuantResult
 from .formats.grid import LayerGrid
-from .registry import QuantSpec
+from .registry import QuantSpec, get_quantizer, quantizer_names
 
 FORMATS = ("compressed-tensors",)
-GRID_METHODS = ("rtn", "gptq")  # quantizers that record the grid they used (QuantResult.grids)
 
 
-def _require_package() -> Any:
+def require_package() -> Any:
     try:
         import compressed_tensors
     except ImportError:
@@ -38,9 +37,9 @@ def _require_package() -> Any:
 
 def check_spec(spec: QuantSpec) -> None:
     """What the format cannot hold, decided by the settings alone: checked before anything is loaded."""
-    if spec.method not in GRID_METHODS:
+    if not get_quantizer(spec.method).records_grid:
         raise QrobustError(f"method '{spec.method}' does not record its quantization grid, so its integers cannot "
-                           f"be exported; export supports {' and '.join(GRID_METHODS)}")
+                           f"be exported; export supports {', '.join(quantizer_names(records_grid=True))}")
     if not spec.sym:
         raise QrobustError("exporting an asymmetric grid is not supported: compressed-tensors writes its packed zero "
                            "points, but transformers does not load them back here; quantize with the symmetric "
@@ -82,7 +81,7 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
     """Write ``model`` (fake-quantized in place by the quantization that produced ``result``) to ``out``
     as a compressed-tensors pack-quantized checkpoint. The model is compressed in place: discard it after.
     ``extra`` goes to ``qrobust_export.json`` beside the weights (provenance)."""
-    _require_package()
+    require_package()
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
                                                  apply_quantization_config)

@@ -473,9 +473,9 @@ def _run_checkpoint_streamed(cfg: SweepConfig, traj: Trajectory, ck: Checkpoint,
         if get_quantizer(spec.method).needs_calibration:
             calibs[spec], infos[spec] = sets.calibration(data_cfg, tok, tok_fp,
                                                          default_calibration_length(data_cfg, config))
-    run = stream_checkpoint(ck.path, todo, es.blocks, cfg.eval.batch_size, cfg.device, cfg.dtype,
-                            cfg.trust_remote_code, progress, calibs, fp=fp is None, states=cfg.states,
-                            states_dir=Path(cfg.states_dir) if cfg.states_dir else None)
+    run = stream_checkpoint(ck.path, todo, es.blocks, cfg.eval.batch_size, calibs, fp=fp is None, device=cfg.device,
+                            dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, progress=progress,
+                            states=cfg.states, states_dir=Path(cfg.states_dir) if cfg.states_dir else None)
     summary.model_loads += 1  # one streamed pass: every block read once per variant, the model never whole
     if fp is None:
         assert run.fp is not None

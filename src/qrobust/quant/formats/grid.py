@@ -1,23 +1,7 @@
-"""Quantizer grids: the reference GPTQ implementation's (IST-DASLab ``quant.py``, the default, shared by all
-methods) and compressed-tensors' (what llm-compressor writes and vLLM / transformers load).
-
-For a group of weights ``x`` (one row of one column group):
-    xmin = min(min(x), 0), xmax = max(max(x), 0)
-    symmetric: xmax = max(|xmin|, xmax); xmin = -xmax where xmin < 0
-    xmin == xmax == 0  ->  xmin, xmax = -1, +1
-    scale = (xmax - xmin) / (2^b - 1)
-    zero  = round(-xmin / scale)            (symmetric: (2^b - 1 + 1) / 2 = 2^(b-1))
-    q     = clamp(round(w / scale) + zero, 0, 2^b - 1);   w_hat = scale * (q - zero)
-Note the reference's symmetric quirk, kept on purpose: a row with no negative value keeps xmin = 0, so
-its scale spans [0, xmax] while the zero point sits mid-grid (values above ~xmax/2 clip).
-
-``grid="compressed-tensors"`` (``calculate_qparams`` and ``fake_quantize`` of compressed-tensors, int type):
-    xmin = min(min(x), 0), xmax = max(max(x), 0); signed codes -2^(b-1) … 2^(b-1) - 1
-    symmetric: scale = max(|xmin|, xmax) / ((2^b - 1) / 2), zero point 0 — no quirk: 2·absmax/(2^b - 1)
-    asymmetric: scale = (xmax - xmin) / (2^b - 1), zero point = round(clamp(-2^(b-1) - xmin/scale, range))
-    scale == 0 (an all-zero group)  ->  scale = eps of the compute dtype (zero point 0)
-    q = round(clamp(w / scale + zp, range)) (round half to even);   w_hat = scale * (q - zp)
-Codes are stored here unsigned (q + 2^(b-1), zero = zp + 2^(b-1)); the dequantized values are the same.
+"""The integer quantizer grids every method rounds on, by format name (``registry.py``): the reference
+GPTQ implementation's (``reference.py``, the default, shared by all methods) and compressed-tensors'
+(``compressed_tensors.py``: what llm-compressor writes and vLLM / transformers load); per-group
+rounding of whole weights, and the grid a layer was put on (``LayerGrid``, for export).
 
 Groups run along the input dimension (columns). ``group_size = -1`` gives one group per output channel;
 a group size larger than in_features is refused (almost always a mistake; use -1). When in_features is
@@ -30,86 +14,28 @@ from dataclasses import dataclass
 
 import torch
 
-from ...config import bits_problem, group_size_problem
+from ...config import group_size_problem
 from ...errors import QrobustError
+from . import reference  # noqa: F401  (registers "reference", the default: first in the known list)
+from . import compressed_tensors  # noqa: F401  (registers "compressed-tensors")
+from .registry import GRIDS, get_grid, maxq_for
+
+__all__ = ["GRIDS", "GroupSizeError", "LayerGrid", "fake_quantize", "fake_quantize_grid", "find_params",
+           "group_bounds", "maxq_for", "quantize_dequantize"]
 
 
 class GroupSizeError(QrobustError, ValueError):
     """A group size that does not fit a layer's input width."""
 
 
-def _compute(x: torch.Tensor) -> torch.Tensor:
-    """fp32 math for half/bf16 inputs; float64 stays float64 (reference checks)."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def maxq_for(bits: int) -> int:
-    if bits_problem(bits):
-        raise ValueError(bits_problem(bits))
-    return 2 ** bits - 1
-
-
-GRIDS = ("reference", "compressed-tensors")
-
-
-def check_grid(grid: str) -> None:
-    if grid not in GRIDS:
-        raise ValueError(f"unknown quantization grid '{grid}'; known: {', '.join(GRIDS)}")
-
-
-def _ct_params(x: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """compressed-tensors' ``calculate_qparams`` (int, no global or dtype-rounded scale), zero unsigned."""
-    maxq, half = maxq_for(bits), 2 ** (bits - 1)
-    zeros = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    xmin = torch.minimum(x.min(dim=1).values, zeros)
-    xmax = torch.maximum(x.max(dim=1).values, zeros)
-    if sym:
-        scale = torch.maximum(xmin.abs(), xmax.abs()) / (maxq / 2)
-        zp = zeros
-    else:
-        scale = (xmax - xmin) / maxq
-        zp = torch.round(torch.clamp(-half - xmin / scale, -half, half - 1))
-        zp = torch.where(scale == 0, zeros, zp)  # theirs: 0/0 cast to int8 gives 0
-    scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(x.dtype).eps), scale)
-    return scale.unsqueeze(1), (zp + half).unsqueeze(1)
-
-
 def find_params(x: torch.Tensor, bits: int, sym: bool, grid: str = "reference") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row (scale, zero) for a 2-D tensor ``x`` of shape [rows, cols]; both shaped [rows, 1]."""
-    if grid != "reference":
-        check_grid(grid)
-        return _ct_params(_compute(x), bits, sym)
-    maxq = maxq_for(bits)
-    x = _compute(x)
-    zeros = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    xmin = torch.minimum(x.min(dim=1).values, zeros)
-    xmax = torch.maximum(x.max(dim=1).values, zeros)
-    if sym:
-        xmax = torch.maximum(xmin.abs(), xmax)
-        neg = xmin < 0
-        xmin = torch.where(neg, -xmax, xmin)
-    dead = (xmin == 0) & (xmax == 0)
-    xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
-    xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
-    scale = (xmax - xmin) / maxq
-    if sym:
-        zero = torch.full_like(scale, (maxq + 1) / 2)
-    else:
-        zero = torch.round(-xmin / scale)
-    return scale.unsqueeze(1), zero.unsqueeze(1)
+    return get_grid(grid).params(x, bits, sym)
 
 
 def quantize_dequantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
                         grid: str = "reference") -> torch.Tensor:
-    if grid != "reference":
-        check_grid(grid)
-        half = 2 ** (bits - 1)
-        zp = zero - half  # compressed-tensors: the zero point is added before clamping and rounding
-        q = torch.round(torch.clamp(_compute(w) / scale + zp, -half, half - 1))
-        return scale * (q - zp)
-    maxq = maxq_for(bits)
-    q = torch.clamp(torch.round(_compute(w) / scale) + zero, 0, maxq)
-    return scale * (q - zero)
+    return get_grid(grid).qdq(w, scale, zero, bits)
 
 
 def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
@@ -138,11 +64,7 @@ class LayerGrid:
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
         """The integer codes of the dequantized weight ``w`` on this grid ([out, in], int32)."""
-        s, z = self.scale[:, self.g_idx], self.zero[:, self.g_idx]
-        if self.grid != "reference":
-            half = 2 ** (self.bits - 1)
-            return (torch.round(torch.clamp(_compute(w) / s + (z - half), -half, half - 1)) + half).to(torch.int32)
-        return torch.clamp(torch.round(_compute(w) / s) + z, 0, maxq_for(self.bits)).to(torch.int32)
+        return get_grid(self.grid).codes(w, self.scale[:, self.g_idx], self.zero[:, self.g_idx], self.bits)
 
 
 def fake_quantize_grid(w: torch.Tensor, bits: int, group_size: int, sym: bool,

@@ -10,7 +10,8 @@ Profiles reproduce the defaults of the libraries users compare against (see READ
 - ``reference``      IST-DASLab GPTQ: damp 0.01, dynamic groups, no act-order, block-sequential.
 - ``llmcompressor``  damp 0.01, act-order "static" (permuted columns, group parameters from the original
                      W by original column index), block-sequential, no true-sequential, and compressed-tensors'
-                     grid (symmetric scale 2·absmax/(2^b−1), no reference quirk; see ``grid.py``).
+                     grid (symmetric scale 2·absmax/(2^b−1), no reference quirk; see
+                     ``formats/compressed_tensors.py``).
 - ``gptqmodel``      damp 0.05 auto-increased by 0.01 on Cholesky failure, dynamic groups, no act-order,
                      true-sequential (its ``act_group_aware`` / MSE options are not plain GPTQ: not modelled).
 """
@@ -32,7 +33,8 @@ from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
 from ..pipelines.staged import BlockProbe, StagedBlock, probe_block
-from ..registry import Quantizer, QuantSpec, register_quantizer, typed_options
+from ..base import BlockDone, BlockJob, Flow, Quantizer, typed_options
+from ..registry import QuantSpec, register_quantizer
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class GPTQOptions:
     true_sequential: bool = True
     calib_batch_size: int = 8
     replay: bool = True
-    quant_grid: str = "reference"  # reference | compressed-tensors (quant/grid.py)
+    quant_grid: str = "reference"  # reference | compressed-tensors (quant/formats/)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -154,9 +156,32 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
 class GPTQ(Quantizer):
     name = "gptq"
     needs_calibration = True
+    records_grid = True
+    streamable = True
+    options_type = GPTQOptions
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        gptq_options(options)
+    def parse_options(self, options: dict[str, Any]) -> GPTQOptions:
+        return gptq_options(options)
+
+    def calibration_flow(self, options: dict[str, Any]) -> Flow:
+        """Sequential: block i is calibrated on the outputs of the quantized blocks < i; otherwise every
+        Hessian comes from one pass of the FP model."""
+        return "quantized" if gptq_options(options).sequential else "fp"
+
+    def stream_problem(self, options: dict[str, Any]) -> str | None:
+        if not gptq_options(options).sequential:
+            return ("streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP Hessians need the "
+                    "whole model)")
+        return None
+
+    def quantize_block(self, job: BlockJob, spec: QuantSpec) -> BlockDone:
+        """One block from its calibration inputs (the quantized earlier blocks' outputs); the pipeline
+        moves the calibration stream on through the quantized block."""
+        info: dict[str, dict[str, Any]] = {}
+        with _ieee_fp32():
+            gptq_block(job.module, job.linears, job.inputs, spec, gptq_options(dict(spec.options)), info,
+                       propagate=False)
+        return BlockDone(info)
 
     def implied(self, options: dict[str, Any]) -> dict[str, Any]:
         """The grid when a profile (not the options) picks a non-reference one: the llmcompressor profile
@@ -210,11 +235,11 @@ class GPTQ(Quantizer):
         inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
         for bi in range(last + 1):
-            inputs = quantize_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
+            inputs = gptq_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
                                     calibration if bi == 0 else None, propagate=bi < last)
 
 
-def quantize_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
+def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
                    opts: GPTQOptions, info: dict[str, dict[str, float]], first_of: Any = None,
                    propagate: bool = True) -> list[tuple[tuple, dict]] | None:
     """GPTQ on one decoder block, in place, from its calibration inputs (the previous quantized block's

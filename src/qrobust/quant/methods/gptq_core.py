@@ -13,6 +13,7 @@ group size is a multiple of the block size (e.g. the usual 128 / 128) or groups 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -55,49 +56,70 @@ def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: 
         d += damp_step
 
 
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True,
-                  damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False,
-                  damp_step: float = 0.0, damp_max: float = 1.0, name: str = "layer",
-                  dtype: torch.dtype = torch.float32, own_h: bool = False, grid: str = "reference") -> GPTQResult:
-    """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
+@dataclass(frozen=True)
+class GPTQSettings:
+    """The rarer arguments of ``gptq_quantize`` (given to it as keywords)."""
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = False
+    static_groups: bool = False
+    damp_step: float = 0.0
+    damp_max: float = 1.0
+    name: str = "layer"
+    dtype: torch.dtype = torch.float32
+    own_h: bool = False
+    grid: str = "reference"
 
-    All math runs in ``dtype`` (fp32 by default; float64 for reference checks), never in TF32/half.
-    ``own_h``: the caller hands ``H`` over (it is overwritten instead of copied, saving one [in, in]).
-    ``grid``: the quantizer grid (``quant/grid.py``): "reference" or "compressed-tensors".
-    """
-    W = W.detach().clone().to(dtype)
-    H = H.detach().to(dtype) if own_h else H.detach().clone().to(dtype)
+
+class _Groups:
+    """Each column's grid parameters: static groups from the original W (looked up by original column),
+    dynamic ones from the fully updated weights when a group starts, one per row for ``group_size=-1``;
+    and what export needs (scale and zero per row and group id, each column's group id)."""
+
+    def __init__(self, W: torch.Tensor, bits: int, sym: bool, group_size: int, s: GPTQSettings):
+        rows, cols = W.shape
+        self.bits, self.sym, self.grid, self.group_size = bits, sym, s.grid, group_size
+        self.g = g = cols if group_size == -1 else group_size
+        self.static = None
+        if s.static_groups and group_size != -1:
+            self.static = [find_params(W[:, a: a + g], bits, sym, s.grid) for a in range(0, cols, g)]
+        whole = find_params(W, bits, sym, s.grid) if group_size == -1 else None
+        self.perm: torch.Tensor | None = None
+        self.g_pos = torch.zeros(cols, dtype=torch.long)  # group id by position (permuted order)
+        n_groups = 1 if group_size == -1 else -(-cols // g)
+        self.scales = torch.zeros(rows, n_groups, dtype=W.dtype, device=W.device)
+        self.zeros = torch.zeros(rows, n_groups, dtype=W.dtype, device=W.device)
+        self.scale, self.zero = whole if whole is not None else (None, None)
+        if whole is not None:
+            self.scales[:, 0:1], self.zeros[:, 0:1] = whole
+
+    def column(self, col: int, fresh: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero) for the column at (permuted) position ``col``; ``fresh(end)``: the fully updated
+        weights from ``col`` up to ``end``, for a dynamic group that starts here."""
+        g = self.g
+        if self.group_size != -1:
+            if self.static is not None:
+                orig = int(self.perm[col]) if self.perm is not None else col
+                self.scale, self.zero = self.static[orig // g]
+                self.g_pos[col] = orig // g
+                k = orig // g
+                self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
+            else:
+                if col % g == 0:
+                    self.scale, self.zero = find_params(fresh(col + g), self.bits, self.sym, self.grid)
+                    k = col // g
+                    self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
+                self.g_pos[col] = col // g
+        return self.scale, self.zero
+
+
+def _quantize_columns(W: torch.Tensor, Hinv: torch.Tensor, groups: _Groups, block_size: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The column loop with lazy batch updates in blocks of ``block_size``: (Q, loss per row). ``W`` is
+    updated in place."""
     rows, cols = W.shape
-    maxq_for(bits)  # validates bits
-    g = cols if group_size == -1 else group_size
-    if g > cols:
-        raise QrobustError(f"GPTQ: group size {group_size} is larger than in_features={cols} of layer '{name}'; "
-                           "use -1 (per output channel) or a smaller group size")
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-
-    static = None
-    if static_groups and group_size != -1:
-        static = [find_params(W[:, a: a + g], bits, sym, grid) for a in range(0, cols, g)]
-    whole = find_params(W, bits, sym, grid) if group_size == -1 else None
-
-    perm = None
-    if act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    Hinv, used = _inverse_cholesky(H, damp, damp_step, damp_max, name)
-    del H  # only the inverse factor is needed from here on
-
     Q = torch.zeros_like(W)
-    losses = torch.zeros(rows, device=W.device, dtype=dtype)
-    g_pos = torch.zeros(cols, dtype=torch.long)  # group id by position (permuted order)
-    n_groups = 1 if group_size == -1 else -(-cols // g)
-    scales = torch.zeros(rows, n_groups, dtype=dtype, device=W.device)
-    zeros = torch.zeros(rows, n_groups, dtype=dtype, device=W.device)
-    scale, zero = whole if whole is not None else (None, None)
-    if whole is not None:
-        scales[:, 0:1], zeros[:, 0:1] = whole
+    losses = torch.zeros(rows, device=W.device, dtype=W.dtype)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         W1 = W[:, i1:i2].clone()
@@ -106,27 +128,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if group_size != -1:
-                if static is not None:
-                    orig = int(perm[col]) if perm is not None else col
-                    scale, zero = static[orig // g]
-                    g_pos[col] = orig // g
-                    scales[:, orig // g: orig // g + 1], zeros[:, orig // g: orig // g + 1] = scale, zero
-                else:
-                    if col % g == 0:
-                        # fully updated weights of the group: the in-block part from W1; columns past
-                        # the block still lack this block's pending lazy update, so apply it here
-                        end = col + g
-                        part = W1[:, i: min(end, i2) - i1]
-                        if end > i2:
-                            rest = W[:, i2:end] - Err1[:, :i].matmul(Hinv[i1:col, i2:end])
-                            part = torch.cat([part, rest], dim=1)
-                        scale, zero = find_params(part, bits, sym, grid)
-                        scales[:, col // g: col // g + 1], zeros[:, col // g: col // g + 1] = scale, zero
-                    g_pos[col] = col // g
+
+            def fresh(end: int) -> torch.Tensor:
+                # the in-block part from W1; columns past the block still lack this block's pending lazy
+                # update, so apply it here
+                part = W1[:, i: min(end, i2) - i1]
+                if end > i2:
+                    rest = W[:, i2:end] - Err1[:, :i].matmul(Hinv[i1:col, i2:end])
+                    part = torch.cat([part, rest], dim=1)
+                return part
+            scale, zero = groups.column(col, fresh)
             w = W1[:, i]
             d = Hinv1[i, i]
-            q = quantize_dequantize(w.unsqueeze(1), scale, zero, bits, grid).flatten()
+            q = quantize_dequantize(w.unsqueeze(1), scale, zero, groups.bits, groups.grid).flatten()
             Q1[:, i] = q
             losses += (w - q) ** 2 / d ** 2 / 2
             err = (w - q) / d
@@ -134,10 +148,41 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    g_idx = g_pos
-    if perm is not None:
-        inv = torch.argsort(perm)
+    return Q, losses
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int = 128, sym: bool = True,
+                  **settings: Any) -> GPTQResult:
+    """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
+
+    ``settings``: the fields of ``GPTQSettings`` (damp, block_size, act_order, static_groups, damp_step,
+    damp_max, name, dtype, own_h, grid). All math runs in ``dtype`` (fp32 by default; float64 for
+    reference checks), never in TF32/half. ``own_h``: the caller hands ``H`` over (it is overwritten
+    instead of copied, saving one [in, in]). ``grid``: the quantizer grid (``formats/grid.py``):
+    "reference" or "compressed-tensors".
+    """
+    s = GPTQSettings(**settings)
+    W = W.detach().clone().to(s.dtype)
+    H = H.detach().to(s.dtype) if s.own_h else H.detach().clone().to(s.dtype)
+    cols = W.shape[1]
+    maxq_for(bits)  # validates bits
+    if group_size != -1 and group_size > cols:
+        raise QrobustError(f"GPTQ: group size {group_size} is larger than in_features={cols} of layer '{s.name}'; "
+                           "use -1 (per output channel) or a smaller group size")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    groups = _Groups(W, bits, sym, group_size, s)
+    if s.act_order:
+        groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    Hinv, used = _inverse_cholesky(H, s.damp, s.damp_step, s.damp_max, s.name)
+    del H  # only the inverse factor is needed from here on
+    Q, losses = _quantize_columns(W, Hinv, groups, s.block_size)
+    g_idx = groups.g_pos
+    if groups.perm is not None:
+        inv = torch.argsort(groups.perm)
         Q = Q[:, inv]
-        g_idx = g_pos[inv]
-    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses, scale=scales,
-                      zero=zeros)
+        g_idx = groups.g_pos[inv]
+    return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses, scale=groups.scales,
+                      zero=groups.zeros)

@@ -5,13 +5,16 @@ import torch
 from torch import nn
 
 from ..formats.grid import GroupSizeError, fake_quantize_grid
-from ..registry import Quantizer, QuantSpec, register_quantizer
+from ..base import Quantizer
+from ..registry import QuantSpec, register_quantizer
 
 
 @register_quantizer
 class RTN(Quantizer):
     name = "rtn"
     needs_calibration = False
+    records_grid = True
+    streamable = True  # per layer, no data: the default quantize_block (this method on each block) holds
 
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .staged import _Stop
+from .staged import StopForward
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
@@ -30,14 +30,14 @@ def first_block_inputs(model: nn.Module, block: nn.Module, batches: list[torch.T
 
     def grab(mod, args, kwargs):
         inputs.append((args, kwargs))
-        raise _Stop
+        raise StopForward
 
     h = block.register_forward_pre_hook(grab, with_kwargs=True)
     try:
         for b in batches:
             try:
                 model(input_ids=b, use_cache=False)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         h.remove()

@@ -11,7 +11,7 @@ import fnmatch
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ class QuantResult:
     spec: QuantSpec
     layers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {rel_err, mse, numel, ...}
     seconds: float = 0.0
-    # name -> the grid the quantizer used (methods that record one: rtn, gptq), for export
+    # name -> the grid the quantizer used (quantizers that record one, ``records_grid``), for export
     grids: dict[str, LayerGrid] = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict[str, float]:
@@ -139,11 +139,14 @@ def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Cal
 
 
 def quantize(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: int = 128, sym: bool = True,
-             calibration: torch.Tensor | None = None, include: tuple[str, ...] | list[str] = (),
-             exclude: tuple[str, ...] | list[str] = (), **options) -> tuple[nn.Module, QuantResult]:
-    """A fake-quantized copy of ``model`` and its per-layer weight errors; ``model`` itself is unchanged."""
-    spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
-                     exclude=tuple(exclude), options=tuple(sorted(options.items())))
+             calibration: torch.Tensor | None = None, **options: Any) -> tuple[nn.Module, QuantResult]:
+    """A fake-quantized copy of ``model`` and its per-layer weight errors; ``model`` itself is unchanged.
+
+    Keywords ``include`` / ``exclude`` (glob patterns on linear names) select the layers; every other
+    keyword is an option of the method (e.g. ``damp=0.01`` for GPTQ)."""
+    include, exclude = tuple(options.pop("include", ())), tuple(options.pop("exclude", ()))
+    spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=include,
+                     exclude=exclude, options=tuple(sorted(options.items())))
     qmodel = copy.deepcopy(model)
     result, _, _ = _apply(qmodel, spec, calibration)
     return qmodel, result

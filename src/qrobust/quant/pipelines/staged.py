@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a pre-hook to end a forward pass early (the rest of the block is not needed yet)."""
 
 
@@ -146,64 +146,14 @@ class StagedBlock:
         Returns the block outputs (``None`` for batches that stopped early).
         """
         state = {"b": 0, "dirty": False}
-        selected = set(self.linears.values())
-        stop = self.linears[stop_at] if stop_at is not None else None
-        by_module = {self.linears[n]: fn for n, fn in collect.items()}
-        handles, patched = [], []
-
-        def pre(mod, args):
-            x = args[0]
-            if mod in by_module:
-                by_module[mod](x)
-            if self.replay and mod in self._tail_linears and not state["dirty"]:
-                per = self.tail_inputs.setdefault(mod, {})
-                if state["b"] not in per:
-                    per[state["b"]] = _Kept(x)
-            if mod is stop:
-                raise _Stop
-            if mod in selected and mod not in self.quantized:
-                state["dirty"] = True
-
-        def post(mod, args, out):
-            if not state["dirty"] and mod in self.probe.once:
-                per = self.cache.setdefault(mod, {})
-                if state["b"] not in per:
-                    per[state["b"]] = _Kept(out)
-
-        def replayer(mod: nn.Module, original: Callable) -> Callable:
-            tail = self.probe.tails.get(mod)
-
-            def forward(*args, **kwargs):
-                b = state["b"]
-                hit = self.cache.get(mod, {}).get(b)
-                if hit is not None and hit.intact():
-                    return hit.obj
-                x = self.tail_inputs.get(tail[0], {}).get(b) if tail is not None else None
-                if x is not None and tail[0] in self.quantized and x.intact():
-                    y = tail[0].forward(x.obj)
-                    return y if tail[1] < 0 else (y,) + (None,) * (tail[1] - 1)
-                if hit is not None:  # edited in place since: recompute, and keep the fresh result
-                    del self.cache[mod][b]
-                return original(*args, **kwargs)
-            return forward
-
-        for mod in self.block.modules():
-            if mod is self.block:
-                continue
-            if isinstance(mod, nn.Linear):
-                handles.append(mod.register_forward_pre_hook(pre))
-            if self.replay and mod in self._cached_kinds:
-                handles.append(mod.register_forward_hook(post))
-                if mod in self.cache or mod in self.probe.tails:
-                    patched.append((mod, mod.__dict__.get("forward")))
-                    mod.forward = replayer(mod, mod.forward)
+        handles, patched = self._install(*self._hooks(collect, stop_at, state), state)
         outs: list[Any] = []
         try:
             for b, (args, kwargs) in enumerate(self.inputs):
                 state["b"], state["dirty"] = b, False
                 try:
                     outs.append(self.block(*args, **kwargs))
-                except _Stop:
+                except StopForward:
                     outs.append(None)
         finally:
             for h in handles:
@@ -215,6 +165,67 @@ class StagedBlock:
                     mod.forward = prev
         self._prune()
         return outs
+
+    def _hooks(self, collect: dict[str, Callable[[torch.Tensor], None]], stop_at: str | None,
+               state: dict[str, Any]) -> tuple[Callable, Callable]:
+        """The pre-hook of every linear (collect, keep tail inputs, stop, mark dirty) and the post-hook
+        that keeps clean outputs."""
+        selected = set(self.linears.values())
+        stop = self.linears[stop_at] if stop_at is not None else None
+        by_module = {self.linears[n]: fn for n, fn in collect.items()}
+
+        def pre(mod, args):
+            x = args[0]
+            if mod in by_module:
+                by_module[mod](x)
+            if self.replay and mod in self._tail_linears and not state["dirty"]:
+                per = self.tail_inputs.setdefault(mod, {})
+                if state["b"] not in per:
+                    per[state["b"]] = _Kept(x)
+            if mod is stop:
+                raise StopForward
+            if mod in selected and mod not in self.quantized:
+                state["dirty"] = True
+
+        def post(mod, args, out):
+            if not state["dirty"] and mod in self.probe.once:
+                per = self.cache.setdefault(mod, {})
+                if state["b"] not in per:
+                    per[state["b"]] = _Kept(out)
+        return pre, post
+
+    def _install(self, pre: Callable, post: Callable, state: dict[str, Any]) -> tuple[list, list]:
+        """Hooks on the block's submodules and replaying forwards on the cached ones; what undoes them."""
+        handles, patched = [], []
+        for mod in self.block.modules():
+            if mod is self.block:
+                continue
+            if isinstance(mod, nn.Linear):
+                handles.append(mod.register_forward_pre_hook(pre))
+            if self.replay and mod in self._cached_kinds:
+                handles.append(mod.register_forward_hook(post))
+                if mod in self.cache or mod in self.probe.tails:
+                    patched.append((mod, mod.__dict__.get("forward")))
+                    mod.forward = self._replayer(mod, mod.forward, state)
+        return handles, patched
+
+    def _replayer(self, mod: nn.Module, original: Callable, state: dict[str, Any]) -> Callable:
+        """``mod``'s forward that answers from the cache, or from its tail linear on the cached clean input."""
+        tail = self.probe.tails.get(mod)
+
+        def forward(*args, **kwargs):
+            b = state["b"]
+            hit = self.cache.get(mod, {}).get(b)
+            if hit is not None and hit.intact():
+                return hit.obj
+            x = self.tail_inputs.get(tail[0], {}).get(b) if tail is not None else None
+            if x is not None and tail[0] in self.quantized and x.intact():
+                y = tail[0].forward(x.obj)
+                return y if tail[1] < 0 else (y,) + (None,) * (tail[1] - 1)
+            if hit is not None:  # edited in place since: recompute, and keep the fresh result
+                del self.cache[mod][b]
+            return original(*args, **kwargs)
+        return forward
 
     def _prune(self) -> None:
         """Drop caches nobody can read any more: descendants of cached modules, inputs of cached tails."""

@@ -11,10 +11,11 @@ logits, with every decoder block swapped for a stand-in that hands back the stor
 embeddings, masks, final norm, head and the loss are computed by exactly the code the in-memory path
 runs (``evaluate.evaluate_loss``): the numbers are the same, as ``tests/test_layerwise.py`` checks.
 
-RTN quantizes each block on its own. GPTQ (block-sequential, as in memory) also carries the calibration
-set through the quantized blocks: block i's Hessians come from the outputs of quantized blocks < i,
-computed by the very function the in-memory path uses (``quant.gptq.quantize_block``). AWQ carries its
-calibration set through the FP blocks, as in memory (``quant.awq.AWQ.quantize_block``).
+Each block is quantized by the variant's quantizer (``Quantizer.quantize_block``, the quantizer
+contract of ``quant/base.py``: this module never names a method). A calibrated variant also carries its
+calibration set from block to block, as its ``calibration_flow`` says: ``quantized`` through the block
+just quantized (block i is calibrated on the outputs of quantized blocks < i, as sequential GPTQ is in
+memory), ``fp`` as the FP outputs the quantizer computed before changing the block (as AWQ is).
 """
 from __future__ import annotations
 
@@ -27,17 +28,32 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ....checks import check_seq_len, check_tensors, check_token_ids
-from ....errors import CheckpointError, QrobustError
+from ....errors import QrobustError
 from ....evaluate import LossResult, evaluate_loss
-from ....models import resolve_device, resolve_dtype
-from ... import QuantSpec, get_quantizer
+from ...base import BlockDone, BlockJob, Flow, Quantizer
+from ...registry import QuantSpec, get_quantizer, quantizer_names
 from ..in_memory import select_linears, weight_error
-from ..blocks import decoder_layers, first_block_inputs
 from .hidden_states import HiddenStates, Tier, resolve_tier, state_bytes
-from .block_weights import WeightSource, materialize, skeleton
+from .block_weights import StreamedModel, WeightSource, check_tokens, load_outside_blocks, open_checkpoint
 
-STREAMABLE_METHODS = ("rtn", "gptq", "awq")
+
+
+def streamable_methods() -> list[str]:
+    """Registered quantizers that can be layer-streamed (``Quantizer.streamable``)."""
+    return quantizer_names(streamable=True)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a checkpoint is streamed (the rarer arguments of ``stream_checkpoint``, given as keywords):
+    ``states``: where the carried hidden states live (auto|device|cpu|disk); ``states_dir``: the parent
+    folder of the disk tier's files (default: the system temp folder)."""
+    device: str = "auto"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    progress: bool = False
+    states: str = "auto"
+    states_dir: Path | None = None
 
 
 class _Replay(nn.Module):
@@ -105,8 +121,11 @@ def _selected(block: nn.Module, prefix: str, spec: QuantSpec) -> dict[str, nn.Li
 
 @dataclass
 class _Variant:
-    """A variant's running state: its stream, its calibration stream, the last block it quantizes."""
+    """A variant's running state: its quantizer and calibration flow, its stream, its calibration
+    stream, the last block it quantizes."""
     spec: QuantSpec
+    quantizer: Quantizer
+    flow: Flow
     states: HiddenStates
     calib: HiddenStates | None
     last: int
@@ -116,188 +135,165 @@ class _Variant:
     as_tuple: bool = False
 
 
+def _carry_calibration(v: _Variant, block: nn.Module, done: BlockDone) -> None:
+    """Move ``v``'s calibration stream past ``block`` as its flow says."""
+    assert v.calib is not None
+    if v.flow == "quantized":
+        v.calib.advance(block)
+    elif done.fp_outputs is not None:
+        v.calib.put_all(done.fp_outputs)
+    else:
+        raise QrobustError(f"quantizer '{v.spec.method}' calibrates on FP inputs but its quantize_block gave no FP "
+                           "outputs for the next block")
+
+
 def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: WeightSource) -> None:
     """Quantize one decoder block in place for variant ``v`` (its FP stream has already run), record its
-    per-layer errors, and move ``v``'s calibration stream past it (GPTQ: through the quantized block; AWQ:
-    through the FP block, as the in-memory paths do). The FP weights for the errors are read back from
-    the files one layer at a time, so no copy of the block is held."""
+    per-layer errors, and move ``v``'s calibration stream past it. The FP weights for the errors are read
+    back from the files one layer at a time, so no copy of the block is held."""
     spec = v.spec
     layers = _selected(block, prefix, spec)
-    info: dict[str, dict[str, Any]] = {}
-    more = i < v.last
+    dtypes = {n: lin.weight.dtype for n, lin in layers.items()}
+    job = BlockJob(block, layers, prefix + ".", v.calib,
+                   original=lambda n: source.get(f"{n}.weight").to(dtypes[n]))
     with torch.no_grad():
-        if spec.method == "gptq":
-            from ...methods.gptq import _ieee_fp32, gptq_options, quantize_block
-            with _ieee_fp32():
-                quantize_block(block, layers, v.calib, spec, gptq_options(dict(spec.options)), info, propagate=False)
-            if more:
-                v.calib.advance(block)
-        elif spec.method == "awq":
-            from ...methods.awq import AWQ, awq_options
-            local = {n[len(prefix) + 1:]: lin for n, lin in layers.items()}
-            dtypes = {n: lin.weight.dtype for n, lin in local.items()}
-            _, fp_outputs = AWQ().quantize_block(  # FP weights for the errors re-read from the files, as below
-                block, local, v.calib, spec, awq_options(dict(spec.options)), info, prefix + ".",
-                original=lambda n: source.get(f"{prefix}.{n}.weight").to(dtypes[n]))
-            if more:
-                v.calib.put_all(fp_outputs)
-        else:
-            get_quantizer(spec.method).quantize_layers(block, layers, spec, None)
+        done = v.quantizer.quantize_block(job, spec)
+        if i < v.last and v.flow != "none":
+            _carry_calibration(v, block, done)
     for n, m in layers.items():
         w0 = source.get(f"{n}.weight").to(m.weight.dtype)  # as the in-memory path saw it
-        v.layers[n] = {**weight_error(w0, m.weight), **{k: x for k, x in info.get(n, {}).items() if k != "grid"}}
+        v.layers[n] = {**weight_error(w0, m.weight), **{k: x for k, x in done.info.get(n, {}).items() if k != "grid"}}
 
 
 def check_streamable(specs: list[QuantSpec]) -> dict[QuantSpec, int]:
     """Refuse what cannot be streamed before any work; the calibration batch size of each calibrated variant."""
     sizes = {}
     for spec in specs:
-        if spec.method not in STREAMABLE_METHODS:
-            raise QrobustError(f"layer streaming supports {', '.join(STREAMABLE_METHODS)} so far; '{spec.method}' "
+        quantizer, options = get_quantizer(spec.method), dict(spec.options)
+        if not quantizer.streamable:
+            raise QrobustError(f"layer streaming supports {', '.join(streamable_methods())} so far; '{spec.method}' "
                                "needs its own streamed path (not built yet): evaluate it in memory")
-        get_quantizer(spec.method).check_options(dict(spec.options))
-        if spec.method == "gptq":
-            from ...methods.gptq import gptq_options
-            opts = gptq_options(dict(spec.options))
-            if not opts.sequential:
-                raise QrobustError("streamed GPTQ is block-sequential; drop sequential=false (its whole-model FP "
-                                   "Hessians need the whole model)")
-            sizes[spec] = opts.calib_batch_size
-        elif spec.method == "awq":
-            from ...methods.awq import awq_options
-            sizes[spec] = awq_options(dict(spec.options)).calib_batch_size
+        quantizer.check_options(options)
+        problem = quantizer.stream_problem(options)
+        if problem:
+            raise QrobustError(problem)
+        if quantizer.calibration_flow(options) != "none":
+            sizes[spec] = quantizer.calibration_batch_size(options)
     return sizes
 
 
+def _last_blocks(m: StreamedModel, specs: list[QuantSpec]) -> dict[QuantSpec, int]:
+    """Per variant, the last block holding a selected linear (past it the quantized model runs FP blocks)."""
+    lasts = {}
+    for spec in specs:
+        with_linears = [i for i, p in enumerate(m.prefixes) if _selected(m.layers[i], p, spec)]
+        if not with_linears:
+            raise QrobustError(f"{spec.label}: no linear layers selected for quantization; check the include/exclude "
+                               "patterns")
+        lasts[spec] = max(with_linears)
+    return lasts
+
+
+def _variant_step(m: StreamedModel, i: int, v: _Variant, dirty: bool) -> None:
+    """Block ``i`` for one variant: (re)load its FP weights if needed, quantize it, run the variant's stream."""
+    if dirty:
+        m.load_block(i)
+    block = m.layers[i]
+    if i <= v.last:  # past the last selected linear the quantized model runs FP blocks
+        tq = time.perf_counter()
+        _quantize_block(block, m.prefixes[i], v, i, m.source)
+        v.quantize_seconds += time.perf_counter() - tq
+    te = time.perf_counter()
+    v.as_tuple = v.states.advance(block)
+    v.eval_seconds += time.perf_counter() - te
+    if v.calib is not None and i >= v.last:
+        v.calib.close()
+        v.calib = None
+    _return_freed_memory()
+
+
+def _run_blocks(m: StreamedModel, fp_states: HiddenStates | None, variants: list[_Variant], progress: bool
+                ) -> tuple[list[float], bool]:
+    """Every block once: FP stream first, then each variant quantizes and runs its own stream; the time
+    per block, and whether blocks answer with tuples."""
+    from tqdm.auto import tqdm
+
+    block_seconds: list[float] = []
+    fp_tuple = False
+    for i in tqdm(range(len(m.layers)), desc="blocks", disable=not progress, leave=False):
+        t0 = time.perf_counter()
+        dirty = True  # the block as held is not (yet) the FP block
+        if fp_states is not None:
+            fp_tuple = fp_states.advance(m.load_block(i))
+            dirty = False
+        for v in variants:
+            _variant_step(m, i, v, dirty)
+            dirty = i <= v.last
+        m.layers[i] = m.layers[i].to_empty(device="meta")  # drop this block's weights
+        _return_freed_memory()
+        block_seconds.append(time.perf_counter() - t0)
+    return block_seconds, fp_tuple
+
+
 def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: torch.Tensor, batch_size: int = 8,
-                      device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
-                      progress: bool = False, calibration: dict[QuantSpec, torch.Tensor] | None = None,
-                      fp: bool = True, states: str = "auto", states_dir: Path | None = None) -> StreamedRun:
+                      calibration: dict[QuantSpec, torch.Tensor] | None = None, fp: bool = True,
+                      **settings: Any) -> StreamedRun:
     """FP loss (when ``fp``) and the quantized loss of every variant in ``specs``, on ``blocks`` ([n, T]
     token ids), one decoder block in memory at a time: the numbers of loading the whole model and calling
     ``evaluate_loss`` on it FP and under each variant. ``calibration``: token blocks per calibrated
-    variant (GPTQ, AWQ). ``states``: where the carried hidden states live (auto|device|cpu|disk);
-    ``states_dir``: the parent folder of the disk tier's files (default: the system temp folder)."""
-    from tqdm.auto import tqdm
-
+    variant. ``settings``: the fields of ``StreamSettings`` (device, dtype, trust_remote_code, progress,
+    states, states_dir)."""
+    s = StreamSettings(**settings)
     calibration = calibration or {}
     calib_batch = check_streamable(specs)
     for spec in calib_batch:
         if calibration.get(spec) is None:
             raise QrobustError(f"{spec.method.upper()} needs calibration token blocks; pass calibration")
     t_all = time.perf_counter()
-    folder = Path(checkpoint)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"'{folder}' is not a model folder: expected config.json and *.safetensors")
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    model = skeleton(folder, dt, trust_remote_code)
-    source = WeightSource(folder, model)
-    check_tensors(folder, model, source.where)  # the same check as an in-memory load, before any work
-    rows = model.get_input_embeddings().weight.shape[0]
-    check_seq_len(model.config, blocks.shape[1], str(folder))
-    check_token_ids(blocks, rows, str(folder))
-    for spec in calib_batch:
-        check_seq_len(model.config, calibration[spec].shape[1], str(folder), "calibration sample length",
-                      "--calib-seq-len (calibration.seq_len)")
-        check_token_ids(calibration[spec], rows, str(folder))
-    layers = decoder_layers(model)
-    if layers is None:
-        raise CheckpointError(f"'{folder}': no decoder block list found; layer streaming needs a decoder-only model")
-    layers_name = {id(m): n for n, m in model.named_modules()}[id(layers)]
-    materialize(model, "", source, dev, dt, model.config, skip=layers_name)
-    if getattr(model.config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
-        out_emb = model.get_output_embeddings()
-        if out_emb.weight.device.type == "meta":
-            out_emb.weight = model.get_input_embeddings().weight
-    leftover = [n for n, p in model.named_parameters() if p.device.type == "meta" and not n.startswith(layers_name)]
-    if leftover:
-        raise CheckpointError(f"'{folder}': parameter '{leftover[0]}' is missing from the safetensors files")
-    prefixes = [f"{layers_name}.{i}" for i in range(len(layers))]
-    lasts = {}
-    for spec in specs:
-        with_linears = [i for i, p in enumerate(prefixes) if _selected(layers[i], p, spec)]
-        if not with_linears:
-            raise QrobustError(f"{spec.label}: no linear layers selected for quantization; check the include/exclude "
-                               "patterns")
-        lasts[spec] = max(with_linears)
-    hidden = model.get_input_embeddings().weight.shape[1]
-    need = state_bytes(blocks.numel(), hidden, dt) * (int(fp) + len(specs)) + sum(
-        state_bytes(calibration[s].numel(), hidden, dt) for s in calib_batch)
-    tier = resolve_tier(states, need, dev)
-
-    def stream_of(tokens: torch.Tensor, size: int) -> HiddenStates:
-        """The first block's inputs, batch by batch, into a stream of the chosen tier."""
-        out = HiddenStates(tier, dev, states_dir)
-        for b in torch.split(tokens, size):
-            ((args, kwargs),) = first_block_inputs(model, layers[0], [b.to(dev)])
-            out.append(args, kwargs)
-        return out
-
+    m = open_checkpoint(checkpoint, s.device, s.dtype, s.trust_remote_code)
+    check_tokens(m, blocks, calibration, calib_batch)
+    load_outside_blocks(m)
+    lasts = _last_blocks(m, specs)
+    hidden = m.model.get_input_embeddings().weight.shape[1]
+    need = state_bytes(blocks.numel(), hidden, m.dt) * (int(fp) + len(specs)) + sum(
+        state_bytes(calibration[c].numel(), hidden, m.dt) for c in calib_batch)
+    tier = resolve_tier(s.states, need, m.dev)
     fp_states: HiddenStates | None = None
     variants: list[_Variant] = []
-    block_seconds: list[float] = []
     try:
         with torch.no_grad():
-            first = stream_of(blocks, batch_size)
+            first = m.stream_of(blocks, batch_size, tier, s.states_dir)
             fp_states = first if fp else None
             for k, spec in enumerate(specs):
                 states_k = first if (k == len(specs) - 1 and not fp) else first.copy()
-                calib = stream_of(calibration[spec], calib_batch[spec]) if spec in calib_batch else None
-                variants.append(_Variant(spec, states_k, calib, lasts[spec]))
-            fp_tuple = False
-            for i in tqdm(range(len(layers)), desc="blocks", disable=not progress, leave=False):
-                t0 = time.perf_counter()
-                block, prefix = layers[i], prefixes[i]
-                dirty = True  # the block as held is not (yet) the FP block
-                if fp_states is not None:
-                    _load_block(block, prefix, source, dev, dt, model.config, folder)
-                    dirty = False
-                    fp_tuple = fp_states.advance(block)
-                for v in variants:
-                    if dirty:
-                        _load_block(block, prefix, source, dev, dt, model.config, folder)
-                        dirty = False
-                    if i <= v.last:  # past the last selected linear the quantized model runs FP blocks
-                        tq = time.perf_counter()
-                        _quantize_block(block, prefix, v, i, source)
-                        v.quantize_seconds += time.perf_counter() - tq
-                        dirty = True
-                    te = time.perf_counter()
-                    v.as_tuple = v.states.advance(block)
-                    v.eval_seconds += time.perf_counter() - te
-                    if v.calib is not None and i >= v.last:
-                        v.calib.close()
-                        v.calib = None
-                    _return_freed_memory()
-                layers[i] = block.to_empty(device="meta")  # drop this block's weights
-                _return_freed_memory()
-                block_seconds.append(time.perf_counter() - t0)
-            fp_loss = (_head_losses(model, layers, fp_states, fp_tuple, blocks, batch_size, f"checkpoint '{folder}'")
-                       if fp_states else None)
-            out = []
-            for v in variants:
-                te = time.perf_counter()
-                q = _head_losses(model, layers, v.states, v.as_tuple, blocks, batch_size,
-                                 f"checkpoint '{folder}' quantized as {v.spec.label}")
-                out.append(VariantLosses(v.spec, q, v.layers, v.quantize_seconds,
-                                         v.eval_seconds + time.perf_counter() - te))
+                calib = m.stream_of(calibration[spec], calib_batch[spec], tier, s.states_dir) \
+                    if spec in calib_batch else None
+                quantizer = get_quantizer(spec.method)
+                variants.append(_Variant(spec, quantizer, quantizer.calibration_flow(dict(spec.options)), states_k,
+                                         calib, lasts[spec]))
+            block_seconds, fp_tuple = _run_blocks(m, fp_states, variants, s.progress)
+            fp_loss, out = _losses(m, fp_states, fp_tuple, variants, blocks, batch_size)
     finally:
-        for s in [fp_states] + [v.states for v in variants] + [v.calib for v in variants]:
-            if s is not None:
-                s.close()
+        for st in [fp_states] + [v.states for v in variants] + [v.calib for v in variants]:
+            if st is not None:
+                st.close()
     return StreamedRun(fp=fp_loss, variants=out, tier=tier, block_seconds=block_seconds,
                        seconds=time.perf_counter() - t_all)
 
 
-def _load_block(block: nn.Module, prefix: str, source: WeightSource, dev: torch.device, dt: torch.dtype,
-                config: Any, folder: Path) -> None:
-    """The block's FP weights from the files, replacing whatever it holds."""
-    if any(p.device.type != "meta" for p in block.parameters()):
-        block.to_empty(device="meta")
-    materialize(block, prefix + ".", source, dev, dt, config)
-    missing = [n for n, p in block.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise CheckpointError(f"'{folder}': parameter '{prefix}.{missing[0]}' is missing from the safetensors files")
+def _losses(m: StreamedModel, fp_states: HiddenStates | None, fp_tuple: bool, variants: list[_Variant],
+            blocks: torch.Tensor, batch_size: int) -> tuple[LossResult | None, list[VariantLosses]]:
+    """The FP loss (if streamed) and every variant's, from each stream's last hidden states."""
+    folder = m.folder
+    fp_loss = (_head_losses(m.model, m.layers, fp_states, fp_tuple, blocks, batch_size, f"checkpoint '{folder}'")
+               if fp_states else None)
+    out = []
+    for v in variants:
+        te = time.perf_counter()
+        q = _head_losses(m.model, m.layers, v.states, v.as_tuple, blocks, batch_size,
+                         f"checkpoint '{folder}' quantized as {v.spec.label}")
+        out.append(VariantLosses(v.spec, q, v.layers, v.quantize_seconds, v.eval_seconds + time.perf_counter() - te))
+    return fp_loss, out
 
 
 def _head_losses(model: nn.Module, layers: nn.ModuleList, states: HiddenStates, as_tuple: bool,
@@ -315,13 +311,11 @@ def _head_losses(model: nn.Module, layers: nn.ModuleList, states: HiddenStates, 
 
 
 def streamed_losses(checkpoint: str | Path, spec: QuantSpec, blocks: torch.Tensor, batch_size: int = 8,
-                    device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
-                    progress: bool = False, calibration: torch.Tensor | None = None, states: str = "auto",
-                    states_dir: Path | None = None) -> StreamedResult:
-    """FP and quantized loss of ``checkpoint`` on ``blocks`` for one variant (``stream_checkpoint``)."""
-    run = stream_checkpoint(checkpoint, [spec], blocks, batch_size, device, dtype, trust_remote_code, progress,
-                            {spec: calibration} if calibration is not None else None, fp=True, states=states,
-                            states_dir=states_dir)
+                    calibration: torch.Tensor | None = None, **settings: Any) -> StreamedResult:
+    """FP and quantized loss of ``checkpoint`` on ``blocks`` for one variant (``stream_checkpoint``;
+    ``settings`` as there)."""
+    run = stream_checkpoint(checkpoint, [spec], blocks, batch_size,
+                            {spec: calibration} if calibration is not None else None, fp=True, **settings)
     (v,) = run.variants
     assert run.fp is not None
     return StreamedResult(fp=run.fp, q=v.q, spec=spec, layers=v.layers, block_seconds=run.block_seconds,
