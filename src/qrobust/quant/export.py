@@ -116,3 +116,6 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
                 "layers": names, "summary": result.summary(), **(extra or {})}
         (tmp / "qrobust_export.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
     return final
+
+# public name for the export workflow (shim until the quant rebuild makes it public)
+require_package = _require_package
