@@ -39,16 +39,17 @@ def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> Swee
     return steps.sweep_config(config, **kwargs)
 
 
-def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, *, run: ExecutorOptions | None = None,
+def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, *, options: ExecutorOptions | None = None,
           **kwargs: Any) -> SweepSummary:
     """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size).
 
-    Keywords naming :class:`ExecutorOptions` fields choose where it runs (the rest override config keys):
+    Keywords naming :class:`ExecutorOptions` fields (or ``options=``) choose where it runs; the other
+    keywords override config keys.
     ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint);
     ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``;
     ``cpus_per_task``, ``gpus_per_task``)."""
     from .sweeps.executors import EXECUTORS, run_ray
-    where, overrides = split_options(ExecutorOptions, run, kwargs)
+    where, overrides = split_options(ExecutorOptions, options, kwargs)
     cfg = steps.validated(SweepConfig, config, overrides, "sweep config")
     if where.executor not in EXECUTORS:
         raise ConfigError(f"unknown executor '{where.executor}'; known: {', '.join(EXECUTORS)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QrobustError
+from ..workflows.options import CalibrationOptions, EvalOptions, LoadOptions, StreamOptions, TaskOptions
 from .show import eval_lines, landscape_lines, sharpness_lines
 
 
@@ -53,14 +54,12 @@ def quant_settings(a: argparse.Namespace) -> dict[str, Any]:
             "include": tuple(a.include), "exclude": tuple(a.exclude), "options": method_options(a.opt)}
 
 
-def calibration(a: argparse.Namespace):
-    from ..workflows.options import CalibrationOptions
+def calibration(a: argparse.Namespace) -> CalibrationOptions:
     return CalibrationOptions(n_samples=a.calib_samples, seq_len=a.calib_seq_len, corpus=a.calib_corpus,
                               seed=a.calib_seed)
 
 
-def load_options(a: argparse.Namespace):
-    from ..workflows.options import LoadOptions
+def load_options(a: argparse.Namespace) -> LoadOptions:
     return LoadOptions(allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
                        device=getattr(a, "device", "auto"), dtype=getattr(a, "dtype", "float32"))
 
@@ -92,7 +91,6 @@ def cmd_quantize(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from .. import api
-    from ..workflows.options import EvalOptions, StreamOptions, TaskOptions
     ev = EvalOptions(corpus=a.corpus, field=a.field, split=a.split, n_blocks=a.n_blocks, seq_len=a.seq_len,
                      batch_size=a.batch_size)
     tasks = TaskOptions(names=a.tasks, num_fewshot=a.num_fewshot, limit=a.limit, backend=a.tasks_backend) \
