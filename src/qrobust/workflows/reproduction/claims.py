@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 Records = list[dict[str, Any]]
+Stores = dict[str, tuple[Records, dict[str, Any]]]  # run label -> (its records, its runs' metadata)
 
 
 def _label(r: dict[str, Any]) -> str:

@@ -7,9 +7,8 @@ from typing import Any, Callable
 
 from ...reporting.figures import FigureOut, make_figures, slug
 from ...reporting.runs_compare import runs_figure
-from .claims import Records, by_variant
+from .claims import Stores, by_variant
 
-Stores = dict[str, tuple[Records, dict[str, Any]]]
 Figures = Callable[[Any, Stores, dict[str, dict[str, Any]], Path, list[dict[str, Any]]], list[FigureOut]]
 
 

@@ -9,20 +9,16 @@ reach the same FP loss).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from ...errors import ConfigError, QrobustError
-from ...reporting.figures import FigureOut
 from ...stats import compare_dq, compare_dq_at_fp_loss, compare_loss
 from ..comparisons import stable_vs_decay
-from .claims import Records, by_variant, claim, comparison, fmt_diff, judge
-from .figures import equal_fp_loss_figures, per_run_figures
+from .claims import Records, Stores, by_variant, claim, comparison, fmt_diff, judge
+from .figures import Figures, equal_fp_loss_figures, per_run_figures
 
-Stores = dict[str, tuple[Records, dict[str, Any]]]  # run label -> (its records, its runs' metadata)
 # (spec, stores) -> claims; spec is the experiment's ReproduceSpec (name, runs, order, levels, ...)
 ClaimsFn = Callable[[Any, Stores], list[dict[str, Any]]]
-FiguresFn = Callable[[Any, Stores, dict[str, dict[str, Any]], Path, list[dict[str, Any]]], list[FigureOut]]
 CheckFn = Callable[[Any, str], None]
 
 
@@ -34,14 +30,14 @@ def _no_check(spec: Any, what: str) -> None:
 class VerdictKind:
     """One kind of verdict: its claims from the records, its figures, and its check of the experiment file."""
     claims: ClaimsFn
-    figures: FiguresFn
+    figures: Figures
     check: CheckFn = _no_check
 
 
 VERDICTS: dict[str, VerdictKind] = {}
 
 
-def register_verdict(name: str, figures: FiguresFn | None = None,
+def register_verdict(name: str, figures: Figures | None = None,
                      check: CheckFn | None = None) -> Callable[[ClaimsFn], ClaimsFn]:
     """Register ``fn(spec, stores) -> claims`` as verdict kind ``name`` (figures: the per-run dq/loss plots
     unless given; ``check(spec, what)`` refuses an experiment file the kind cannot judge)."""
@@ -67,7 +63,7 @@ def _at(recs: Records, run: str) -> dict[int, dict[str, Any]]:
     return {r["checkpoint"]["step"]: r for r in recs if r["checkpoint"].get("run") == run}
 
 
-def cooldown(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str, Any]]:
+def cooldown(stores: Stores) -> list[dict[str, Any]]:
     """Per variant: ΔQ L at the end of every cooldown vs the constant-LR run at the same step (the pairs
     the demo's summary makes, averaged runs left out)."""
     claims = []
@@ -86,7 +82,7 @@ def cooldown(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str
 
 
 # -- F4: LAWA vs decay and vs the constant-LR run -----------------------------------------------------------
-def averaging(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str, Any]]:
+def averaging(stores: Stores) -> list[dict[str, Any]]:
     """Per variant, at every cooldown endpoint: LAWA of the constant-LR run vs the cooldown and vs the
     constant-LR checkpoint at the same step."""
     claims = []
@@ -142,7 +138,7 @@ def fp_levels(a: Records, b: Records, n: int) -> list[float]:
     return [lo + (top - lo) * (k + 0.5) / n for k in range(n)]
 
 
-def equal_fp_loss(stores: dict[str, tuple[Records, dict[str, Any]]], order: list[str], n_levels: int,
+def equal_fp_loss(stores: Stores, order: list[str], n_levels: int,
                   label_of: Callable[[str], str] = str) -> list[dict[str, Any]]:
     """Per variant and pair of neighbouring runs in ``order`` (expected: ΔQ L falls along it): ΔQ L of both
     where their main runs reach the same FP loss. One claim per pair, so a finding that holds up to some
