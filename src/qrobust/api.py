@@ -1,34 +1,28 @@
-"""The public Python API: small functions over the modules, each documented in the README."""
+"""The public Python API: small functions over the workflows and floors below, each documented in the
+README. It validates and dispatches; the work lives in ``workflows/`` (and lower), so the CLI and a Python
+caller run the same code."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .averaging.run import AverageOptions
-from .config import EvalConfig, SweepConfig, TrainConfig, load_yaml, parse_config
+from .config import SweepConfig, TrainConfig, parse_config
+from .data.checkpoint_blocks import calib_blocks, eval_blocks
 from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
-from .quant.pipelines.streamed import stream_checkpoint
-from .models import load_checkpoint, read_model_config, resolve_device, resolve_dtype
+from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
-from .sweeps.run import SweepSummary
+from .quant.pipelines.streamed import stream_checkpoint
 from .sources import load_source as load_trajectory
 from .stats import compare_dq, dq_interval
+from .sweeps.run import SweepSummary
 from .trajectory import Trajectory
-
-
-def _config(cls, config: Any, kwargs: dict[str, Any], what: str):
-    if isinstance(config, cls):
-        data: Any = config.model_dump()
-    elif isinstance(config, (str, Path)):
-        data, what = load_yaml(config), f"{what} file {config}"
-    else:
-        data = config if config is not None else {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be a mapping of keys to values, got {type(data).__name__}")
-    return parse_config(cls, {**data, **kwargs}, what)
+from .workflows import steps
+from .workflows.checkpoint import quant_spec, quantize_checkpoint
+from .workflows.evaluation import evaluate_checkpoint
+from .workflows.options import (CalibrationOptions, EvalOptions, ExecutorOptions, ExportOptions, LandscapeOptions,
+                                LoadOptions, StreamOptions, TaskOptions, split_options)
 
 
 def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True,
@@ -38,36 +32,33 @@ def train(config: TrainConfig | dict | str | Path | None = None, progress: bool 
 
     Returns the :class:`Trajectory` of every checkpoint written. Re-running resumes where it stopped.
     """
-    from .training.loop import train as _train
-    return _train(_config(TrainConfig, config, kwargs, "train config"), progress=progress,
-                  trust_remote_code=trust_remote_code)
+    return steps.train(config, progress=progress, trust_remote_code=trust_remote_code, **kwargs)
 
 
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:
     """The validated sweep config (a bad key, type or method option is one ConfigError)."""
-    from .sweeps.run import variants
-    cfg = _config(SweepConfig, config, kwargs, "sweep config")
-    variants(cfg)
-    return cfg
+    return steps.sweep_config(config, **kwargs)
 
 
-def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_index: int | None = None,
-          array_count: int | None = None, executor: str = "local", ray_address: str | None = None,
-          cpus_per_task: int = 1, gpus_per_task: float = 0.0, **kwargs: Any) -> SweepSummary:
+def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, *, options: ExecutorOptions | None = None,
+          **kwargs: Any) -> SweepSummary:
     """Quantize + evaluate every checkpoint of a trajectory for every (method, bits, group size).
 
-    ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint).
-    ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``)."""
+    Keywords naming :class:`ExecutorOptions` fields (or ``options=``) choose where it runs; the other
+    keywords override config keys.
+    ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint);
+    ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``;
+    ``cpus_per_task``, ``gpus_per_task``)."""
     from .sweeps.executors import EXECUTORS, run_ray
-    from .sweeps.run import sweep as _sweep
-    cfg = _config(SweepConfig, config, kwargs, "sweep config")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        if array_count is not None:
+    where, overrides = split_options(ExecutorOptions, options, kwargs)
+    cfg = steps.validated(SweepConfig, config, overrides, "sweep config")
+    if where.executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor '{where.executor}'; known: {', '.join(EXECUTORS)}")
+    if where.executor == "ray":
+        if where.array_count is not None:
             raise ConfigError("job arrays and the ray executor do not combine; choose one")
-        return run_ray(cfg, progress, ray_address, cpus_per_task, gpus_per_task)
-    return _sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
+        return run_ray(cfg, progress, where.ray_address, where.cpus_per_task, where.gpus_per_task)
+    return steps.sweep_here(cfg, progress=progress, array_index=where.array_index, array_count=where.array_count)
 
 
 def average(sources: str | dict | list, averager: str, out: str | Path, *, options: AverageOptions | None = None,
@@ -108,7 +99,8 @@ def sharpness(checkpoint: str | Path, allow_pickle: bool = False, trust_remote_c
 def landscape(source: str | dict, out: str | Path, plane: str = "pca", **settings: Any) -> dict[str, Any]:
     """Trajectory PCA (exact, streamed) and a 2-D loss landscape in its plane (``plane="pca"``) or along
     two filter-normalised random directions (``"random"``); writes landscape.json and PNGs to ``out``.
-    ``settings``: runs, grid, margin, span, center, n_blocks, seq_len, batch_size, params, seed, progress."""
+    ``settings``: :class:`LandscapeOptions` fields (runs, grid, margin, span, center, n_blocks, seq_len,
+    batch_size, params, seed, progress, allow_pickle, trust_remote_code), or ``options=LandscapeOptions(...)``."""
     from .workflows.landscape import trajectory_landscape
     return trajectory_landscape(source, out, plane=plane, **settings)
 
@@ -125,105 +117,47 @@ def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", s
                       overrides=overrides)
 
 
-def export(checkpoint: str | Path, out: str | Path, method: str = "rtn", bits: int = 4, group_size: int = 128,
-           sym: bool = True, include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
-           calibration: torch.Tensor | None | str = "auto", format: str = "compressed-tensors", verify_blocks: int = 0,
-           allow_pickle: bool = False, trust_remote_code: bool = False, device: str = "auto", dtype: str = "float32",
-           **options: Any) -> dict[str, Any]:
+def export(checkpoint: str | Path, out: str | Path, *, options: ExportOptions | None = None,
+           **kwargs: Any) -> dict[str, Any]:
     """Quantize a checkpoint and write it in a standard format (compressed-tensors pack-quantized) that
-    ``transformers`` loads without qrobust. ``calibration="auto"``: the checkpoint's own calibration
-    windows when the method needs them. ``verify_blocks=N``: reload the export with transformers and
-    compare its loss on N eval blocks with the fake-quantized model's (returned as ``loss_*``)."""
-    from .data.tokenizer import load_tokenizer
-    from .models import check_vocab
-    from .quant import QuantSpec, get_quantizer
-    from .quant.pipelines.in_memory import quantize_inplace
-    from .quant.export import FORMATS, require_package, check_exportable, check_spec, export_compressed_tensors
-
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format '{format}'; known: {', '.join(FORMATS)}")
-    require_package()
-    spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
-                     exclude=tuple(exclude), options=tuple(sorted(options.items())))
-    quantizer = get_quantizer(method)
-    quantizer.check_options(options)
-    check_spec(spec)  # refuse what the format cannot hold before loading anything big
-    model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, dtype=dtype,
-                            device=device)
-    tok = load_tokenizer(checkpoint, trust_remote_code)
-    check_vocab(model, tok, checkpoint)  # the export carries this tokenizer: it must be the model's
-    if isinstance(calibration, str):
-        calibration = (calib_blocks(checkpoint, trust_remote_code=trust_remote_code) if quantizer.needs_calibration
-                       else None)
-    result = quantize_inplace(model, spec, calibration)
-    check_exportable(result)
-    report: dict[str, Any] = {"source": str(Path(checkpoint).resolve()), "label": spec.label}
-    blocks = eval_blocks(checkpoint, n_blocks=verify_blocks, trust_remote_code=trust_remote_code) if verify_blocks \
-        else None
-    if blocks is not None:
-        report["loss_fake_quant"] = evaluate_loss(model, blocks, name=f"checkpoint '{checkpoint}' quantized as "
-                                                                    f"{spec.label}").loss
-    path = export_compressed_tensors(model, result, out, tok, extra={"source": report["source"]})
-    report["out"] = str(path)
-    if blocks is not None:
-        from transformers import AutoModelForCausalLM
-
-        from .models import remote_code_error, remote_code_refused
-        try:
-            reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype),
-                                                            local_files_only=True,
-                                                            trust_remote_code=bool(trust_remote_code))
-        except ValueError as e:
-            if remote_code_refused(e):
-                raise remote_code_error(path) from None
-            raise
-        reloaded = reloaded.to(resolve_device(device))
-        report["loss_reloaded"] = evaluate_loss(reloaded, blocks, name=f"the export '{path}'").loss
-        report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
-    return report
+    ``transformers`` loads without qrobust. Keywords naming :class:`ExportOptions` fields set those (method,
+    bits, group_size, sym, include, exclude, calibration, format, verify_blocks, allow_pickle,
+    trust_remote_code, device, dtype); the others are the method's options (e.g. ``damp=0.02``).
+    ``calibration="auto"``: the checkpoint's own calibration windows when the method needs them.
+    ``verify_blocks=N``: reload the export with transformers and compare its loss on N eval blocks with the
+    fake-quantized model's (returned as ``loss_*``). ``out`` must be new, empty or an earlier export."""
+    from .workflows.checkpoint import export_checkpoint
+    opts, method_options = split_options(ExportOptions, options, kwargs)
+    return export_checkpoint(checkpoint, out, opts, method_options)
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:
     """Write figures and a self-contained HTML page for a results folder; returns the HTML path."""
-    from .reporting import write_report
-    return write_report(results, out)
+    return steps.report(results, out)
 
 
-def eval_blocks(checkpoint: str | Path, corpus: str | None = None, split: str = "val", n_blocks: int = 64,
-                seq_len: int | None = None, field: str | None = None, trust_remote_code: bool = False) -> torch.Tensor:
-    """Held-out token blocks for ``checkpoint``, tokenized with its own tokenizer.
-
-    Defaults follow the checkpoint's training data config (its validation split) when it has one.
-    """
-    from .data.tokenizer import load_tokenizer
-    from .data.evalset import build_eval_set, checkpoint_data_config, tokenizer_fingerprint
-
-    p = Path(checkpoint)
-    tok = load_tokenizer(p, trust_remote_code)
-    data_cfg = checkpoint_data_config(p)
-    ecfg = parse_config(EvalConfig, {"corpus": corpus, "split": split, "n_blocks": n_blocks, "seq_len": seq_len,
-                                     "field": field}, "eval settings")
-    return build_eval_set(ecfg, data_cfg, tok, tokenizer_fingerprint(p)).blocks
+def results_text(results: str | Path, format: str = "table", out: str | Path | None = None) -> str | None:
+    """A results folder's records as a table, CSV or JSON (or parquet, which needs ``out``); written to
+    ``out`` when given."""
+    from .workflows.tables import results_text as text
+    return text(results, format, out)
 
 
-def calib_blocks(checkpoint: str | Path, n_samples: int = 128, seq_len: int | None = None,
-                 corpus: str | None = None, seed: int = 0, field: str | None = None,
-                 trust_remote_code: bool = False) -> torch.Tensor:
-    """Seeded calibration windows ([n_samples, seq_len]) from the checkpoint's training split (or ``corpus``)."""
-    from .config import CalibrationConfig
-    from .data.tokenizer import load_tokenizer
-    from .data.evalset import (build_calibration, checkpoint_data_config, default_calibration_length,
-                                 tokenizer_fingerprint)
-
-    p = Path(checkpoint)
-    data_cfg = checkpoint_data_config(p)
-    ccfg = parse_config(CalibrationConfig, {"corpus": corpus, "field": field, "n_samples": n_samples,
-                                            "seq_len": seq_len, "seed": seed}, "calibration settings")
-    default_len = default_calibration_length(data_cfg, read_model_config(p, required=False))
-    blocks, _ = build_calibration(ccfg, data_cfg, load_tokenizer(p, trust_remote_code), tokenizer_fingerprint(p),
-                                  default_len)
-    return blocks
+def trajectory_text(source: str, step_pattern: str | None = None, as_json: bool = False) -> str:
+    """The checkpoints a trajectory source resolves to, as a table (or JSON); nothing is downloaded."""
+    from .workflows.tables import trajectory_text as text
+    return text(source, step_pattern, as_json)
 
 
-__all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
-           "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory"]
+def presets_text() -> str:
+    """The open-model presets (``preset:NAME`` sources), by family."""
+    from .workflows.tables import presets_text as text
+    return text()
+
+
+__all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "landscape", "compare_dq",
+           "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss",
+           "degradation", "eval_blocks", "load_checkpoint", "load_trajectory", "LossResult", "QuantResult",
+           "QuantSpec", "SweepSummary", "Trajectory", "quantize_checkpoint", "evaluate_checkpoint", "quant_spec",
+           "results_text", "trajectory_text", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
+           "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions"]

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import write_text
+from ..results.store import Store
+from . import steps
+from .comparisons import stable_vs_decay
 
 FULL: dict[str, Any] = {
     "name": "demo", "steps": 1200, "batch_size": 16, "checkpoint_every": 100, "seed": 0,
@@ -41,42 +44,6 @@ def demo_configs(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Any]
     sweep_cfg = {"trajectory": str(out / "run"), "out": str(out / "results"), "methods": ["gptq", "rtn"], "bits": [2, 3, 4],
                  "group_sizes": [32 if quick else 128], "eval": {"n_blocks": 16 if quick else 128}}
     return train_cfg, sweep_cfg
-
-
-def stable_vs_decay(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each branch endpoint and variant: ΔQ L of the decayed model vs the constant-LR control at the same step."""
-    by = {(r["checkpoint"]["run"], r["checkpoint"]["step"], r["variant"]["label"]): r for r in records}
-    ends: dict[str, int] = {}
-    for r in records:
-        run = r["checkpoint"]["run"]
-        if run != "main":
-            ends[run] = max(ends.get(run, 0), r["checkpoint"]["step"])
-    rows = []
-    for (run, step, label), r in sorted(by.items()):
-        if run == "main" or step != ends[run]:
-            continue
-        ctrl = by.get(("main", step, label))
-        start = by.get(("main", r["checkpoint"]["parent_step"], label))
-        if ctrl is None:
-            continue
-        rows.append({"branch": run, "step": step, "variant": label, "method": r["variant"]["method"],
-                     "bits": r["variant"]["bits"],
-                     "from_step": r["checkpoint"]["parent_step"],
-                     "loss_fp_decay": r["metrics"]["loss_fp"], "loss_fp_control": ctrl["metrics"]["loss_fp"],
-                     "dq_decay": r["metrics"]["dq_rel"], "dq_control": ctrl["metrics"]["dq_rel"],
-                     "dq_branch_start": start["metrics"]["dq_rel"] if start else None,
-                     "decay_vs_control": _compare(r, ctrl)})
-    return rows
-
-
-def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
-    """Paired bootstrap of ΔQ L(a) − ΔQ L(b) over the shared evaluation blocks; None without block losses."""
-    from ..errors import QrobustError
-    from ..stats import compare_dq
-    try:
-        return compare_dq(a, b)
-    except QrobustError:
-        return None
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -121,23 +88,23 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+__all__ = ["FULL", "QUICK", "demo_configs", "format_summary", "run_demo", "stable_vs_decay", "verdict"]
+
+
 def run_demo(out: str | Path = "demo-out", quick: bool = False, threads: int | None = None,
              progress: bool = True) -> dict[str, Any]:
     import time
-
-    from .. import api
-    from ..results.store import Store
 
     out = Path(out)
     train_cfg, sweep_cfg = demo_configs(out, quick)
     if threads:
         train_cfg["threads"] = sweep_cfg["threads"] = threads
     t0 = time.perf_counter()
-    traj = api.train(train_cfg, progress=progress)
+    traj = steps.train(train_cfg, progress=progress)
     t1 = time.perf_counter()
-    s = api.sweep(sweep_cfg, progress=progress)
+    s = steps.sweep(sweep_cfg, progress=progress)
     t2 = time.perf_counter()
-    html = api.report(sweep_cfg["out"])
+    html = steps.report(sweep_cfg["out"])
     rows = stable_vs_decay(Store(sweep_cfg["out"], create=False).records())
     text = format_summary(rows)
     ver = verdict(rows)

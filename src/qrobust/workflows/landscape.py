@@ -11,6 +11,7 @@ Two planes:
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.checkpoint_blocks import eval_blocks
+from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError
 from ..evaluate import evaluate_loss
-from ..geometry.pca import TrajectoryPCA, directions
+from ..geometry.pca import TrajectoryPCA, directions, trajectory_pca
+from ..io.atomic import write_text
+from ..models import check_vocab, load_checkpoint
+from ..reporting.landscape import contour_figure, projection_figure
+from ..sources import load_source, resolve_checkpoint
+from ..trajectory import Checkpoint
+from .options import LandscapeOptions, options_only
 
 
 @dataclass
@@ -36,6 +45,14 @@ class Landscape:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The plane θ = center + x·d1 + y·d2 (tensors by model parameter name)."""
+    center: dict[str, torch.Tensor]
+    d1: dict[str, torch.Tensor]
+    d2: dict[str, torch.Tensor]
 
 
 def filter_normalized(weights: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -60,10 +77,10 @@ def _span(values: list[float], margin: float, n: int) -> list[float]:
 
 
 @torch.no_grad()
-def grid_losses(model: nn.Module, center: dict[str, torch.Tensor], d1: dict[str, torch.Tensor],
-                d2: dict[str, torch.Tensor], xs: list[float], ys: list[float], blocks: torch.Tensor,
+def grid_losses(model: nn.Module, plane: Plane, xs: list[float], ys: list[float], blocks: torch.Tensor,
                 batch_size: int = 8, progress: bool = False) -> list[list[float]]:
     """Loss of θ = center + x·d1 + y·d2 at every grid point (the model's other tensors untouched)."""
+    center, d1, d2 = plane.center, plane.d1, plane.d2
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
     missing = [n for n in center if n not in params]
@@ -113,96 +130,106 @@ def param_names_of(model: nn.Module, folder: Path, keys: list[str]) -> dict[str,
     return mapping
 
 
-def pca_landscape(model: nn.Module, pca: TrajectoryPCA, blocks: torch.Tensor, grid: int = 11, margin: float = 0.25,
-                  batch_size: int = 8, runs: list[str] | None = None, steps: list[int] | None = None,
-                  progress: bool = False, parents: list[tuple[str, int] | None] | None = None) -> Landscape:
+def pca_landscape(model: nn.Module, pca: TrajectoryPCA, blocks: torch.Tensor, opts: LandscapeOptions | None = None,
+                  cks: list[Checkpoint] | None = None) -> Landscape:
+    """The loss on a grid in the trajectory's PCA plane; ``cks`` (the checkpoints of ``pca``, in order) name
+    each point's run, step and parent."""
+    opts = opts or LandscapeOptions()
     d1, d2 = directions(pca, 2)
     names = param_names_of(model, pca.folders[-1], pca.tensors)
     center = {names[k]: v for k, v in pca.mean.items()}
     d1, d2 = ({names[k]: v for k, v in d.items()} for d in (d1, d2))
-    xs = _span(pca.coords[:, 0].tolist(), margin, grid)
-    ys = _span(pca.coords[:, 1].tolist(), margin, grid)
-    loss = grid_losses(model, center, d1, d2, xs, ys, blocks, batch_size, progress)
+    xs = _span(pca.coords[:, 0].tolist(), opts.margin, opts.grid)
+    ys = _span(pca.coords[:, 1].tolist(), opts.margin, opts.grid)
+    loss = grid_losses(model, Plane(center, d1, d2), xs, ys, blocks, opts.batch_size, opts.progress)
     points = [{"name": n, "x": float(pca.coords[i, 0]), "y": float(pca.coords[i, 1]),
-               "run": runs[i] if runs else None, "step": steps[i] if steps else None}
+               "run": cks[i].run if cks else None, "step": cks[i].step if cks else None}
               for i, n in enumerate(pca.names)]
-    for p, q in zip(points, parents or [None] * len(points)):
-        if q:
-            p["parent"], p["parent_step"] = q
+    for p, c in zip(points, cks or [None] * len(points)):
+        if c is not None and c.parent:
+            p["parent"], p["parent_step"] = c.parent, c.parent_step
     return Landscape(xs, ys, loss, "pca", "mean of the checkpoints", points, pca.explained_variance_ratio[:2])
 
 
-def random_landscape(model: nn.Module, center_name: str, blocks: torch.Tensor, grid: int = 11, span: float = 1.0,
-                     seed: int = 0, batch_size: int = 8, params: list[str] | None = None,
-                     progress: bool = False) -> Landscape:
+def random_landscape(model: nn.Module, center_name: str, blocks: torch.Tensor,
+                     opts: LandscapeOptions | None = None) -> Landscape:
+    """The loss on a grid through the model's weights along two seeded filter-normalised directions."""
+    opts = opts or LandscapeOptions()
+    params = opts.params
     weights = {n: p.detach().float().clone() for n, p in model.named_parameters()
                if not params or any(fnmatch.fnmatchcase(n, pat) for pat in params)}
     if not weights:
         raise ConfigError(f"no parameter matches {params}")
-    d1, d2 = filter_normalized(weights, seed), filter_normalized(weights, seed + 1)
-    xs = torch.linspace(-span, span, grid).tolist()
-    loss = grid_losses(model, weights, d1, d2, xs, xs, blocks, batch_size, progress)
+    d1, d2 = filter_normalized(weights, opts.seed), filter_normalized(weights, opts.seed + 1)
+    xs = torch.linspace(-opts.span, opts.span, opts.grid).tolist()
+    loss = grid_losses(model, Plane(weights, d1, d2), xs, xs, blocks, opts.batch_size, opts.progress)
     return Landscape(xs, xs, loss, "random", center_name, [{"name": center_name, "x": 0.0, "y": 0.0}], [])
 
 
-def trajectory_landscape(source: str | dict, out: str | Path, plane: str = "pca", runs: list[str] | None = None,
-                         grid: int = 11, margin: float = 0.25, span: float = 1.0, center: str | None = None,
-                         n_blocks: int = 8, seq_len: int | None = None, batch_size: int = 8,
-                         params: list[str] | None = None, seed: int = 0, progress: bool = True,
-                         allow_pickle: bool = False, trust_remote_code: bool = False) -> dict[str, Any]:
-    """PCA of a trajectory (its runs, or ``runs``) and a loss landscape; writes ``landscape.json`` and figures."""
-    import json
+def _check(opts: LandscapeOptions) -> None:
+    if opts.plane not in ("pca", "random"):
+        raise ConfigError(f"plane must be 'pca' or 'random', got {opts.plane!r}")
+    if opts.grid < 2:
+        raise ConfigError(f"the grid needs at least 2 points per side, got {opts.grid}")
 
-    from ..api import eval_blocks
-    from ..data.tokenizer import load_tokenizer
-    from ..models import check_vocab, load_checkpoint
-    from ..reporting.landscape import contour_figure, projection_figure
-    from ..sources import load_source, resolve_checkpoint
-    from ..io.atomic import write_text
-    from ..geometry.pca import trajectory_pca
 
-    if plane not in ("pca", "random"):
-        raise ConfigError(f"plane must be 'pca' or 'random', got {plane!r}")
-    if grid < 2:
-        raise ConfigError(f"the grid needs at least 2 points per side, got {grid}")
-    traj = load_source(source)
-    cks = [c for c in traj if runs is None or c.run in runs]
+def _checkpoints(traj: Any, opts: LandscapeOptions) -> list[Checkpoint]:
+    """The trajectory's checkpoints in ``opts.runs`` (all runs by default), refused when none is."""
+    cks = [c for c in traj if opts.runs is None or c.run in opts.runs]
     if not cks:
-        raise ConfigError(f"no checkpoint of '{traj.name}' is in run(s) {runs}; known runs: "
+        raise ConfigError(f"no checkpoint of '{traj.name}' is in run(s) {opts.runs}; known runs: "
                           f"{', '.join(sorted({c.run for c in traj}))}")
-    folders = [resolve_checkpoint(c, allow_pickle) for c in cks]
-    out = Path(out)
-    result: dict[str, Any] = {"trajectory": traj.name, "source": str(source) if isinstance(source, str) else source}
-    if plane == "pca":
-        pca = trajectory_pca(folders, [c.name for c in cks], params)
-        result.update(pca.to_dict())
-        result["points"] = [{"name": c.name, "run": c.run, "step": c.step, "parent": c.parent,
-                             "parent_step": c.parent_step, "x": float(pca.coords[i, 0]),
-                             "y": float(pca.coords[i, 1]) if pca.coords.shape[1] > 1 else 0.0}
-                            for i, c in enumerate(cks)]
-        like = folders[-1]
-    else:
-        names = {c.name: f for c, f in zip(cks, folders)}
-        key = center or cks[-1].name
-        if key not in names:
-            raise ConfigError(f"--center '{key}' is not a checkpoint of '{traj.name}'; e.g. '{cks[-1].name}'")
-        like = names[key]
-    model = load_checkpoint(like, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    check_vocab(model, load_tokenizer(like, trust_remote_code), like)
-    blocks = eval_blocks(like, n_blocks=n_blocks, seq_len=seq_len, trust_remote_code=trust_remote_code)
-    if plane == "pca":
-        land = pca_landscape(model, pca, blocks, grid, margin, batch_size, [c.run for c in cks],
-                             [c.step for c in cks], progress,
-                             [(c.parent, c.parent_step) if c.parent else None for c in cks])
-    else:
-        land = random_landscape(model, key, blocks, grid, span, seed, batch_size, params, progress)
-    result["landscape"] = land.to_dict()
-    result["eval"] = {"n_blocks": int(blocks.shape[0]), "seq_len": int(blocks.shape[1])}
+    return cks
+
+
+def _pca_points(pca: TrajectoryPCA, cks: list[Checkpoint]) -> list[dict[str, Any]]:
+    return [{"name": c.name, "run": c.run, "step": c.step, "parent": c.parent, "parent_step": c.parent_step,
+             "x": float(pca.coords[i, 0]), "y": float(pca.coords[i, 1]) if pca.coords.shape[1] > 1 else 0.0}
+            for i, c in enumerate(cks)]
+
+
+def _random_center(traj: Any, cks: list[Checkpoint], folders: list[Path], center: str | None) -> tuple[str, Path]:
+    names = {c.name: f for c, f in zip(cks, folders)}
+    key = center or cks[-1].name
+    if key not in names:
+        raise ConfigError(f"--center '{key}' is not a checkpoint of '{traj.name}'; e.g. '{cks[-1].name}'")
+    return key, names[key]
+
+
+def _write(result: dict[str, Any], traj_name: str, out: Path, plane: str) -> None:
+    """The figures and ``landscape.json`` (with the figures' paths) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    title = f"{traj.name}: loss landscape ({'PCA plane' if plane == 'pca' else 'random directions'})"
+    title = f"{traj_name}: loss landscape ({'PCA plane' if plane == 'pca' else 'random directions'})"
     figs = [contour_figure(result["landscape"], out / f"landscape_{plane}.png", title)]
     if plane == "pca":
-        figs.append(projection_figure(result, out / "pca_projection.png", f"{traj.name}: trajectory PCA"))
+        figs.append(projection_figure(result, out / "pca_projection.png", f"{traj_name}: trajectory PCA"))
     result["figures"] = [str(f.path) for f in figs]
     write_text(out / "landscape.json", json.dumps(result, indent=1))
+
+
+def trajectory_landscape(source: str | dict, out: str | Path, options: LandscapeOptions | None = None,
+                         **settings: Any) -> dict[str, Any]:
+    """PCA of a trajectory (its runs, or ``runs``) and a loss landscape; writes ``landscape.json`` and figures.
+    ``settings``: :class:`LandscapeOptions` fields (plane, runs, grid, margin, span, center, n_blocks, ...)."""
+    opts = options_only(LandscapeOptions, options, settings, "landscape setting")
+    _check(opts)
+    traj = load_source(source)
+    cks = _checkpoints(traj, opts)
+    folders = [resolve_checkpoint(c, opts.allow_pickle) for c in cks]
+    result: dict[str, Any] = {"trajectory": traj.name, "source": str(source) if isinstance(source, str) else source}
+    if opts.plane == "pca":
+        pca = trajectory_pca(folders, [c.name for c in cks], opts.params)
+        result.update(pca.to_dict())
+        result["points"] = _pca_points(pca, cks)
+        like = folders[-1]
+    else:
+        key, like = _random_center(traj, cks, folders, opts.center)
+    model = load_checkpoint(like, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code)
+    check_vocab(model, load_tokenizer(like, opts.trust_remote_code), like)
+    blocks = eval_blocks(like, n_blocks=opts.n_blocks, seq_len=opts.seq_len, trust_remote_code=opts.trust_remote_code)
+    land = pca_landscape(model, pca, blocks, opts, cks) if opts.plane == "pca" else \
+        random_landscape(model, key, blocks, opts)
+    result["landscape"] = land.to_dict()
+    result["eval"] = {"n_blocks": int(blocks.shape[0]), "seq_len": int(blocks.shape[1])}
+    _write(result, traj.name, Path(out), opts.plane)
     return result

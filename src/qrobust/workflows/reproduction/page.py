@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ...reporting.figures import FigureOut
-from ...reporting.html import CSS, _figures_html, _pre, _provenance_html, esc
+from ...reporting.html import CSS, esc, figures_html, pre, provenance_html
 from ...stats import CONFIDENCE, N_BOOT
 from ...io.atomic import write_text
-from .verdicts import fmt_diff
+from .claims import fmt_diff
 
 STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
 
@@ -57,15 +57,15 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             "<p class=\"meta\">A comparison is resolved when the 95 % paired-bootstrap interval of A − B excludes 0. "
             "The intervals cover evaluation noise (which text was drawn), not training noise (another seed).</p>",
             _claims_html(result["claims"]),
-            "<h2>Figures</h2>" + (_figures_html(figs) or "<p>No figures.</p>"),
+            "<h2>Figures</h2>" + (figures_html(figs) or "<p>No figures.</p>"),
             "<h2>Runs</h2><ul>" + "".join(
                 f"<li>{esc(lbl)}: run <code>{esc(r['train_config']['out'])}</code>, results "
                 f"<code>{esc(r['sweep_config']['out'])}</code>, full report <a href=\"{esc(_rel(r['report'], page_dir))}\">"
                 f"{esc(r['report'])}</a></li>" for lbl, r in result["runs"].items()) + "</ul>",
             "<h2>Provenance</h2>", "<h3>Seeds</h3>" + _seeds(result),
             "<h3>Experiment file</h3>" f"<pre>{esc(result['spec_yaml'])}</pre>",
-            "<h3>This invocation</h3>" + _pre(result["versions"]),
-            _provenance_html(records, trajs, [r["sweep_config"] for r in result["runs"].values()])]
+            "<h3>This invocation</h3>" + pre(result["versions"]),
+            provenance_html(records, trajs, [r["sweep_config"] for r in result["runs"].values()])]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>qrobust reproduce {esc(result['experiment'])}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"

@@ -10,14 +10,12 @@ from typing import Any
 
 from ...config import SweepConfig, TrainConfig
 from ...errors import ConfigError
-from ...reporting.figures import FigureOut, make_figures, slug
-from ...reporting.runs_compare import runs_figure
 from ...results.store import Store, versions
 from ...io.atomic import write_text
+from .. import steps
 from . import verdicts
+from .page import write_page, write_index
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
-
-FIGURE_KINDS = {"cooldown": {"dq", "loss", "stable_vs_decay"}, "averaging": {"averaging"}}
 
 
 def _stores(sweeps: dict[str, Any]) -> tuple[dict[str, tuple[list[dict[str, Any]], dict[str, Any]]],
@@ -29,26 +27,6 @@ def _stores(sweeps: dict[str, Any]) -> tuple[dict[str, tuple[list[dict[str, Any]
         trajs[label] = store.trajectories().get(label) or {}
         out[label] = ([r for r in store.records() if r.get("trajectory") == label], trajs[label].get("runs") or {})
     return out, trajs
-
-
-def _figures(spec: ReproduceSpec, stores: dict[str, Any], trajs: dict[str, dict[str, Any]], fig_dir: Path,
-             claims: list[dict[str, Any]]) -> list[FigureOut]:
-    if spec.verdict == "equal_fp_loss":
-        order = spec.order or list(spec.runs)
-        per_run = {lbl: verdicts.by_variant(stores[lbl][0]) for lbl in order}
-        figs = []
-        for cell in sorted(set.intersection(*(set(v) for v in per_run.values()))):
-            comps = [c for cl in claims if cl["cell"] == cell for c in cl["comparisons"]]
-            figs.append(runs_figure({lbl: per_run[lbl][cell] for lbl in order}, cell, f"{spec.name}: {spec.finding}",
-                                    fig_dir / f"{spec.name}_{slug(cell)}.png", comps))
-        return figs
-    figs = []
-    for label, (records, runs_meta) in stores.items():
-        averaged = {n for n, m in runs_meta.items() if m.get("averaged")}
-        recs = records if spec.verdict == "averaging" else [r for r in records
-                                                           if r["checkpoint"].get("run") not in averaged]
-        figs += make_figures(recs, {label: trajs[label]}, fig_dir, kinds=FIGURE_KINDS[spec.verdict])
-    return figs
 
 
 def summary_line(spec: ReproduceSpec, claims: list[dict[str, Any]]) -> str:
@@ -91,9 +69,6 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
                   model: str | None = None, threads: int | None = None, progress: bool = True,
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one experiment end to end; returns (and writes to ``OUT/<name>/verdict.json``) the verdict."""
-    from ... import api
-    from .page import write_page
-
     spec, text = load_spec(name_or_path, overrides)
     out = Path(out)
     runs = resolve_runs(spec, out, scale, model, threads)
@@ -104,24 +79,20 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
     for label, cfg in runs.items():
         if progress:
             print(f"[{spec.name}] training run '{label}' -> {cfg.out}", flush=True)
-        api.train(cfg, progress=progress)
+        steps.train(cfg, progress=progress)
     t1 = time.perf_counter()
     reports = {}
     for label, sc in sweeps.items():
         if progress:
             print(f"[{spec.name}] sweeping run '{label}' -> {sc.out}", flush=True)
-        api.sweep(sc, progress=progress)
-        reports[label] = str(api.report(sc.out))
+        steps.sweep(sc, progress=progress)
+        reports[label] = str(steps.report(sc.out))
     t2 = time.perf_counter()
     stores, trajs = _stores(sweeps)
-    if spec.verdict == "cooldown":
-        claims = verdicts.cooldown(stores)
-    elif spec.verdict == "averaging":
-        claims = verdicts.averaging(stores)
-    else:
-        claims = verdicts.equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
+    kind = verdicts.get_verdict(spec.verdict)
+    claims = kind.claims(spec, stores)
     exp_dir = out / spec.name
-    figs = _figures(spec, stores, trajs, exp_dir / "figures", claims)
+    figs = kind.figures(spec, stores, trajs, exp_dir / "figures", claims)
     result = {"experiment": spec.name, "finding": spec.finding, "summary": summary_line(spec, claims),
               "claims": claims, "scale": scale, "model": model, "train_s": t1 - t0, "sweep_s": t2 - t1,
               "runs": {lbl: {"train_config": cfg.model_dump(exclude={"threads"}),
@@ -160,7 +131,6 @@ def reproduce(names: list[str] | str, out: str | Path = "reproduce-out", **kw: A
     for n in todo:  # fail on a bad name or config before hours of training, not after
         spec, _ = load_spec(n, kw.get("overrides"))
         resolve_runs(spec, Path(out), kw.get("scale", 1.0), kw.get("model"), kw.get("threads"))
-    from .page import write_index
     results = []
     for n in todo:
         results.append(reproduce_one(n, out, **kw))

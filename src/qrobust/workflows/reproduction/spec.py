@@ -12,13 +12,14 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, field_validator
 
 from ...config import Strict, SweepConfig, TrainConfig, load_yaml, parse_config, parse_yaml
 from ...errors import ConfigError
 from ...names import check_name
+from . import verdicts
 
 # step counts that --scale multiplies: (path in a train config, ...). Branch entries are handled apart.
 SCALED = [("steps",), ("checkpoint_every",), ("schedule", "warmup_steps"), ("schedule", "decay_steps")]
@@ -27,7 +28,7 @@ SCALED = [("steps",), ("checkpoint_every",), ("schedule", "warmup_steps"), ("sch
 class ReproduceSpec(Strict):
     name: str
     finding: str  # the paper's claim, one sentence
-    verdict: Literal["cooldown", "averaging", "equal_fp_loss"]
+    verdict: str  # a registered verdict kind (verdicts.VERDICTS): cooldown, averaging, equal_fp_loss, ...
     base: dict[str, Any]  # train config keys shared by every run
     runs: dict[str, dict[str, Any]]  # label -> keys that differ from base (merged into it)
     sweep: dict[str, Any] = Field(default_factory=dict)  # sweep config keys; trajectory and out are filled in
@@ -79,10 +80,7 @@ def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None)
     if overrides:
         data = merge(data, overrides)
     spec = parse_config(ReproduceSpec, data, what)
-    if spec.verdict == "equal_fp_loss":
-        order = spec.order or []
-        if len(order) < 2 or set(order) - set(spec.runs):
-            raise ConfigError(f"{what}: 'order' must name at least two of its runs ({', '.join(spec.runs)})")
+    verdicts.get_verdict(spec.verdict).check(spec, what)
     return spec, text
 
 

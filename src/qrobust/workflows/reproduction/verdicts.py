@@ -1,74 +1,56 @@
-"""Verdicts computed from the stored records: every claim of a finding is a set of paired-bootstrap
-comparisons, and its status follows from how many point the expected way and how many are resolved.
+"""Verdict kinds as a registry: a kind turns the records of an experiment's runs into claims (see
+:mod:`.claims` for the rules) and draws its figures. An experiment names its kind (``verdict: cooldown``);
+adding one is one function and one ``@register_verdict("name")``, never an edit to a chain of ``if``s.
 
-A comparison is *resolved* when the 95 % interval of the difference excludes 0. Rules:
-
-- ``greater`` claims (ΔQ L of A is above B's): **reproduces** when every comparison points the expected way
-  and at least half are resolved; **not reproduced** when none is resolved the expected way, or more are
-  resolved against than for; **partly** otherwise.
-- ``not_worse`` claims (LAWA matches or beats decay): **reproduces** when none is resolved against;
-  **not reproduced** when more than half are; **partly** otherwise.
-
-The intervals cover evaluation noise (which text was drawn), not training noise (another seed).
+Built in: ``cooldown`` (F2: every cooldown's end vs the constant-LR run at the same step), ``averaging``
+(F4: LAWA vs decay and vs the constant-LR run), ``equal_fp_loss`` (F3 / weight decay: ΔQ L where the runs
+reach the same FP loss).
 """
 from __future__ import annotations
 
-import math
-from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from ...errors import QrobustError
+from ...errors import ConfigError, QrobustError
 from ...stats import compare_dq, compare_dq_at_fp_loss, compare_loss
+from ..comparisons import stable_vs_decay
+from .claims import Records, Stores, by_variant, claim, comparison, fmt_diff, judge
+from .figures import Figures, equal_fp_loss_figures, per_run_figures
 
-Records = list[dict[str, Any]]
-
-
-def _label(r: dict[str, Any]) -> str:
-    return str((r.get("variant") or {}).get("label"))
-
-
-def by_variant(records: Records) -> dict[str, Records]:
-    """Records with metrics and per-block losses per variant label, keeping the eval set most of them use
-    (a results folder can hold records of an older eval setting)."""
-    out: dict[str, Records] = {}
-    usable = [r for r in records if (r.get("metrics") or {}).get("dq_rel") is not None and r.get("blocks")]
-    for label in sorted({_label(r) for r in usable}):
-        rs = [r for r in usable if _label(r) == label]
-        common = Counter((r.get("eval_set") or {}).get("id") for r in rs).most_common(1)[0][0]
-        out[label] = [r for r in rs if (r.get("eval_set") or {}).get("id") == common]
-    return out
+# (spec, stores) -> claims; spec is the experiment's ReproduceSpec (name, runs, order, levels, ...)
+ClaimsFn = Callable[[Any, Stores], list[dict[str, Any]]]
+CheckFn = Callable[[Any, str], None]
 
 
-def _comparison(what: str, a: str, b: str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"what": what, "a": a, "b": b, **{k: res[k] for k in ("diff", "low", "high", "paired")}, **extra,
-            "for": res["low"] > 0, "against": res["high"] < 0}
+def _no_check(spec: Any, what: str) -> None:
+    """A kind without settings of its own accepts every experiment."""
 
 
-def fmt_diff(k: dict[str, Any]) -> str:
-    """A comparison's difference and interval: nats for losses, percentage points for ΔQ L."""
-    if k.get("unit") == "nats":
-        return f"{k['diff']:+.4f} [{k['low']:+.4f}, {k['high']:+.4f}] nats"
-    return f"{100 * k['diff']:+.3f} [{100 * k['low']:+.3f}, {100 * k['high']:+.3f}] points"
+@dataclass(frozen=True)
+class VerdictKind:
+    """One kind of verdict: its claims from the records, its figures, and its check of the experiment file."""
+    claims: ClaimsFn
+    figures: Figures
+    check: CheckFn = _no_check
 
 
-def judge(kind: str, comps: list[dict[str, Any]]) -> str:
-    n = len(comps)
-    if n == 0:
-        return "no data"
-    n_for, n_against = sum(c["for"] for c in comps), sum(c["against"] for c in comps)
-    if kind == "not_worse":
-        return "reproduces" if n_against == 0 else "not reproduced" if n_against > n / 2 else "partly"
-    if all(c["diff"] > 0 for c in comps) and n_for >= math.ceil(n / 2):
-        return "reproduces"
-    if n_for == 0 or n_against > n_for:
-        return "not reproduced"
-    return "partly"
+VERDICTS: dict[str, VerdictKind] = {}
 
 
-def claim(text: str, kind: str, cell: str, comps: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"claim": text, "kind": kind, "cell": cell, "status": judge(kind, comps), "n": len(comps),
-            "n_expected_direction": sum(c["diff"] > 0 for c in comps), "n_for": sum(c["for"] for c in comps),
-            "n_against": sum(c["against"] for c in comps), "comparisons": comps}
+def register_verdict(name: str, figures: Figures | None = None,
+                     check: CheckFn | None = None) -> Callable[[ClaimsFn], ClaimsFn]:
+    """Register ``fn(spec, stores) -> claims`` as verdict kind ``name`` (figures: the per-run dq/loss plots
+    unless given; ``check(spec, what)`` refuses an experiment file the kind cannot judge)."""
+    def deco(fn: ClaimsFn) -> ClaimsFn:
+        VERDICTS[name] = VerdictKind(fn, figures or per_run_figures({"dq", "loss"}), check or _no_check)
+        return fn
+    return deco
+
+
+def get_verdict(name: str) -> VerdictKind:
+    if name not in VERDICTS:
+        raise ConfigError(f"unknown verdict '{name}'; known: {', '.join(sorted(VERDICTS))}")
+    return VERDICTS[name]
 
 
 # -- F2: cooldowns vs the constant-LR control -------------------------------------------------------------
@@ -81,16 +63,15 @@ def _at(recs: Records, run: str) -> dict[int, dict[str, Any]]:
     return {r["checkpoint"]["step"]: r for r in recs if r["checkpoint"].get("run") == run}
 
 
-def cooldown(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str, Any]]:
+def cooldown(stores: Stores) -> list[dict[str, Any]]:
     """Per variant: ΔQ L at the end of every cooldown vs the constant-LR run at the same step (the pairs
     the demo's summary makes, averaged runs left out)."""
-    from ..demo import stable_vs_decay
     claims = []
     for run_label, (records, runs_meta) in stores.items():
         keep = set(_branches(runs_meta)) | {"main"}
         for cell, recs in by_variant(records).items():
             rows = stable_vs_decay([r for r in recs if r["checkpoint"].get("run") in keep])
-            comps = [_comparison(f"cooldown from step {row['from_step']} vs constant LR at step {row['step']}",
+            comps = [comparison(f"cooldown from step {row['from_step']} vs constant LR at step {row['step']}",
                                  row["branch"], "main", row["decay_vs_control"], step=row["step"],
                                  from_step=row["from_step"], dq_a=row["dq_decay"], dq_b=row["dq_control"],
                                  loss_fp_a=row["loss_fp_decay"], loss_fp_b=row["loss_fp_control"])
@@ -101,7 +82,7 @@ def cooldown(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str
 
 
 # -- F4: LAWA vs decay and vs the constant-LR run -----------------------------------------------------------
-def averaging(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[str, Any]]:
+def averaging(stores: Stores) -> list[dict[str, Any]]:
     """Per variant, at every cooldown endpoint: LAWA of the constant-LR run vs the cooldown and vs the
     constant-LR checkpoint at the same step."""
     claims = []
@@ -125,13 +106,13 @@ def averaging(stores: dict[str, tuple[Records, dict[str, Any]]]) -> list[dict[st
                         "loss_q_decay": d["metrics"]["loss_q"], "loss_q_lawa": a["metrics"]["loss_q"],
                         "loss_fp_decay": d["metrics"]["loss_fp"], "loss_fp_lawa": a["metrics"]["loss_fp"],
                         "dq_decay": d["metrics"]["dq_rel"], "dq_lawa": a["metrics"]["dq_rel"]}
-                loss_c.append(_comparison(f"quantized loss, cooldown from {info['from_step']} − {avg}, step {s}",
+                loss_c.append(comparison(f"quantized loss, cooldown from {info['from_step']} − {avg}, step {s}",
                                           br, avg, compare_loss(d, a, "q"), unit="nats", **info))
-                dq_decay.append(_comparison(f"ΔQ L, cooldown from {info['from_step']} − {avg}, step {s}",
+                dq_decay.append(comparison(f"ΔQ L, cooldown from {info['from_step']} − {avg}, step {s}",
                                             br, avg, compare_dq(d, a), **info))
                 if s in main:
                     c = main[s]
-                    dq_main.append(_comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a),
+                    dq_main.append(comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a),
                                                step=s, dq_main=c["metrics"]["dq_rel"], dq_lawa=a["metrics"]["dq_rel"],
                                                loss_fp_main=c["metrics"]["loss_fp"],
                                                loss_fp_lawa=a["metrics"]["loss_fp"]))
@@ -157,7 +138,7 @@ def fp_levels(a: Records, b: Records, n: int) -> list[float]:
     return [lo + (top - lo) * (k + 0.5) / n for k in range(n)]
 
 
-def equal_fp_loss(stores: dict[str, tuple[Records, dict[str, Any]]], order: list[str], n_levels: int,
+def equal_fp_loss(stores: Stores, order: list[str], n_levels: int,
                   label_of: Callable[[str], str] = str) -> list[dict[str, Any]]:
     """Per variant and pair of neighbouring runs in ``order`` (expected: ΔQ L falls along it): ΔQ L of both
     where their main runs reach the same FP loss. One claim per pair, so a finding that holds up to some
@@ -174,8 +155,35 @@ def equal_fp_loss(stores: dict[str, tuple[Records, dict[str, Any]]], order: list
             comps = []
             for level in fp_levels(a, b, n_levels):
                 res = compare_dq_at_fp_loss(a, b, level)
-                comps.append(_comparison(f"ΔQ L at FP loss {level:.3f}: {x} − {y}", x, y, res, level=level,
+                comps.append(comparison(f"ΔQ L at FP loss {level:.3f}: {x} − {y}", x, y, res, level=level,
                                          dq_a=res["dq_a"], dq_b=res["dq_b"], at_a=res["at_a"], at_b=res["at_b"]))
             claims.append(claim(f"ΔQ L at equal FP loss is lower for {label_of(y)} than for {label_of(x)}",
                                 "greater", cell, comps))
     return claims
+
+
+# -- the built-in kinds -------------------------------------------------------------------------------------
+@register_verdict("cooldown", figures=per_run_figures({"dq", "loss", "stable_vs_decay"}))
+def cooldown_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
+    return cooldown(stores)
+
+
+@register_verdict("averaging", figures=per_run_figures({"averaging"}, keep_averaged=True))
+def averaging_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
+    return averaging(stores)
+
+
+def check_order(spec: Any, what: str) -> None:
+    """``equal_fp_loss`` compares neighbouring runs of ``order``: it must name at least two of the runs."""
+    order = spec.order or []
+    if len(order) < 2 or set(order) - set(spec.runs):
+        raise ConfigError(f"{what}: 'order' must name at least two of its runs ({', '.join(spec.runs)})")
+
+
+@register_verdict("equal_fp_loss", figures=equal_fp_loss_figures, check=check_order)
+def equal_fp_loss_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
+    return equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
+
+
+__all__ = ["VERDICTS", "VerdictKind", "averaging", "by_variant", "claim", "comparison", "cooldown", "equal_fp_loss",
+           "fmt_diff", "fp_levels", "get_verdict", "judge", "register_verdict"]

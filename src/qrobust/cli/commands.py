@@ -1,0 +1,164 @@
+"""One function per command (``sweep``'s is in :mod:`.sweep`): read the parsed flags, call the API, print.
+No work happens here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import QrobustError
+from ..workflows.options import CalibrationOptions, EvalOptions, LoadOptions, StreamOptions, TaskOptions
+from .show import eval_lines, landscape_lines, sharpness_lines
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from ..workflows.demo import run_demo
+    run_demo(out=a.out, quick=a.quick, threads=a.threads, progress=not a.quiet)
+    return 0
+
+
+def cmd_reproduce(a: argparse.Namespace) -> int:
+    from .. import api
+    results = api.reproduce(a.experiments, out=a.out, scale=a.scale, model=a.model, threads=a.threads,
+                            progress=not a.quiet)
+    print("\n".join(["", "verdicts:"] + [r["summary"] for r in results]
+                    + [f"pages: {', '.join(r['page'] for r in results)}"]))
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .. import api
+    over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
+    traj = api.train(a.config, progress=not a.quiet, trust_remote_code=a.trust_remote_code, **over)
+    print(f"trained '{traj.name}': {len(traj)} checkpoints in {traj.source} (manifest: trajectory.json)")
+    return 0
+
+
+def method_options(pairs: list[str]) -> dict[str, Any]:
+    """``--opt KEY=VALUE`` pairs, each value read as YAML (``true``, ``0.01``, ``reference``)."""
+    from ..config import parse_yaml
+    out: dict[str, Any] = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise QrobustError(f"--opt expects KEY=VALUE, got '{kv}'")
+        out[k.strip()] = parse_yaml(v, f"--opt {k.strip()}")
+    return out
+
+
+def quant_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """The variant's flags as ``quant_spec`` keywords (checked by the API before any work)."""
+    return {"method": a.method, "bits": a.bits, "group_size": a.group_size, "sym": not a.asym,
+            "include": tuple(a.include), "exclude": tuple(a.exclude), "options": method_options(a.opt)}
+
+
+def calibration(a: argparse.Namespace) -> CalibrationOptions:
+    return CalibrationOptions(n_samples=a.calib_samples, seq_len=a.calib_seq_len, corpus=a.calib_corpus,
+                              seed=a.calib_seed)
+
+
+def load_options(a: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                       device=getattr(a, "device", "auto"), dtype=getattr(a, "dtype", "float32"))
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from .. import api
+    q = quant_settings(a)
+    rep = api.export(a.checkpoint, Path(a.out), calibration=calibration(a), format=a.format,
+                     verify_blocks=a.verify or 0, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                     device=a.device, dtype=a.dtype, **{k: v for k, v in q.items() if k != "options"}, **q["options"])
+    print(f"{rep['label']}: exported as {a.format} (pack-quantized) -> {rep['out']}")
+    if "loss_reloaded" in rep:
+        print(f"check on {a.verify} eval blocks: fake-quantized loss {rep['loss_fake_quant']:.6f}, reloaded with "
+              f"transformers {rep['loss_reloaded']:.6f} (difference {rep['loss_diff']:+.2e})")
+    return 0
+
+
+def cmd_quantize(a: argparse.Namespace) -> int:
+    from .. import api
+    report = api.quantize_checkpoint(a.checkpoint, a.out, quant_settings(a), calibration(a), load_options(a))
+    if a.json:
+        print(json.dumps(report, indent=1))
+    else:
+        s = report["summary"]
+        print(f"{report['label']}: {s['n_layers']} linears quantized, mean relative weight error "
+              f"{s['rel_err_mean']:.4f} (max {s['rel_err_max']:.4f}) -> {Path(a.out)}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .. import api
+    ev = EvalOptions(corpus=a.corpus, field=a.field, split=a.split, n_blocks=a.n_blocks, seq_len=a.seq_len,
+                     batch_size=a.batch_size)
+    tasks = TaskOptions(names=a.tasks, num_fewshot=a.num_fewshot, limit=a.limit, backend=a.tasks_backend) \
+        if a.tasks else None
+    stream = StreamOptions(states=a.states, states_dir=a.states_dir) if a.stream else None
+    out = api.evaluate_checkpoint(a.checkpoint, quant_settings(a) if a.bits is not None else None, ev,
+                                  calibration(a), load_options(a), tasks, stream, progress=not a.json)
+    print(json.dumps(out, indent=1) if a.json else "\n".join(eval_lines(out)))
+    return 0
+
+
+def cmd_sharpness(a: argparse.Namespace) -> int:
+    from .. import api
+    r = api.sharpness(a.checkpoint, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
+                      top_k=a.top_k, iters=max(a.iters, a.top_k), method=a.method, trace=a.trace,
+                      trace_matvecs=max(a.trace_matvecs, 3), params=a.params, per_layer=a.per_layer,
+                      n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size, corpus=a.corpus,
+                      split=a.split, seed=a.seed)
+    print(json.dumps(r, indent=1) if a.json else "\n".join(sharpness_lines(r)))
+    return 0
+
+
+def cmd_landscape(a: argparse.Namespace) -> int:
+    from .. import api
+    r = api.landscape(a.source, a.out, plane=a.plane, runs=a.run, grid=a.grid, margin=a.margin, span=a.span,
+                      center=a.center, n_blocks=a.n_blocks, seq_len=a.seq_len, batch_size=a.batch_size,
+                      params=a.params, seed=a.seed, progress=not a.quiet, allow_pickle=a.allow_pickle,
+                      trust_remote_code=a.trust_remote_code)
+    print("\n".join(landscape_lines(r, a.plane, a.grid, a.out)))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .. import api
+    print(f"report: {api.report(a.results, a.out)}")
+    return 0
+
+
+def cmd_results(a: argparse.Namespace) -> int:
+    from .. import api
+    text = api.results_text(a.results, a.format, a.out)
+    if a.format == "parquet":
+        print(text, end="")
+    elif a.out:
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text or "")
+    return 0
+
+
+def cmd_average(a: argparse.Namespace) -> int:
+    from .. import api
+    traj = api.average(a.sources, a.averager, a.out, window=a.window, stride=a.stride, beta=a.beta, runs=a.run,
+                       eval={"n_blocks": a.n_blocks, "corpus": a.corpus, "seq_len": a.seq_len}, progress=not a.quiet,
+                       allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code)
+    made = [c for c in traj if c.path.startswith(str(Path(a.out).resolve()))]
+    runs = sorted({c.run for c in made})
+    print(f"average ({a.averager}): {len(made)} averaged checkpoints in run(s) {', '.join(runs)} -> "
+          f"{Path(a.out) / 'trajectory.json'} (with the {len(traj) - len(made)} originals)")
+    return 0
+
+
+def cmd_trajectory(a: argparse.Namespace) -> int:
+    from .. import api
+    if a.presets:
+        sys.stdout.write(api.presets_text())
+        return 0
+    if not a.source:
+        raise QrobustError("name a SOURCE (or pass --presets to see the open-model presets)")
+    sys.stdout.write(api.trajectory_text(a.source, a.step_pattern, a.json))
+    return 0

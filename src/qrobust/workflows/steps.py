@@ -1,0 +1,60 @@
+"""The pipeline's steps as the workflows and the API run them: validate a config (object, mapping or YAML
+path, keyword overrides on top), then train, sweep in this process, or report. One place, so the demo, a
+reproduction and ``qrobust.train``/``qrobust.sweep`` validate and run a config the same way."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import SweepConfig, TrainConfig, load_yaml, parse_config
+from ..errors import ConfigError
+from ..sweeps.run import SweepSummary
+from ..trajectory import Trajectory
+
+C = TypeVar("C")
+
+
+def validated(cls: type[C], config: Any, overrides: dict[str, Any], what: str) -> C:
+    """``config`` (a ``cls``, a mapping, a YAML path or None) with ``overrides`` on top, validated as ``cls``."""
+    if isinstance(config, cls):
+        data: Any = config.model_dump()  # type: ignore[attr-defined]
+    elif isinstance(config, (str, Path)):
+        data, what = load_yaml(config), f"{what} file {config}"
+    else:
+        data = config if config is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping of keys to values, got {type(data).__name__}")
+    return parse_config(cls, {**data, **overrides}, what)
+
+
+def train(config: Any, progress: bool = True, trust_remote_code: bool = False, **overrides: Any) -> Trajectory:
+    """Train the run (and its branches) of ``config``; resumes where an earlier call stopped."""
+    from ..training.loop import train as train_run
+    return train_run(validated(TrainConfig, config, overrides, "train config"), progress=progress,
+                     trust_remote_code=trust_remote_code)
+
+
+def sweep_config(config: Any, **overrides: Any) -> SweepConfig:
+    """The validated sweep config (a bad key, type or method option is one ConfigError)."""
+    from ..sweeps.run import variants
+    cfg = validated(SweepConfig, config, overrides, "sweep config")
+    variants(cfg)
+    return cfg
+
+
+def sweep_here(cfg: SweepConfig, progress: bool = True, array_index: int | None = None,
+               array_count: int | None = None) -> SweepSummary:
+    """Sweep ``cfg`` in this process (as one worker of a job array when ``array_count`` is given)."""
+    from ..sweeps.run import sweep
+    return sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
+
+
+def sweep(config: Any, progress: bool = True, **overrides: Any) -> SweepSummary:
+    """Validate ``config`` and sweep it in this process."""
+    return sweep_here(validated(SweepConfig, config, overrides, "sweep config"), progress)
+
+
+def report(results: str | Path, out: str | Path | None = None) -> Path:
+    """Figures and the HTML page of a results folder; returns the page's path."""
+    from ..reporting import write_report
+    return write_report(results, out)
