@@ -100,7 +100,7 @@ def _zoom(axes: RunAxes, points: dict[str, list[Point]], lows: list[float], leve
     axes.curve.plot([lo, hi], [lo, hi], color="#888888", lw=0.8, ls=":", label="no degradation")
 
 
-def _label(axes: RunAxes, cell: str) -> None:
+def _label_axes(axes: RunAxes, cell: str) -> None:
     for ax in (axes.fp, axes.dq):
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel("training tokens")
@@ -139,7 +139,7 @@ def runs_figure(runs: dict[str, Iterable[Any]], cell: str, title: str, path: Pat
         _zoom(axes, points, lows, levels)
     for lv in levels:
         axes.eq.axvline(lv, color="#888888", lw=0.6, ls="--", alpha=0.6)
-    _label(axes, cell)
+    _label_axes(axes, cell)
     fig.suptitle(title, fontsize=11)
     caption = (f"{title}, {cell}: FP loss and ΔQ L along training tokens (top); quantized against FP loss and "
                "ΔQ L against FP loss, x reversed so training moves right (bottom); right: every compared difference "
