@@ -10,7 +10,7 @@ from __future__ import annotations
 from .figures import make_figures
 from .html import render_page, write_report
 from .registry import FigureKind, GroupInputs, register_figure
-from .style import FigureOut
+from .style import FigureOut, save_figure
 
 __all__ = ["write_report", "make_figures", "render_page", "FigureOut", "register_figure", "FigureKind",
-           "GroupInputs"]
+           "GroupInputs", "save_figure"]
