@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from qrobust.reporting import write_report
-from qrobust.reporting.figures import _groups, _series
+from qrobust.reporting.dq import dq_rel
+from qrobust.reporting.groups import group_records, run_label, series
+from qrobust.reporting.stable_vs_decay import cooldown_pairs
+from qrobust.reporting.variants import Variant
 from qrobust.results.store import Store
 from qrobust.trajectory import Checkpoint, Trajectory
 
@@ -102,12 +105,12 @@ def test_full_report(tmp_path: Path) -> None:
 
 def test_branch_forks_from_parent_point(tmp_path: Path) -> None:
     store = _demo_store(tmp_path / "res")
-    (g,) = _groups(store.records(), store.trajectories())
+    (g,) = group_records(store.records(), store.trajectories())
     assert g.use_tokens and g.order == ["main", "decay200"]
-    w3 = [r for r in g.recs if r["variant"]["bits"] == 3]
-    series = _series(g, w3, "metrics.dq_rel")
-    assert series["decay200"][0] == (200 * TPS, pytest.approx(0.0487))
-    assert [x for x, _ in series["decay200"]] == [200 * TPS, 300 * TPS, 400 * TPS]
+    w3 = [r for r in g.recs if r.variant.bits == 3]
+    lines = series(g, w3, dq_rel)
+    assert lines["decay200"][0] == (200 * TPS, pytest.approx(0.0487))
+    assert [x for x, _ in lines["decay200"]] == [200 * TPS, 300 * TPS, 400 * TPS]
 
 
 def test_stable_vs_decay_only_with_both_sides(tmp_path: Path) -> None:
@@ -126,8 +129,8 @@ def test_no_runs_no_tokens_falls_back_to_step(tmp_path: Path) -> None:
         store.put(f"plain-{step}", _record("plain", "main", step, 4, bp, tokens=False))
     cks = [Checkpoint(name=f"main/step-{s:07d}", path="/x", step=s) for s in (0, 10, 20)]
     store.save_trajectory(Trajectory(name="plain", checkpoints=cks, runs={}, data=None))
-    (g,) = _groups(store.records(), store.trajectories())
-    assert not g.use_tokens and _series(g, g.recs, "metrics.dq_rel")["main"][0] == (0, pytest.approx(0.09))
+    (g,) = group_records(store.records(), store.trajectories())
+    assert not g.use_tokens and series(g, g.recs, dq_rel)["main"][0] == (0, pytest.approx(0.09))
     index = write_report(tmp_path / "res", tmp_path / "out")
     assert sorted(p.name for p in index.parent.glob("*.png")) == ["dq_plain_rtn-w4g128.png", "loss_plain.png"]
     page = index.read_text()
@@ -172,12 +175,12 @@ def test_averaged_runs_get_the_f4_figure_and_are_not_cooldowns(tmp_path: Path) -
     traj = store.trajectories()["demo"]
     traj["runs"]["main-lawa3"] = {"averaged": {"averager": "lawa", "window": 3, "stride": 1}, "parent": "main"}
     store.save_trajectory(Trajectory.from_dict(traj, tmp_path))
-    (g,) = _groups(store.records(), store.trajectories())
-    from qrobust.reporting.figures import _pairs, _run_label
-    assert _run_label(g, "main-lawa3") == "main-lawa3 (LAWA of main, window 3)"
-    w3 = [r for r in g.recs if r["variant"]["bits"] == 3]
-    assert [p[1] for p in _pairs(g, [("w3", w3)])] == ["decay200"]  # LAWA is not a cooldown branch
-    assert _series(g, w3, "metrics.dq_rel")["main-lawa3"] == [(300 * TPS, 0.0301), (400 * TPS, 0.0352)]
+    (g,) = group_records(store.records(), store.trajectories())
+    assert run_label(g, "main-lawa3") == "main-lawa3 (LAWA of main, window 3)"
+    w3 = [r for r in g.recs if r.variant.bits == 3]
+    pairs = cooldown_pairs(g, [Variant("w3", "w3", w3)])
+    assert [p.run for p in pairs] == ["decay200"]  # LAWA is not a cooldown branch
+    assert series(g, w3, dq_rel)["main-lawa3"] == [(300 * TPS, 0.0301), (400 * TPS, 0.0352)]
     index = write_report(tmp_path / "res")
     names = sorted(p.name for p in index.parent.glob("averaging_*.png"))
     assert names == ["averaging_demo_rtn-w3g128.png", "averaging_demo_rtn-w4g128.png"]

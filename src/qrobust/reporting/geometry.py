@@ -1,65 +1,87 @@
-"""Loss-geometry figures: λmax, Hessian trace and weight kurtosis along training next to ΔQ L, and ΔQ L
-against λmax / trace per variant with Spearman's rank correlation (the paper's "why" for PTQ error).
+"""Loss-geometry figures: λmax, Hessian trace and weight kurtosis along training next to ΔQ L, ΔQ L against
+λmax / trace per variant with Spearman's rank correlation (the paper's "why" for PTQ error), and per-layer
+sharpness.
 
 Geometry records come from a sweep's ``geometry`` setting, one per checkpoint; they are matched to the
-quantization records of the same trajectory by checkpoint name. Figures share the run colours and
-decay shading of the ΔQ L figures.
+quantization records of the same trajectory by checkpoint name. Figures share the run colours and decay
+shading of the ΔQ L figures.
 """
 from __future__ import annotations
 
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 from scipy.stats import spearmanr
 
-from .figures import (DQ_LABEL, FigureOut, _Group, _run, _run_label, _save, _series, _shade, _style_x,
-                      get, num, slug)
-
-PANELS = (("geometry.lambda_max", "Hessian λmax"), ("geometry.trace.trace", "Hessian trace (Hutch++)"),
-          ("geometry.weights.overall.kurtosis", "weight kurtosis (quantized linears)"))
-
-
-def _legend_under(fig: Figure, handles: list[Any]) -> None:
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(handles)),
-               fontsize=8, frameon=False)
+from ..results.records import GeometryRecord, VariantRecord
+from .dq import dq_rel
+from .groups import Group, run_label, run_of, series
+from .overlays import shade_decay
+from .registry import GroupInputs, register_figure
+from .style import DQ_LABEL, FigureOut, legend_under_figure, num, save_figure, style_x
+from .variants import Variant
 
 
-def _key(r: dict[str, Any]) -> tuple[str, Any]:
-    return str(get(r, "checkpoint.name")), get(r, "checkpoint.step")
+def lambda_max(r: GeometryRecord) -> Any:
+    return r.geometry.lambda_max
 
 
-def geometry_along(g: _Group, geos: list[dict[str, Any]], path: Path) -> FigureOut | None:
-    panels = [(m, t) for m, t in PANELS if any(num(get(r, m)) is not None for r in geos)]
+def trace(r: GeometryRecord) -> Any:
+    return r.geometry.trace.get("trace")
+
+
+def kurtosis(r: GeometryRecord) -> Any:
+    return (r.geometry.weights.get("overall") or {}).get("kurtosis")
+
+
+Panel = tuple[Callable[[GeometryRecord], Any], str]
+PANELS: tuple[Panel, ...] = ((lambda_max, "Hessian λmax"), (trace, "Hessian trace (Hutch++)"),
+                             (kurtosis, "weight kurtosis (quantized linears)"))
+
+
+def _key(r: VariantRecord | GeometryRecord) -> tuple[str, int]:
+    return str(r.checkpoint.name), r.checkpoint.step
+
+
+def _trace_bars(ax: Any, g: Group, geos: list[GeometryRecord]) -> None:
+    """95 % intervals of the trace estimates (as estimated: not clipped at the point)."""
+    for r in geos:
+        lo, hi, y = (num(r.geometry.trace.get(k)) for k in ("ci_low", "ci_high", "trace"))
+        x = g.x(r)
+        if None not in (lo, hi, y) and run_of(r) in g.colours and isinstance(x, (int, float)):
+            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], color=g.colours[run_of(r)], lw=0.8, capsize=2,
+                        zorder=2)
+
+
+@register_figure("geometry", needs=("records", "geometry"))
+def geometry_along(inputs: GroupInputs) -> list[FigureOut]:
+    g, geos, path = inputs.group, inputs.geometry, inputs.path("geometry")
+    panels = [(m, t) for m, t in PANELS if any(num(m(r)) is not None for r in geos)]
     if not panels:
-        return None
+        return []
     fig = Figure(figsize=(4.6 * len(panels), 4.3))
     axes = fig.subplots(1, len(panels), gridspec_kw={"wspace": 0.3}, squeeze=False)[0]
     handles: dict[str, Any] = {}
-    for ax, (metric, title) in zip(axes, panels):
-        for run, pts in _series(g, geos, metric).items():
+    for ax, (value, title) in zip(axes, panels):
+        for run, pts in series(g, geos, value).items():
             (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3.5, lw=1.6,
-                           color=g.colours[run], label=_run_label(g, run), zorder=3)
+                           color=g.colours[run], label=run_label(g, run), zorder=3)
             handles.setdefault(run, h)
-        if metric == "geometry.trace.trace":  # 95 % intervals of the trace estimates
-            for r in geos:
-                lo, hi, y = (num(get(r, f"geometry.trace.{k}")) for k in ("ci_low", "ci_high", "trace"))
-                x = get(r, "checkpoint.tokens" if g.use_tokens else "checkpoint.step")
-                if None not in (lo, hi, y) and _run(r) in g.colours and isinstance(x, (int, float)):
-                    ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], color=g.colours[_run(r)], lw=0.8, capsize=2,
-                                zorder=2)
-        _shade(ax, g, list(handles))
-        _style_x(ax, g.use_tokens)
+        if value is trace:
+            _trace_bars(ax, g, geos)
+        shade_decay(ax, g, list(handles))
+        style_x(ax, g.use_tokens)
         ax.set_title(title, fontsize=10)
-    _legend_under(fig, list(handles.values()))
+    legend_under_figure(fig, list(handles.values()))
     title = f"{g.traj}: loss geometry along training"
     fig.suptitle(title, fontsize=11)
     caption = (f"Top Hessian eigenvalue (Lanczos), Hessian trace (Hutch++, bars: 95 % intervals) and the kurtosis "
                f"of the quantized linears' weights along '{g.traj}', per run; shaded: LR decay phases.")
-    return FigureOut(path, "geometry", g.traj, title, caption, "tokens" if g.use_tokens else "step", _save(fig, path))
+    return [FigureOut(path, "geometry", g.traj, title, caption, g.xaxis, save_figure(fig, path))]
 
 
 def rank_correlation(xs: list[float], ys: list[float]) -> tuple[float, float]:
@@ -70,84 +92,85 @@ def rank_correlation(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(r.statistic), float(r.pvalue)
 
 
-def dq_vs_geometry(g: _Group, label: str, recs: list[dict[str, Any]], geos: list[dict[str, Any]],
-                   path: Path) -> FigureOut | None:
-    by = {_key(r): r for r in geos}
-    pairs = [(r, by[_key(r)]) for r in recs if _key(r) in by and num(get(r, "metrics.dq_rel")) is not None]
-    panels = [(m, t) for m, t in PANELS[:2] if sum(num(get(geo, m)) is not None for _, geo in pairs) >= 3]
-    if not panels:
-        return None
-    fig = Figure(figsize=(5.2 * len(panels), 4.4))
-    axes = fig.subplots(1, len(panels), gridspec_kw={"wspace": 0.28}, squeeze=False)[0]
-    stats = []
-    for ax, (metric, xlabel) in zip(axes, panels):
-        xs, ys = [], []
-        for r, geo in pairs:
-            x, y = num(get(geo, metric)), num(get(r, "metrics.dq_rel"))
-            if x is None or y is None:
-                continue
-            xs.append(x)
-            ys.append(y)
-            ax.scatter([x], [y], s=22, color=g.colours.get(_run(r), "0.5"), edgecolor="0.2", linewidth=0.4, zorder=3)
-        rho, p = rank_correlation(xs, ys)
-        stats.append(f"{xlabel}: ρ = {rho:.2f}")
-        ax.set_title(f"Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(xs)})", fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(DQ_LABEL)
-        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
-        ax.grid(True, alpha=0.3, linewidth=0.6)
-    runs = [r for r in g.order if any(_run(x) == r for x, _ in pairs)]
-    handles = [axes[0].scatter([], [], s=22, color=g.colours[r], edgecolor="0.2", linewidth=0.4,
-                               label=_run_label(g, r)) for r in runs]
-    _legend_under(fig, handles)
-    title = f"{g.traj}: ΔQ L vs curvature, {label}"
-    fig.suptitle(title, fontsize=11)
-    caption = (f"ΔQ L ({label}) against the Hessian's top eigenvalue and trace at the same checkpoint, one point per "
-               f"checkpoint of '{g.traj}', colour = run; {'; '.join(stats)} (Spearman rank correlation).")
-    return FigureOut(path, "dq_vs_geometry", g.traj, title, caption, "geometry", _save(fig, path))
-
-
 def _natural(name: str) -> list[Any]:
     """'layers.10' after 'layers.9': digit runs compare as numbers."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def layer_sharpness(g: _Group, geos: list[dict[str, Any]], path: Path) -> FigureOut | None:
+def _layer_lambda(r: GeometryRecord, layer: str) -> float | None:
+    return num((r.geometry.layers.get(layer) or {}).get("values", [None])[0])
+
+
+@register_figure("layer_sharpness", needs=("records", "geometry"))
+def layer_sharpness(inputs: GroupInputs) -> list[FigureOut]:
     """Heatmap of per-layer λmax (each quantized linear's weight alone): layers × checkpoints."""
     from matplotlib.colors import LogNorm
-    cols = [r for run in g.order for r in sorted((x for x in geos if _run(x) == run and get(x, "geometry.layers")),
-                                                 key=lambda x: get(x, "checkpoint.step") or 0)]
+    g, path = inputs.group, inputs.path("layer_sharpness")
+    cols = [r for run in g.order for r in sorted((x for x in inputs.geometry if run_of(x) == run and x.geometry.layers),
+                                                 key=lambda x: x.checkpoint.step)]
     if not cols:
-        return None
-    layers = sorted(get(cols[0], "geometry.layers"), key=_natural)
-    # layer names contain dots: index the layer table directly, not by dotted path
-    vals = [[num(((get(c, "geometry.layers") or {}).get(layer) or {}).get("values", [None])[0]) for c in cols]
-            for layer in layers]
+        return []
+    layers = sorted(cols[0].geometry.layers, key=_natural)
+    vals = [[_layer_lambda(c, layer) for c in cols] for layer in layers]
     pos = [v for row in vals for v in row if v is not None and v > 0]
     if not pos:
-        return None
+        return []
     grid = [[v if v is not None and v > 0 else float("nan") for v in row] for row in vals]
     fig = Figure(figsize=(max(6.0, 0.32 * len(cols) + 3.5), max(3.5, 0.26 * len(layers) + 1.8)))
     ax = fig.add_subplot()
     im = ax.imshow(grid, aspect="auto", cmap="magma", norm=LogNorm(vmin=min(pos), vmax=max(pos)))
     fig.colorbar(im, ax=ax, label="λmax of the layer's weight alone")
     ax.set_yticks(range(len(layers)), layers, fontsize=6)
-    ax.set_xticks(range(len(cols)), [f"{_run(c)}@{get(c, 'checkpoint.step')}" for c in cols], rotation=90, fontsize=6)
+    ax.set_xticks(range(len(cols)), [f"{run_of(c)}@{c.checkpoint.step}" for c in cols], rotation=90, fontsize=6)
     title = f"{g.traj}: per-layer sharpness"
     ax.set_title(title, fontsize=11)
     caption = (f"Top Hessian eigenvalue of the loss w.r.t. each quantized linear's weight alone (the other weights "
                f"fixed), per checkpoint of '{g.traj}' (columns: runs in order, then steps); log colour scale.")
-    return FigureOut(path, "layer_sharpness", g.traj, title, caption, "layer", _save(fig, path))
+    return [FigureOut(path, "layer_sharpness", g.traj, title, caption, "layer", save_figure(fig, path))]
 
 
-def geometry_figures(g: _Group, variants: list[tuple[str, str, list[dict[str, Any]]]], geos: list[dict[str, Any]],
-                     out_dir: Path) -> list[FigureOut]:
-    """All geometry figures of one trajectory group (``variants``: (label, file-name part, records))."""
-    mine = [r for r in geos if str(r.get("trajectory") or "unnamed") == g.traj and _run(r) in g.runs]
-    if not mine:
-        return []
-    figs = [geometry_along(g, mine, out_dir / f"geometry_{slug(g.traj)}{g.suffix}.png"),
-            layer_sharpness(g, mine, out_dir / f"layer_sharpness_{slug(g.traj)}{g.suffix}.png")]
-    for label, name, recs in variants:
-        figs.append(dq_vs_geometry(g, label, recs, mine, out_dir / f"dq_vs_geometry_{slug(g.traj)}{g.suffix}_{name}.png"))
+@register_figure("dq_vs_geometry", needs=("records", "geometry"))
+def dq_vs_geometry_figures(inputs: GroupInputs) -> list[FigureOut]:
+    figs = [dq_vs_geometry(inputs, v) for v in inputs.variants]
     return [f for f in figs if f is not None]
+
+
+def _scatter(ax: Any, g: Group, pairs: list[tuple[VariantRecord, GeometryRecord]], panel: Panel) -> str:
+    """ΔQ L against one geometry value, one point per checkpoint; returns the correlation's summary."""
+    value, xlabel = panel
+    xs, ys = [], []
+    for r, geo in pairs:
+        x, y = num(value(geo)), num(r.metrics.dq_rel)
+        if x is None or y is None:
+            continue
+        xs.append(x)
+        ys.append(y)
+        ax.scatter([x], [y], s=22, color=g.colours.get(run_of(r), "0.5"), edgecolor="0.2", linewidth=0.4, zorder=3)
+    rho, p = rank_correlation(xs, ys)
+    ax.set_title(f"Spearman ρ = {rho:.2f} (p = {p:.2g}, n = {len(xs)})", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(DQ_LABEL)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+    ax.grid(True, alpha=0.3, linewidth=0.6)
+    return f"{xlabel}: ρ = {rho:.2f}"
+
+
+def dq_vs_geometry(inputs: GroupInputs, variant: Variant) -> FigureOut | None:
+    g, label, path = inputs.group, variant.label, inputs.path("dq_vs_geometry", variant)
+    by = {_key(r): r for r in inputs.geometry}
+    pairs = [(r, by[_key(r)]) for r in variant.recs if _key(r) in by and num(dq_rel(r)) is not None]
+    panels = [(m, t) for m, t in PANELS[:2] if sum(num(m(geo)) is not None for _, geo in pairs) >= 3]
+    if not panels:
+        return None
+    fig = Figure(figsize=(5.2 * len(panels), 4.4))
+    axes = fig.subplots(1, len(panels), gridspec_kw={"wspace": 0.28}, squeeze=False)[0]
+    stats = [_scatter(ax, g, pairs, panel) for ax, panel in zip(axes, panels)]
+    runs = [r for r in g.order if any(run_of(x) == r for x, _ in pairs)]
+    handles = [axes[0].scatter([], [], s=22, color=g.colours[r], edgecolor="0.2", linewidth=0.4,
+                               label=run_label(g, r)) for r in runs]
+    legend_under_figure(fig, handles)
+    title = f"{g.traj}: ΔQ L vs curvature, {label}"
+    fig.suptitle(title, fontsize=11)
+    caption = (f"ΔQ L ({label}) against the Hessian's top eigenvalue and trace at the same checkpoint, one point per "
+               f"checkpoint of '{g.traj}', colour = run; {'; '.join(stats)} (Spearman rank correlation).")
+    return FigureOut(path, "dq_vs_geometry", g.traj, title, caption, "geometry", save_figure(fig, path))

@@ -7,7 +7,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .figures import BRANCH_COLOURS, ROOT_COLOUR, FigureOut, _save
+from .style import BRANCH_COLOURS, ROOT_COLOUR, FigureOut, save_figure
 
 
 def _colours(runs: list[str]) -> dict[str, str]:
@@ -57,7 +57,7 @@ def projection_figure(data: dict[str, Any], path: Path, title: str) -> FigureOut
     fig.suptitle(title, fontsize=11)
     caption = ("Checkpoints projected on the first two principal directions of the trajectory (exact PCA via "
                "the Gram matrix), joined per run; right: explained-variance ratios.")
-    return FigureOut(path, "pca", data.get("trajectory", ""), title, caption, "pca", _save(fig, path))
+    return FigureOut(path, "pca", data.get("trajectory", ""), title, caption, "pca", save_figure(fig, path))
 
 
 def contour_figure(land: dict[str, Any], path: Path, title: str) -> FigureOut:
@@ -85,4 +85,4 @@ def contour_figure(land: dict[str, Any], path: Path, title: str) -> FigureOut:
         caption = (f"Eval loss around {land['center']} along two random filter-normalised directions "
                    "(Li et al. 2018).")
     ax.set_title(title, fontsize=11)
-    return FigureOut(path, f"landscape_{land['plane']}", "", title, caption, land["plane"], _save(fig, path))
+    return FigureOut(path, f"landscape_{land['plane']}", "", title, caption, land["plane"], save_figure(fig, path))

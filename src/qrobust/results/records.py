@@ -204,6 +204,9 @@ class Record:
     key: str
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     checkpoint: Checkpoint
+    created: str | None = None  # when and where the store wrote it, with which package versions (provenance)
+    host: str | None = None
+    versions: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (every field, including those this class does not name)."""
@@ -225,7 +228,9 @@ class Record:
 
     @staticmethod
     def _base(d: dict[str, Any]) -> dict[str, Any]:
-        return {"key": _str(d.get("key"), "key") or "", "raw": d, "checkpoint": checkpoint_of(d.get("checkpoint"))}
+        return {"key": _str(d.get("key"), "key") or "", "raw": d, "checkpoint": checkpoint_of(d.get("checkpoint")),
+                "created": _str(d.get("created"), "created"), "host": _str(d.get("host"), "host"),
+                "versions": _obj(d.get("versions"), "versions") if d.get("versions") is not None else None}
 
 
 @dataclass(frozen=True)
@@ -281,6 +286,7 @@ class Geometry:
     eigen: Mapping[str, Any] = field(default_factory=dict)
     weights: Mapping[str, Any] = field(default_factory=dict)
     config: Mapping[str, Any] = field(default_factory=dict)
+    layers: Mapping[str, Any] = field(default_factory=dict)  # per quantized linear: its weight's top eigenvalue
 
     @classmethod
     def parse(cls, d: Any) -> "Geometry":
@@ -288,7 +294,7 @@ class Geometry:
         return cls(lambda_max=_num(d.get("lambda_max"), "geometry.lambda_max"), loss=_num(d.get("loss"), "geometry.loss"),
                    grad_norm=_num(d.get("grad_norm"), "geometry.grad_norm"),
                    n_params=_int(d.get("n_params"), "geometry.n_params"),
-                   **{k: _obj(d.get(k), f"geometry.{k}") for k in ("trace", "eigen", "weights", "config")})
+                   **{k: _obj(d.get(k), f"geometry.{k}") for k in ("trace", "eigen", "weights", "config", "layers")})
 
 
 @dataclass(frozen=True)
