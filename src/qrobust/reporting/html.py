@@ -110,6 +110,3 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     write_text(index, page)
     os.chmod(index, 0o644)  # the temp file behind it was created 0600
     return index
-
-# public names for workflows/reproduction/page.py (shim until the reporting rebuild makes them public)
-figures_html, pre, provenance_html = _figures_html, _pre, _provenance_html
