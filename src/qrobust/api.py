@@ -57,16 +57,10 @@ def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, array_
 
     ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint).
     ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``)."""
-    from .sweeps.executors import EXECUTORS, run_ray
-    from .sweeps.run import sweep as _sweep
+    from .sweeps.executors import ExecutorOptions, run_executor
     cfg = _config(SweepConfig, config, kwargs, "sweep config")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor '{executor}'; known: {', '.join(EXECUTORS)}")
-    if executor == "ray":
-        if array_count is not None:
-            raise ConfigError("job arrays and the ray executor do not combine; choose one")
-        return run_ray(cfg, progress, ray_address, cpus_per_task, gpus_per_task)
-    return _sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
+    return run_executor(executor, cfg, ExecutorOptions(progress, array_index, array_count, ray_address, cpus_per_task,
+                                                       gpus_per_task))
 
 
 def average(sources: str | dict | list, averager: str, out: str | Path, window: int = 5, stride: int = 1,
