@@ -47,6 +47,11 @@ def run_group(job: Job, ctx: Context, todo: list[QuantSpec], claim: Claim | None
 class InMemoryGroup:
     """One checkpoint group with the whole model in memory."""
 
+    model: Any  # set by load()
+    load_s: float
+    fp: FPRecord
+    tasks: TaskRunner | None
+
     def __init__(self, job: Job, ctx: Context, tok: Any):
         self.job, self.ctx, self.tok = job, ctx, tok
         self.es: EvalSet = ctx.sets.eval_set(job.data_cfg, tok, job.tok_fp)
