@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import qrobust.sweeps.run as sweep_run
+from qrobust.sweeps.plan import checkpoint_identity
 from qrobust import leftovers
 from qrobust.cli import main
 from qrobust.errors import QrobustWarning
@@ -217,7 +218,7 @@ def _group_key(tiny_run: Path, i: int) -> str:
     from qrobust.sources import load_source, resolve_checkpoint
     c = load_source(str(tiny_run)).checkpoints[i]
     ck = replace(c, path=str(resolve_checkpoint(c)))
-    return record_key({"checkpoint": sweep_run._ck_identity(ck, "float32")})
+    return record_key({"checkpoint": checkpoint_identity(ck, "float32")})
 
 
 _HOLDER = """
@@ -251,14 +252,14 @@ def test_worker_killed_while_holding_a_claim_is_taken_over_before_exit(tiny_run,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        real = sweep_run._run_checkpoint
+        real = sweep_run.run_group
 
         def run_then_kill(*a, **kw):
             real(*a, **kw)
             if holder.poll() is None:
                 holder.send_signal(signal.SIGKILL)
                 holder.wait()
-        monkeypatch.setattr(sweep_run, "_run_checkpoint", run_then_kill)
+        monkeypatch.setattr(sweep_run, "run_group", run_then_kill)
         capsys.readouterr()
         assert main(["sweep", _write_cfg(tmp_path, _cfg(tiny_run, res)), "--quiet"]) == 0
         out = capsys.readouterr().out
@@ -316,14 +317,14 @@ def test_group_finished_by_the_holder_meanwhile_counts_as_done(tiny_run, clean_r
     other = Claim(res, _group_key(tiny_run, 0), "other-worker", ttl=0.4)
     assert other.acquire()
     first = load_first_group_records(clean_results, tiny_run)
-    real = sweep_run._run_checkpoint
+    real = sweep_run.run_group
 
     def run_then_other_finishes(*a, **kw):  # the holder writes its records while this worker is busy
         real(*a, **kw)
         for p in first:
             if not (res / "records" / p.name).exists():
                 shutil.copy2(p, res / "records" / p.name)
-    monkeypatch.setattr(sweep_run, "_run_checkpoint", run_then_other_finishes)
+    monkeypatch.setattr(sweep_run, "run_group", run_then_other_finishes)
     try:
         capsys.readouterr()
         assert main(["sweep", _write_cfg(tmp_path, _cfg(tiny_run, res, claim_ttl_s=30)), "--quiet"]) == 0

@@ -10,7 +10,7 @@ from qrobust.evaluate import evaluate_loss
 from qrobust.models import load_checkpoint
 from qrobust.quant import quantize
 from qrobust.sweeps import Store, sweep
-import qrobust.sweeps.run as run_mod
+import qrobust.sweeps.run_group as run_mod
 
 
 def _cfg(tiny_run, out, **kw):
@@ -87,15 +87,15 @@ def test_crash_mid_sweep_then_resume_equals_uninterrupted(tiny_run, tmp_path, mo
 
 
 def test_calibrated_variants_with_options_share_one_calibration_set(tiny_run, tmp_path, monkeypatch):
-    import qrobust.sweeps.run as run_mod
+    import qrobust.sweeps.sets as sets_mod
     calls = {"n": 0}
-    real = run_mod.build_calibration
+    real = sets_mod.build_calibration
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(run_mod, "build_calibration", counting)
+    monkeypatch.setattr(sets_mod, "build_calibration", counting)
     cfg = _cfg(tiny_run, tmp_path / "res", bits=[3],
                methods=["rtn", {"name": "gptq", "profile": "reference"}, {"name": "gptq", "profile": "gptqmodel"},
                         {"name": "awq", "n_grid": 10}],

@@ -100,7 +100,7 @@ def test_averaging_config_errors(tmp_path):
 def test_training_state_files_are_not_weights(per_step, tmp_path):
     """averaging.safetensors beside the weights is neither averaged nor part of a checkpoint's identity."""
     from qrobust.averaging import weighted_mean
-    from qrobust.sweeps.run import _ck_identity
+    from qrobust.sweeps.plan import checkpoint_identity
     from qrobust.trajectory import load_trajectory
     out = tmp_path / "avg"
     train(_averaging_cfg(out), progress=False)
@@ -109,4 +109,4 @@ def test_training_state_files_are_not_weights(per_step, tmp_path):
     got = weighted_mean([raw, per_step / "checkpoints" / "main" / "step-0000004"], [0.5, 0.5])
     assert set(got) == set(_w(out, "main", 4))
     mine, theirs = (next(c for c in load_trajectory(o) if c.name == "main/step-0000004") for o in (out, per_step))
-    assert _ck_identity(mine) == _ck_identity(theirs)  # same weights: sweep records are shared
+    assert checkpoint_identity(mine) == checkpoint_identity(theirs)  # same weights: sweep records are shared

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from qrobust.cli import main, slurm_script
+from qrobust.cli import main
+from qrobust.sweeps.executors.array import slurm_script
 from qrobust.errors import ConfigError
 from qrobust.sweeps import Store, sweep
 from qrobust.sweeps.claims import Claim

@@ -9,7 +9,6 @@ from typing import Any
 from .averaging.run import AverageOptions
 from .config import SweepConfig, TrainConfig, parse_config
 from .data.checkpoint_blocks import calib_blocks, eval_blocks
-from .errors import ConfigError
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
@@ -49,16 +48,9 @@ def sweep(config: SweepConfig | dict | str | Path, progress: bool = True, *, opt
     ``array_index``/``array_count``: this worker's share of a job array (every count-th checkpoint);
     ``executor="ray"``: one Ray task per checkpoint (local Ray, or the cluster at ``ray_address``;
     ``cpus_per_task``, ``gpus_per_task``)."""
-    from .sweeps.executors import EXECUTORS, run_ray
     where, overrides = split_options(ExecutorOptions, options, kwargs)
     cfg = steps.validated(SweepConfig, config, overrides, "sweep config")
-    if where.executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor '{where.executor}'; known: {', '.join(EXECUTORS)}")
-    if where.executor == "ray":
-        if where.array_count is not None:
-            raise ConfigError("job arrays and the ray executor do not combine; choose one")
-        return run_ray(cfg, progress, where.ray_address, where.cpus_per_task, where.gpus_per_task)
-    return steps.sweep_here(cfg, progress=progress, array_index=where.array_index, array_count=where.array_count)
+    return steps.sweep_with(where.executor, cfg, where.run_options(progress))
 
 
 def average(sources: str | dict | list, averager: str, out: str | Path, *, options: AverageOptions | None = None,

@@ -1,13 +1,10 @@
-"""``qrobust sweep``: its arguments, job-array workers (from flags or Slurm's variables), and
-``--emit-slurm``'s sbatch script. The Slurm pieces (``slurm_script`` and the ``--emit-slurm`` branch) stay
-together here until they move to the sweep executors."""
+"""``qrobust sweep``: its arguments, job-array workers (from flags or Slurm's variables), ``--dry-run`` (the
+plan) and ``--emit-slurm`` (the sbatch script the ``array`` executor writes)."""
 from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
-from pathlib import Path
 
 from ..errors import QrobustError
 from .args import positive
@@ -45,6 +42,8 @@ def add_sweep(sub) -> None:
                    help="print an sbatch script that runs this sweep as a job array (needs --array-count), then exit")
     p.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="extra #SBATCH option for --emit-slurm, repeatable (e.g. time=04:00:00, gres=gpu:1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (checkpoints, variants, what is stored or missing) without loading a model")
 
 
 def array_from_env(a: argparse.Namespace) -> tuple[int | None, int | None]:
@@ -63,27 +62,10 @@ def array_from_env(a: argparse.Namespace) -> tuple[int | None, int | None]:
     return index, count
 
 
-def slurm_script(config: str, count: int, out: str | None, threads: int | None, opts: list[str]) -> str:
-    """An sbatch script running ``qrobust sweep CONFIG`` as a job array of ``count`` workers."""
-    lines = ["#!/bin/bash", "#SBATCH --job-name=qrobust-sweep", f"#SBATCH --array=0-{count - 1}",
-             f"#SBATCH --cpus-per-task={threads or 8}", "#SBATCH --output=qrobust-sweep-%A_%a.log"]
-    for o in opts:
-        key, sep, value = o.partition("=")
-        if not sep or not key:
-            raise QrobustError(f"--slurm-opt expects KEY=VALUE, got '{o}'")
-        lines.append(f"#SBATCH --{key}={value}")
-    cmd = ["qrobust", "sweep", shlex.quote(str(Path(config).resolve())), "--quiet",
-           f"--array-count {count}"] + ([f"--out {shlex.quote(str(Path(out).resolve()))}"] if out else []) \
-        + ([f"--threads {threads}"] if threads else [])
-    lines += ["", "# each task takes every %d-th checkpoint; claims in the results folder make a re-submitted" % count,
-              "# or overlapping task skip what is done or in progress, and resume what a dead task left",
-              "set -euo pipefail", " ".join(cmd), ""]
-    return "\n".join(lines)
-
-
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .. import api
     if a.emit_slurm:
+        from ..sweeps.executors.array import slurm_script
         if a.array_count is None:
             raise QrobustError("--emit-slurm needs --array-count N (the number of array tasks)")
         api.sweep_config(a.config)  # a bad config fails here, not on the cluster
@@ -92,6 +74,10 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     index, count = array_from_env(a)
     over = {k: v for k, v in (("out", a.out), ("threads", a.threads), ("device", a.device), ("dtype", a.dtype),
                               ("stream", a.stream), ("states", a.states)) if v}
+    if a.dry_run:
+        from ..sweeps.dry_run import dry_run
+        sys.stdout.write(dry_run(api.sweep_config(a.config, **over)))
+        return 0
     s = api.sweep(a.config, progress=not a.quiet, array_index=index, array_count=count, executor=a.executor,
                   ray_address=a.ray_address, cpus_per_task=a.cpus_per_task, gpus_per_task=a.gpus_per_task, **over)
     part = f" (array task {index} of {count})" if count else ""

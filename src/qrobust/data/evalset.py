@@ -18,7 +18,7 @@ from .blocks import calibration_blocks, pack_blocks, take_blocks
 from .prepare import eval_stream
 from ..sources import cached_snapshot
 from ..trajectory import Checkpoint
-from ..results.store import record_key
+from ..io.keys import record_key
 from ..io.files import STATE_FILE
 
 

@@ -4,206 +4,52 @@ One class per record kind (the store's folder): ``VariantRecord`` (records/: one
 checkpoint on one eval set), ``FPRecord`` (fp/), ``GeometryRecord`` (geometry/), ``TaskRecord`` (tasks/) and
 ``TaskFPRecord`` (tasks_fp/). Each is parsed from the JSON the store wrote (:func:`parse`) and keeps that JSON
 unchanged (``to_dict()``), so exporting, re-writing or hashing a record never loses a field a newer or older
-qrobust wrote.
+qrobust wrote. Writers build them with ``Kind.new(key, ...)``, which lays out exactly the JSON the store
+writes (and parses it back, so a record that would not read is never written).
 
-The JSON layout is versioned by its ``schema`` field. ``SCHEMA`` is what this code writes; ``MIGRATIONS`` maps
-every older schema it still reads to a function that lifts such a dict to today's layout (version 1 is today's:
-the layout did not change when records became typed, so record keys and files stay byte-identical).
-A dict that does not parse raises :class:`RecordError` with the reason; the store then skips the file with a
-warning and a sweep recomputes it.
+The layout is versioned (:mod:`.schema`): a dict of an older schema is lifted by its registered migration,
+one of a newer schema is refused with the reason. A dict that does not parse raises :class:`RecordError`;
+the store then skips the file with a warning and a sweep recomputes it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
-from ..errors import QrobustError
 from ..trajectory import Checkpoint
+from .parts import (BlockNLL, EvalSetInfo, Geometry, Metrics, Outcome, RunInfo, Subject, VariantInfo, WeightError,
+                    as_floats, as_int, as_number, as_object, as_str, checkpoint_of, eval_set_dict, scores, variant_dict)
+from .schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION, RecordError, lift, register_migration
 
-SCHEMA = "qrobust.record/1"
-SCHEMA_VERSION = 1
-MIGRATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {SCHEMA: lambda d: d}
+if TYPE_CHECKING:
+    from ..data.evalset import EvalSet
+    from ..evaluate import LossResult
+    from ..quant import QuantSpec
 
+__all__ = ["Record", "VariantRecord", "FPRecord", "GeometryRecord", "TaskRecord", "TaskFPRecord", "KINDS", "parse",
+           "COLUMNS", "RecordError", "SCHEMA", "SCHEMA_VERSION", "MIGRATIONS", "register_migration", "Subject",
+           "Outcome", "RunInfo", "checkpoint_of"]
 
-class RecordError(QrobustError, ValueError):
-    """A stored dict is not a record of the kind asked for (the message says why)."""
-
-
-# -- field parsing -------------------------------------------------------------------------------------------
-def _obj(d: Any, what: str) -> dict[str, Any]:
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise RecordError(f"'{what}' is not an object")
-    return d
-
-
-def _num(v: Any, what: str) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise RecordError(f"'{what}' is not a number")
-    return v
+# the flat columns of a variant record (CSV, parquet, the results table), in order: see VariantRecord.row
+COLUMNS = [
+    "trajectory", "checkpoint.name", "checkpoint.run", "checkpoint.step", "checkpoint.tokens", "checkpoint.lr",
+    "checkpoint.phase", "variant.method", "variant.bits", "variant.group_size", "variant.sym",
+    "metrics.loss_fp", "metrics.loss_q", "metrics.dq_rel", "metrics.dq_abs", "metrics.ppl_fp", "metrics.ppl_q",
+    "metrics.dq_ci.low", "metrics.dq_ci.high", "metrics.dq_ci.se",
+    "weight_error.rel_err_mean", "eval_set.id", "eval_set.n_tokens", "timings.quantize_s", "timings.eval_s", "key",
+]
 
 
-def _int(v: Any, what: str) -> int | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise RecordError(f"'{what}' is not an integer")
-    return v
-
-
-def _str(v: Any, what: str) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise RecordError(f"'{what}' is not a string")
-    return v
-
-
-def _floats(v: Any, what: str) -> list[float]:
-    if v is None:
-        return []
-    if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-        raise RecordError(f"'{what}' is not a list of numbers")
-    return v
-
-
-def checkpoint_of(d: Any, what: str = "checkpoint") -> Checkpoint:
-    """The record's checkpoint as the Trajectory's own type (unknown extra fields are ignored)."""
-    d = _obj(d, what)
-    names = {f.name for f in fields(Checkpoint)}
-    kw = {k: v for k, v in d.items() if k in names}
-    step = _int(kw.get("step"), f"{what}.step")
-    return Checkpoint(**{"name": _str(kw.get("name"), f"{what}.name") or "", "path": str(kw.get("path") or ""),
-                         **{k: v for k, v in kw.items() if k not in ("name", "path", "step")},
-                         "step": step if step is not None else 0})
-
-
-# -- parts ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Interval:
-    """A paired-bootstrap interval of ΔQ L (see :func:`qrobust.stats.dq_interval`)."""
-
-    dq: float | None = None
-    low: float | None = None
-    high: float | None = None
-    se: float | None = None
-    confidence: float | None = None
-    n_blocks: int | None = None
-    n_boot: int | None = None
-
-    @classmethod
-    def parse(cls, d: Any, what: str = "metrics.dq_ci") -> "Interval | None":
-        if d is None:
-            return None
-        d = _obj(d, what)
-        return cls(**{f.name: _num(d.get(f.name), f"{what}.{f.name}") for f in fields(cls)})
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """FP vs quantized loss of one variant: ΔQ L = loss_q / loss_fp - 1 (``dq_rel``)."""
-
-    loss_fp: float | None = None
-    loss_q: float | None = None
-    dq_rel: float | None = None
-    dq_abs: float | None = None
-    ppl_fp: float | None = None
-    ppl_q: float | None = None
-    dq_ci: Interval | None = None
-
-    @classmethod
-    def parse(cls, d: Any) -> "Metrics":
-        d = _obj(d, "metrics")
-        kw: dict[str, Any] = {f.name: _num(d.get(f.name), f"metrics.{f.name}") for f in fields(cls)
-                              if f.name != "dq_ci"}
-        return cls(**kw, dq_ci=Interval.parse(d.get("dq_ci")))
-
-
-@dataclass(frozen=True)
-class VariantInfo:
-    """The variant as recorded (a plain record of the QuantSpec; the method need not be registered to read it)."""
-
-    method: str | None = None
-    bits: int | None = None
-    group_size: int | None = None
-    sym: bool = True
-    label: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, d: Any) -> "VariantInfo":
-        d = _obj(d, "variant")
-        return cls(method=_str(d.get("method"), "variant.method"), bits=_int(d.get("bits"), "variant.bits"),
-                   group_size=_int(d.get("group_size"), "variant.group_size"), sym=d.get("sym") is not False,
-                   label=_str(d.get("label"), "variant.label"), options=_obj(d.get("options"), "variant.options"),
-                   include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()))
-
-
-@dataclass(frozen=True)
-class EvalSetInfo:
-    """Which token blocks a loss was measured on (``id`` is part of every record key)."""
-
-    id: str | None = None
-    n_tokens: int | None = None
-    n_blocks: int | None = None
-    seq_len: int | None = None
-    corpus: str | None = None
-    split: str | None = None
-
-    @classmethod
-    def parse(cls, d: Any) -> "EvalSetInfo":
-        d = _obj(d, "eval_set")
-        return cls(id=_str(d.get("id"), "eval_set.id"), n_tokens=_int(d.get("n_tokens"), "eval_set.n_tokens"),
-                   n_blocks=_int(d.get("n_blocks"), "eval_set.n_blocks"),
-                   seq_len=_int(d.get("seq_len"), "eval_set.seq_len"), corpus=_str(d.get("corpus"), "eval_set.corpus"),
-                   split=_str(d.get("split"), "eval_set.split"))
-
-
-@dataclass(frozen=True)
-class WeightError:
-    """Relative weight error of the quantized linears (mean and max over layers) and their MSE."""
-
-    n_layers: int | None = None
-    rel_err_mean: float | None = None
-    rel_err_max: float | None = None
-    weight_mse: float | None = None
-
-    @classmethod
-    def parse(cls, d: Any) -> "WeightError":
-        d = _obj(d, "weight_error")
-        return cls(n_layers=_int(d.get("n_layers"), "weight_error.n_layers"),
-                   **{k: _num(d.get(k), f"weight_error.{k}") for k in ("rel_err_mean", "rel_err_max", "weight_mse")})
-
-
-@dataclass(frozen=True)
-class BlockNLL:
-    """Summed NLL per evaluation block, FP and quantized (the paired bootstrap resamples these)."""
-
-    nll_fp: list[float] = field(default_factory=list)
-    nll_q: list[float] = field(default_factory=list)
-    tokens_per_block: int | None = None
-
-    @classmethod
-    def parse(cls, d: Any) -> "BlockNLL":
-        d = _obj(d, "blocks")
-        return cls(nll_fp=_floats(d.get("nll_fp"), "blocks.nll_fp"), nll_q=_floats(d.get("nll_q"), "blocks.nll_q"),
-                   tokens_per_block=_int(d.get("tokens_per_block"), "blocks.tokens_per_block"))
-
-
-# -- records -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Record:
-    """What every stored record has: its key, the JSON it was read from, and the checkpoint it is about."""
+    """What every stored record has: its key, the JSON it was read from, the checkpoint it is about and the
+    trajectory it was swept in ('' for the FP records a checkpoint's variants share)."""
 
     KIND: ClassVar[str] = ""
     key: str
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     checkpoint: Checkpoint
+    trajectory: str = ""
     created: str | None = None  # when and where the store wrote it, with which package versions (provenance)
     host: str | None = None
     versions: Mapping[str, Any] | None = None
@@ -211,6 +57,14 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (every field, including those this class does not name)."""
         return dict(self.raw)
+
+    def has(self, part: str) -> bool:
+        """Whether the stored JSON has this top-level part (a sparse, hand-made record may not)."""
+        return part in self.raw
+
+    def order(self) -> tuple:
+        """Sort key: trajectory, run, step."""
+        return (self.trajectory, self.checkpoint.run, self.checkpoint.step)
 
     # transitional read access for callers not yet typed; removed when every reader uses fields
     def __getitem__(self, name: str) -> Any:
@@ -226,11 +80,17 @@ class Record:
     def parse(cls, d: dict[str, Any]) -> "Record":
         raise NotImplementedError
 
+    @classmethod
+    def built(cls, key: str, d: dict[str, Any]) -> "Record":
+        """A new record of this kind from the JSON fields a writer laid out (checked by parsing them)."""
+        return cls.parse({**d, "schema": SCHEMA, "key": key})
+
     @staticmethod
-    def _base(d: dict[str, Any]) -> dict[str, Any]:
-        return {"key": _str(d.get("key"), "key") or "", "raw": d, "checkpoint": checkpoint_of(d.get("checkpoint")),
-                "created": _str(d.get("created"), "created"), "host": _str(d.get("host"), "host"),
-                "versions": _obj(d.get("versions"), "versions") if d.get("versions") is not None else None}
+    def base(d: dict[str, Any]) -> dict[str, Any]:
+        return {"key": as_str(d.get("key"), "key") or "", "raw": d, "checkpoint": checkpoint_of(d.get("checkpoint")),
+                "trajectory": as_str(d.get("trajectory"), "trajectory") or "",
+                "created": as_str(d.get("created"), "created"), "host": as_str(d.get("host"), "host"),
+                "versions": as_object(d.get("versions"), "versions") if d.get("versions") is not None else None}
 
 
 @dataclass(frozen=True)
@@ -238,7 +98,6 @@ class VariantRecord(Record):
     """One quantization variant of one checkpoint on one eval set: the sweep's result."""
 
     KIND: ClassVar[str] = "records"
-    trajectory: str = ""
     variant: VariantInfo = field(default_factory=VariantInfo)
     metrics: Metrics = field(default_factory=Metrics)
     eval_set: EvalSetInfo = field(default_factory=EvalSetInfo)
@@ -250,12 +109,40 @@ class VariantRecord(Record):
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "VariantRecord":
-        return cls(**cls._base(d), trajectory=_str(d.get("trajectory"), "trajectory") or "",
-                   variant=VariantInfo.parse(d.get("variant")), metrics=Metrics.parse(d.get("metrics")),
+        return cls(**cls.base(d), variant=VariantInfo.parse(d.get("variant")), metrics=Metrics.parse(d.get("metrics")),
                    eval_set=EvalSetInfo.parse(d.get("eval_set")), weight_error=WeightError.parse(d.get("weight_error")),
                    blocks=BlockNLL.parse(d.get("blocks")),
-                   calibration=_obj(d.get("calibration"), "calibration") if d.get("calibration") is not None else None,
-                   timings=_obj(d.get("timings"), "timings"), streamed=bool(d.get("streamed")))
+                   calibration=as_object(d.get("calibration"), "calibration") if d.get("calibration") is not None
+                   else None, timings=as_object(d.get("timings"), "timings"), streamed=bool(d.get("streamed")))
+
+    @classmethod
+    def new(cls, key: str, subject: Subject, spec: "QuantSpec", es: "EvalSet", outcome: Outcome,
+            run: RunInfo) -> "VariantRecord":
+        """The record of ``spec`` quantized and evaluated on ``es``, as the store writes it."""
+        return cls.built(key, {**subject.fields(), "variant": variant_dict(spec), "calibration": outcome.calibration,
+                               "eval_set": eval_set_dict(es), "metrics": outcome.metrics,
+                               "weight_error": outcome.weight_error, "layers": outcome.layers,
+                               "blocks": outcome.blocks, **run.fields()})
+
+    def order(self) -> tuple:
+        """Sort key: trajectory, run, step, then method, bits, group size."""
+        v = self.variant
+        return super().order() + (v.method or "", v.bits or 0, v.group_size or 0)
+
+    def row(self) -> dict[str, Any]:
+        """The flat columns (``COLUMNS``) for CSV, parquet and the results table; a part the stored record
+        lacks (a sparse, hand-made record) gives empty cells."""
+        ck = self.checkpoint if self.has("checkpoint") else None
+        v = self.variant if self.has("variant") else None
+        m, ci = self.metrics, self.metrics.dq_ci
+        values = [self.trajectory if self.has("trajectory") else None,
+                  *((ck.name, ck.run, ck.step, ck.tokens, ck.lr, ck.phase) if ck else (None,) * 6),
+                  *((v.method, v.bits, v.group_size, v.sym) if v else (None,) * 4),
+                  m.loss_fp, m.loss_q, m.dq_rel, m.dq_abs, m.ppl_fp, m.ppl_q,
+                  *((ci.low, ci.high, ci.se) if ci else (None,) * 3),
+                  self.weight_error.rel_err_mean, self.eval_set.id, self.eval_set.n_tokens,
+                  self.timings.get("quantize_s"), self.timings.get("eval_s"), self.key]
+        return dict(zip(COLUMNS, values))
 
 
 @dataclass(frozen=True)
@@ -267,52 +154,39 @@ class FPRecord(Record):
     loss: float | None = None
     n_tokens: int | None = None
     block_nll: list[float] = field(default_factory=list)
+    seconds: float | None = None
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "FPRecord":
-        return cls(**cls._base(d), eval_set=EvalSetInfo.parse(d.get("eval_set")), loss=_num(d.get("loss"), "loss"),
-                   n_tokens=_int(d.get("n_tokens"), "n_tokens"), block_nll=_floats(d.get("block_nll"), "block_nll"))
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Loss geometry of one checkpoint: top Hessian eigenvalue, trace estimate, gradient norm, weight statistics."""
-
-    lambda_max: float | None = None
-    loss: float | None = None
-    grad_norm: float | None = None
-    n_params: int | None = None
-    trace: Mapping[str, Any] = field(default_factory=dict)
-    eigen: Mapping[str, Any] = field(default_factory=dict)
-    weights: Mapping[str, Any] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    layers: Mapping[str, Any] = field(default_factory=dict)  # per quantized linear: its weight's top eigenvalue
+        return cls(**cls.base(d), eval_set=EvalSetInfo.parse(d.get("eval_set")), loss=as_number(d.get("loss"), "loss"),
+                   n_tokens=as_int(d.get("n_tokens"), "n_tokens"), block_nll=as_floats(d.get("block_nll"), "block_nll"),
+                   seconds=as_number(d.get("seconds"), "seconds"))
 
     @classmethod
-    def parse(cls, d: Any) -> "Geometry":
-        d = _obj(d, "geometry")
-        return cls(lambda_max=_num(d.get("lambda_max"), "geometry.lambda_max"), loss=_num(d.get("loss"), "geometry.loss"),
-                   grad_norm=_num(d.get("grad_norm"), "geometry.grad_norm"),
-                   n_params=_int(d.get("n_params"), "geometry.n_params"),
-                   **{k: _obj(d.get(k), f"geometry.{k}") for k in ("trace", "eigen", "weights", "config", "layers")})
+    def new(cls, key: str, checkpoint: Checkpoint, es: "EvalSet", r: "LossResult") -> "FPRecord":
+        """The FP loss ``r`` of ``checkpoint`` on ``es``, as the store writes it."""
+        return cls.built(key, {"checkpoint": checkpoint.to_dict(), "eval_set": eval_set_dict(es), "loss": r.loss,
+                               "n_tokens": r.n_tokens, "block_nll": r.block_sums, "seconds": r.seconds})
 
 
 @dataclass(frozen=True)
 class GeometryRecord(Record):
+    """Loss geometry (λmax, trace, weight statistics) of one checkpoint on its geometry block set."""
+
     KIND: ClassVar[str] = "geometry"
-    trajectory: str = ""
     geometry: Geometry = field(default_factory=Geometry)
     eval_set: EvalSetInfo = field(default_factory=EvalSetInfo)
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "GeometryRecord":
-        return cls(**cls._base(d), trajectory=_str(d.get("trajectory"), "trajectory") or "",
-                   geometry=Geometry.parse(d.get("geometry")), eval_set=EvalSetInfo.parse(d.get("eval_set")))
+        return cls(**cls.base(d), geometry=Geometry.parse(d.get("geometry")),
+                   eval_set=EvalSetInfo.parse(d.get("eval_set")))
 
-
-def _scores(d: Any, what: str) -> dict[str, dict[str, Any]]:
-    d = _obj(d, what)
-    return {task: _obj(v, f"{what}.{task}") for task, v in d.items()}
+    @classmethod
+    def new(cls, key: str, subject: Subject, es: "EvalSet", geometry: Mapping[str, Any],
+            seconds: float) -> "GeometryRecord":
+        return cls.built(key, {**subject.fields(), "eval_set": eval_set_dict(es), "geometry": geometry,
+                               "seconds": seconds})
 
 
 @dataclass(frozen=True)
@@ -320,7 +194,6 @@ class TaskRecord(Record):
     """Downstream-task accuracy of one variant beside the FP model's: per task ``fp``, ``q`` and ``drop``."""
 
     KIND: ClassVar[str] = "tasks"
-    trajectory: str = ""
     variant: VariantInfo = field(default_factory=VariantInfo)
     fp: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     q: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -329,9 +202,17 @@ class TaskRecord(Record):
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "TaskRecord":
-        return cls(**cls._base(d), trajectory=_str(d.get("trajectory"), "trajectory") or "",
-                   variant=VariantInfo.parse(d.get("variant")), fp=_scores(d.get("fp"), "fp"), q=_scores(d.get("q"), "q"),
-                   drop=_scores(d.get("drop"), "drop"), tasks_config=_obj(d.get("tasks_config"), "tasks_config"))
+        return cls(**cls.base(d), variant=VariantInfo.parse(d.get("variant")), fp=scores(d.get("fp"), "fp"),
+                   q=scores(d.get("q"), "q"), drop=scores(d.get("drop"), "drop"),
+                   tasks_config=as_object(d.get("tasks_config"), "tasks_config"))
+
+    @classmethod
+    def new(cls, key: str, subject: Subject, spec: "QuantSpec", tasks_config: Mapping[str, Any],
+            accuracy: tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]) -> "TaskRecord":
+        """``accuracy`` is (fp, q, drop): per task, the FP model's, the quantized model's, and the drop."""
+        fp, q, drop = accuracy
+        return cls.built(key, {**subject.fields(), "variant": variant_dict(spec), "tasks_config": tasks_config,
+                               "fp": fp, "q": q, "drop": drop})
 
 
 @dataclass(frozen=True)
@@ -343,7 +224,11 @@ class TaskFPRecord(Record):
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "TaskFPRecord":
-        return cls(**cls._base(d), tasks=_scores(d.get("tasks"), "tasks"))
+        return cls(**cls.base(d), tasks=scores(d.get("tasks"), "tasks"))
+
+    @classmethod
+    def new(cls, key: str, checkpoint: Checkpoint, tasks: Mapping[str, Any]) -> "TaskFPRecord":
+        return cls.built(key, {"checkpoint": checkpoint.to_dict(), "tasks": tasks})
 
 
 KINDS: dict[str, type[Record]] = {c.KIND: c for c in (VariantRecord, FPRecord, GeometryRecord, TaskRecord, TaskFPRecord)}
@@ -353,15 +238,13 @@ def parse(kind: str, d: Any, key: str | None = None) -> Record:
     """The typed record of ``kind`` in the parsed JSON ``d`` (stored under ``key``); RecordError says why not."""
     if not isinstance(d, dict):
         raise RecordError("not a JSON object")
-    lift = MIGRATIONS.get(d.get("schema"))  # type: ignore[arg-type]
-    if lift is None:
-        raise RecordError(f"has no '{SCHEMA}' schema")
+    d = lift(d)
     if key is not None and d.get("key") != key:
         raise RecordError(f"its key {d.get('key')!r} differs from its file name")
     cls = KINDS.get(kind)
     if cls is None:
         raise RecordError(f"unknown record kind '{kind}'; known: {', '.join(sorted(KINDS))}")
     try:
-        return cls.parse(lift(d))
+        return cls.parse(d)
     except TypeError as e:  # a field of the wrong shape for Checkpoint(...) and friends
         raise RecordError(str(e)) from None

@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QrobustError, QrobustWarning
-from ..leftovers import tag
-from ..names import safe_name
 from ..io.atomic import atomic_file, write_text
+from ..io.keys import record_key
+from ..leftovers import clean as clean_leftovers, tag
+from ..names import safe_name
 from ..trajectory import Trajectory
-from .records import SCHEMA as RECORD_SCHEMA, Record, RecordError, parse
+from ..version import __version__
+from .records import COLUMNS, Record, RecordError, VariantRecord, parse
+from .schema import SCHEMA as RECORD_SCHEMA, schema_problem
 
 __all__ = ["RECORD_SCHEMA", "Store", "record_key", "flatten", "COLUMNS"]
 # every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
@@ -45,60 +48,19 @@ __all__ = ["RECORD_SCHEMA", "Store", "record_key", "flatten", "COLUMNS"]
 STORE_FOLDERS = ("records", "fp", "geometry", "tasks", "tasks_fp", "trajectories", "configs", "claims",
                  "averaged", "report", "tasks_work")
 
-# Flat columns for CSV / tables, in order. Nested values are looked up by dotted path.
-COLUMNS = [
-    "trajectory", "checkpoint.name", "checkpoint.run", "checkpoint.step", "checkpoint.tokens", "checkpoint.lr",
-    "checkpoint.phase", "variant.method", "variant.bits", "variant.group_size", "variant.sym",
-    "metrics.loss_fp", "metrics.loss_q", "metrics.dq_rel", "metrics.dq_abs", "metrics.ppl_fp", "metrics.ppl_q",
-    "metrics.dq_ci.low", "metrics.dq_ci.high", "metrics.dq_ci.se",
-    "weight_error.rel_err_mean", "eval_set.id", "eval_set.n_tokens", "timings.quantize_s", "timings.eval_s", "key",
-]
-
-
-def record_key(parts: dict[str, Any]) -> str:
-    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
-
 
 def versions() -> dict[str, str]:
     import tokenizers
     import torch
     import transformers
 
-    from .. import __version__
     return {"qrobust": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "python": platform.python_version()}
 
 
-def _get(d: dict[str, Any] | Record, dotted: str) -> Any:
-    if isinstance(d, Record):
-        d = d.raw
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            return None
-        d = d[part]
-    return d
-
-
-def flatten(rec: dict[str, Any] | Record) -> dict[str, Any]:
-    return {c: _get(rec, c) for c in COLUMNS}
-
-
-def _text(v: Any) -> str:
-    return v if isinstance(v, str) else "" if v is None else str(v)
-
-
-def _number(v: Any) -> float:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
-
-
-def _order(r: Record, variant: bool = True) -> tuple:
-    """Sort key of a record; tolerant of odd field types (never a TypeError between records)."""
-    head = (_text(r.raw.get("trajectory")), _text(_get(r, "checkpoint.run")), _number(_get(r, "checkpoint.step")))
-    if not variant:
-        return head
-    return head + (_text(_get(r, "variant.method")), _number(_get(r, "variant.bits")),
-                   _number(_get(r, "variant.group_size")))
+def flatten(rec: VariantRecord) -> dict[str, Any]:
+    """The flat CSV / table columns of a variant record (``COLUMNS``); see :meth:`VariantRecord.row`."""
+    return rec.row()
 
 
 def json_type(d: Any) -> str:
@@ -111,8 +73,9 @@ def invalid_record(d: Any, key: str) -> str | None:
     """Why ``d`` (a parsed record file named ``key``.json) is not a record the store wrote; None when it is."""
     if not isinstance(d, dict):
         return f"holds a JSON {json_type(d)}, not a record"
-    if d.get("schema") != RECORD_SCHEMA:
-        return f"has no '{RECORD_SCHEMA}' schema"
+    why = schema_problem(d.get("schema"))
+    if why is not None:
+        return why
     if d.get("key") != key:
         return f"its key {d.get('key')!r} differs from its file name"
     return None
@@ -198,7 +161,10 @@ class Store:
         self._valid[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
         return rec
 
-    def put(self, key: str, record: dict[str, Any], kind: str = "records") -> None:
+    def put(self, key: str | Record, record: dict[str, Any] | None = None, kind: str = "records") -> None:
+        """Write a typed record (``put(rec)``: its key and kind are its own) or a dict under ``key`` in ``kind``."""
+        if isinstance(key, Record):
+            key, record, kind = key.key, key.to_dict(), key.KIND
         # the envelope last: what readers check (schema, key = file name) is always the store's own
         record = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                   "versions": versions(), **record, "schema": RECORD_SCHEMA, "key": key}
@@ -213,8 +179,10 @@ class Store:
                 out.append(d)
         return out
 
-    def records(self) -> list[Record]:
-        return sorted(self._all("records"), key=_order)
+    def records(self) -> list[VariantRecord]:
+        """Every valid quantization record, sorted by trajectory, run, step, method, bits, group size."""
+        got = [r for r in self._all("records") if isinstance(r, VariantRecord)]
+        return sorted(got, key=lambda r: r.order())
 
     def geometry(self) -> list[Record]:
         """Loss-geometry records (λmax, trace, weight statistics per checkpoint)."""
@@ -222,7 +190,7 @@ class Store:
 
     def side_records(self, kind: str) -> list[Record]:
         """Records stored beside the quantization records (``geometry``, ``tasks``), sorted like them."""
-        return sorted(self._all(kind), key=lambda r: _order(r, variant=False))
+        return sorted(self._all(kind), key=lambda r: Record.order(r))
 
     # -- trajectories --------------------------------------------------------------------------------
     def save_trajectory(self, traj: Trajectory) -> None:
@@ -278,15 +246,14 @@ class Store:
         """Remove temporary files and folders a killed writer left in the results folder (only those whose
         writer is certainly gone: see :mod:`qrobust.leftovers`); returns what was removed. Only the folders
         qrobust writes are looked through: ``out`` may be a folder holding much else."""
-        from ..leftovers import clean
-        removed = clean(self.root, recursive=False)
+        removed = clean_leftovers(self.root, recursive=False)
         for sub in STORE_FOLDERS:
-            removed += clean(self.root / sub)
+            removed += clean_leftovers(self.root / sub)
         return removed
 
     # -- export --------------------------------------------------------------------------------------
     def rows(self) -> list[dict[str, Any]]:
-        return [flatten(r) for r in self.records()]
+        return [r.row() for r in self.records()]
 
     def export(self, fmt: str, path: str | Path | None = None) -> str:
         rows = self.rows()

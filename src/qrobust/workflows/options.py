@@ -42,6 +42,12 @@ class ExecutorOptions:
     cpus_per_task: int = 1
     gpus_per_task: float = 0.0
 
+    def run_options(self, progress: bool = True) -> Any:
+        """What the chosen executor itself receives (the executor is chosen by name from the registry)."""
+        from ..sweeps.executors import ExecutorOptions as Run
+        return Run(progress=progress, array_index=self.array_index, array_count=self.array_count,
+                          address=self.ray_address, cpus_per_task=self.cpus_per_task, gpus_per_task=self.gpus_per_task)
+
 
 @dataclass(frozen=True)
 class LoadOptions:

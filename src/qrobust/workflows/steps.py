@@ -49,6 +49,12 @@ def sweep_here(cfg: SweepConfig, progress: bool = True, array_index: int | None 
     return sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
 
 
+def sweep_with(executor: str, cfg: SweepConfig, options: Any) -> SweepSummary:
+    """Sweep ``cfg`` with the executor registered as ``executor`` (local, array, ray or a plugin)."""
+    from ..sweeps.executors import run_executor
+    return run_executor(executor, cfg, options)
+
+
 def sweep(config: Any, progress: bool = True, **overrides: Any) -> SweepSummary:
     """Validate ``config`` and sweep it in this process."""
     return sweep_here(validated(SweepConfig, config, overrides, "sweep config"), progress)

@@ -1,11 +1,8 @@
-"""Executors: where the per-checkpoint groups of a sweep run.
-
-``local`` runs them in this process, one after another (``run.sweep``). ``ray`` makes one Ray task per
+"""The ``ray`` executor: one Ray task per
 checkpoint group, with the CPUs/GPUs each needs declared, on a local Ray that qrobust starts or on an
 existing cluster (``address``). Tasks run the same ``run.sweep`` restricted to their checkpoint, so the
 numbers are the local ones, and the results folder's claims keep two tasks (or a task and a local
-worker) from doing one group twice. Job arrays (Slurm) need no executor: every array task is a local
-worker with ``--array-index/--array-count``.
+worker) from doing one group twice.
 """
 from __future__ import annotations
 
@@ -17,14 +14,15 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import SweepConfig
-from ..errors import QrobustError
-from .run import SweepSummary, sweep, sweep_trajectory, variants
+from ...config import SweepConfig
+from ...errors import ConfigError, QrobustError
+from ..prepare import sweep_trajectory, variants
+from ..run import sweep
+from ..summary import SweepSummary
+from .registry import ExecutorOptions, register_executor
 
-EXECUTORS = ("local", "ray")
 
-
-def _task(cfg_dict: dict[str, Any], index: int, threads: int) -> dict[str, Any]:
+def ray_task(cfg_dict: dict[str, Any], index: int, threads: int) -> dict[str, Any]:
     import torch
     torch.set_num_threads(threads)
     s = sweep(SweepConfig(**cfg_dict), progress=False, only=[index])
@@ -54,7 +52,7 @@ def run_ray(cfg: SweepConfig, progress: bool = True, address: str | None = None,
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise QrobustError(f"cannot start or reach Ray ({address or 'local'}): {first}") from None
     try:
-        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task)(_task)
+        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task)(ray_task)
         cfg_dict = cfg.model_dump()
         pending = [remote.remote(cfg_dict, i, cpus_per_task) for i in range(len(traj))]
         total = SweepSummary(out=Path(cfg.out), checkpoints=len(traj))
@@ -72,3 +70,10 @@ def run_ray(cfg: SweepConfig, progress: bool = True, address: str | None = None,
             ray.shutdown()
     total.seconds = time.perf_counter() - t0
     return total
+
+
+@register_executor("ray")
+def run_ray_executor(cfg: SweepConfig, options: ExecutorOptions) -> SweepSummary:
+    if options.array_count is not None:
+        raise ConfigError("job arrays and the ray executor do not combine; choose one")
+    return run_ray(cfg, options.progress, options.address, options.cpus_per_task, options.gpus_per_task)
