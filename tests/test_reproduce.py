@@ -177,7 +177,7 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     assert [c["cell"] for c in r2["claims"]] == ["gptq-w3g32"] and r2["claims"][0]["n"] == 2
     assert len(r4["claims"]) == 3 and all(c["n"] == 2 for c in r4["claims"])
     # the verdict is what the stored records say: recompute one comparison from them
-    from qrobust.stats import compare_dq
+    from qrobust.results.compare import compare_dq
     from qrobust.results.store import Store
     recs = Store(r2["runs"]["constant-cooldowns"]["sweep_config"]["out"], create=False).records()
     at = {(r["checkpoint"]["run"], r["checkpoint"]["step"]): r for r in recs}
