@@ -2,6 +2,8 @@
 with a known true ΔQ L, paired vs unpaired comparisons, and what a sweep stores."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -73,9 +75,9 @@ def test_sweep_stores_the_interval(tiny_run, tmp_path):
     sweep({"trajectory": f"{tiny_run}?run=decay8", "out": str(tmp_path / "r"), "bits": [2], "group_sizes": [16],
            "eval": {"n_blocks": 8}}, progress=False)
     (rec,) = Store(tmp_path / "r").records()
-    ci = rec["metrics"]["dq_ci"]
-    assert ci == dq_interval(rec["blocks"]["nll_fp"], rec["blocks"]["nll_q"])
-    assert ci["low"] <= rec["metrics"]["dq_rel"] <= ci["high"] and ci["dq"] == pytest.approx(rec["metrics"]["dq_rel"])
+    ci = rec.metrics.dq_ci
+    assert asdict(ci) == dq_interval(rec.blocks.nll_fp, rec.blocks.nll_q)
+    assert ci.low <= rec.metrics.dq_rel <= ci.high and ci.dq == pytest.approx(rec.metrics.dq_rel)
 
 
 # -- losses and ΔQ L at equal FP loss (the reproduction verdicts) ------------------------------------------
