@@ -51,8 +51,8 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(qrobust + ["sweep", str(tmp / "sweep.yaml"), "--quiet"], check=True, capture_output=True)
         sweep_s = time.perf_counter() - t0
-        recs = {(r["checkpoint"]["name"], r["checkpoint"]["run"], r["variant"]["method"], r["variant"]["bits"]):
-                r["metrics"] for r in Store(tmp / "res", create=False).records()}
+        recs = {(r.checkpoint.name, r.checkpoint.run, r.variant.method, r.variant.bits):
+                r.metrics for r in Store(tmp / "res", create=False).records()}
         t0 = time.perf_counter()
         per_job: dict[tuple, dict] = {}
         for ck in traj:
@@ -63,8 +63,8 @@ def main() -> None:
                                                     str(CALIB), "--json"], check=True, capture_output=True, text=True)
                     per_job[(ck.name, ck.run, m, b)] = json.loads(out.stdout)
         jobs_s = time.perf_counter() - t0
-    same = all(abs(per_job[k]["loss_q"] - recs[k]["loss_q"]) <= 1e-9 * abs(recs[k]["loss_q"])
-               and abs(per_job[k]["loss_fp"] - recs[k]["loss_fp"]) <= 1e-9 * abs(recs[k]["loss_fp"]) for k in recs)
+    same = all(abs(per_job[k]["loss_q"] - recs[k].loss_q) <= 1e-9 * abs(recs[k].loss_q)
+               and abs(per_job[k]["loss_fp"] - recs[k].loss_fp) <= 1e-9 * abs(recs[k].loss_fp) for k in recs)
     res = {"checkpoints": len(traj), "jobs": len(per_job), "sweep_s": sweep_s, "one_process_per_job_s": jobs_s,
            "ratio": sweep_s / jobs_s, "identical_numbers": same and len(recs) == len(per_job)}
     for k, v in res.items():

@@ -227,11 +227,11 @@ def test_sweep_averages_then_quantizes_then_evaluates(tiny_run, tmp_path):
     got = load_file(str(ema12 / "model.safetensors"))
     assert all(torch.allclose(got[k], 0.25 * a[k] + 0.25 * b[k] + 0.5 * c[k], atol=1e-6) for k in got)
     recs = Store(out).records()
-    runs = sorted({r["checkpoint"]["run"] for r in recs})
+    runs = sorted({r.checkpoint.run for r in recs})
     assert runs == ["decay8", "greedy-soup", "main", "main-ema0.5", "main-lawa2", "soup"]
     greedy = json.loads((out / "averaged" / "checkpoints" / "greedy-soup" / "step-0000012" / PROVENANCE).read_text())
     assert greedy["plan"]["eval"]["n_blocks"] == 4 and len(greedy["params"]["log"]) == 2
-    assert {r["trajectory"] for r in recs} == {"t"}  # one trajectory: averaged runs plot beside the originals
+    assert {r.trajectory for r in recs} == {"t"}  # one trajectory: averaged runs plot beside the originals
     traj = json.loads(next((out / "trajectories").glob("*.json")).read_text())
     assert traj["runs"]["main-lawa2"]["averaged"] == {"averager": "lawa", "window": 2, "stride": 1}
     mtime = (ema12 / "model.safetensors").stat().st_mtime_ns

@@ -51,15 +51,17 @@ def test_bf16_sweep_keys_its_own_records_and_stays_close_to_fp32(tiny_run, tmp_p
     s = sweep({**base, "dtype": "bfloat16"}, progress=False)
     assert s.records_written == 2 and s.records_skipped == 0  # bf16 numbers never overwrite fp32 ones
     recs = Store(tmp_path / "r", create=False).records()
-    by = {(r["dtype"], r["variant"]["method"]): r for r in recs}
+    # how a record was run (dtype, device) and what keys it (checkpoint_id) are stored fields without a typed one
+    stored = {r.key: r.to_dict() for r in recs}
+    by = {(stored[r.key]["dtype"], r.variant.method): r for r in recs}
     assert set(by) == {(d, m) for d in ("float32", "bfloat16") for m in ("rtn", "gptq")}
-    assert all(r["device"] == "cpu" for r in recs)
+    assert all(stored[r.key]["device"] == "cpu" for r in recs)
     for m in ("rtn", "gptq"):
-        fp32, bf16 = by[("float32", m)]["metrics"], by[("bfloat16", m)]["metrics"]
-        assert bf16["loss_fp"] == pytest.approx(fp32["loss_fp"], rel=0.02)
-        assert bf16["loss_q"] == pytest.approx(fp32["loss_q"], rel=0.02)
-    assert by[("bfloat16", "gptq")]["checkpoint_id"]["dtype"] == "bfloat16"
-    assert "dtype" not in by[("float32", "gptq")]["checkpoint_id"]  # fp32 keys are what they always were
+        fp32, bf16 = by[("float32", m)].metrics, by[("bfloat16", m)].metrics
+        assert bf16.loss_fp == pytest.approx(fp32.loss_fp, rel=0.02)
+        assert bf16.loss_q == pytest.approx(fp32.loss_q, rel=0.02)
+    assert stored[by[("bfloat16", "gptq")].key]["checkpoint_id"]["dtype"] == "bfloat16"
+    assert "dtype" not in stored[by[("float32", "gptq")].key]["checkpoint_id"]  # fp32 keys are what they always were
 
 
 def test_bf16_gptq_uses_fp32_hessians_and_puts_bf16_weights_on_the_grid(tiny_run):

@@ -208,18 +208,18 @@ def test_sweep_measures_geometry_once_and_the_report_plots_it(tiny_run, tmp_path
     again = sweep({**base, "geometry": geo}, progress=False)
     assert (again.geometry, again.model_loads) == (0, 0)
     recs = Store(out).geometry()
-    assert len(recs) == 4 and {r["trajectory"] for r in recs} == {"t"}
+    assert len(recs) == 4 and {r.trajectory for r in recs} == {"t"}
     ck = tiny_run / "checkpoints" / "main" / "step-0000012"
-    mine = next(r for r in recs if r["checkpoint"]["name"] == "main/step-0000012")
+    mine = next(r for r in recs if r.checkpoint.name == "main/step-0000012")
     direct = api.sharpness(ck, **geo)  # same settings, same blocks: the same numbers on CPU
-    assert mine["geometry"]["lambda_max"] == direct["lambda_max"]
+    assert mine.geometry.lambda_max == direct["lambda_max"]
     cheap = api.sharpness(ck, sharpness=False, trace="none", n_blocks=1)  # weight statistics only: no HVPs
     assert "eigen" not in cheap and "trace" not in cheap
     assert cheap["weights"]["overall"] == direct["weights"]["overall"]
-    assert mine["geometry"]["trace"]["trace"] == direct["trace"]["trace"]
+    assert mine.geometry.trace["trace"] == direct["trace"]["trace"]
     index = write_report(out)
     names = {p.name for p in index.parent.glob("*.png")}
     assert {"geometry_t.png", "dq_vs_geometry_t_rtn-w3g16.png", "layer_sharpness_t.png"} <= names
-    assert len(mine["geometry"]["layers"]) == 8
+    assert len(mine.geometry.layers) == 8
     assert rank_correlation([1, 2, 3, 4], [1, 3, 2, 4])[0] == pytest.approx(0.8)  # 1 − 6·2 / (4·15)
     assert math.isnan(rank_correlation([1, 2], [2, 1])[0])

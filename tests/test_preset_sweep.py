@@ -97,17 +97,17 @@ def test_sweep_of_a_preset_from_an_offline_cache(offline_cache, corpus, tmp_path
     s = sweep(_sweep_cfg(tmp_path, corpus), progress=False)
     assert (s.checkpoints, s.records_written, s.model_loads, s.fp_evals) == (2, 4, 2, 2)
     recs = Store(tmp_path / "res", create=False).records()
-    got = sorted((r["checkpoint"]["revision"], r["variant"]["method"]) for r in recs)
+    got = sorted((r.checkpoint.revision, r.variant.method) for r in recs)
     assert got == [("step1000", "gptq"), ("step1000", "rtn"), ("step2000", "gptq"), ("step2000", "rtn")]
     for r in recs:
-        c = r["checkpoint"]
-        tokens, lr, phase = _expected(c["step"])
-        assert c["repo"] == REPO and c["revision"] == f"step{c['step']}" and r["trajectory"] == "pythia-14m"
-        assert c["tokens"] == tokens and c["lr"] == pytest.approx(lr, rel=1e-12) and c["phase"] == phase
-        assert r["eval_set"]["corpus"] == f"text:{corpus}" and r["eval_set"]["n_blocks"] == 2
-        assert math.isfinite(r["metrics"]["dq_rel"])
-        if c["run"] == "main" and r["variant"]["method"] == "gptq":
-            assert r["calibration"]["corpus"] == f"text:{corpus}"
+        c = r.checkpoint
+        tokens, lr, phase = _expected(c.step)
+        assert c.repo == REPO and c.revision == f"step{c.step}" and r.trajectory == "pythia-14m"
+        assert c.tokens == tokens and c.lr == pytest.approx(lr, rel=1e-12) and c.phase == phase
+        assert r.eval_set.corpus == f"text:{corpus}" and r.eval_set.n_blocks == 2
+        assert math.isfinite(r.metrics.dq_rel)
+        if c.run == "main" and r.variant.method == "gptq":
+            assert r.calibration["corpus"] == f"text:{corpus}"
     assert _expected(1000)[2] == "warmup" and _expected(2000)[2] == "decay"  # both phases are covered
     # the stored trajectory keeps the preset facts apart from a training data config, and reads back
     stored = json.loads((tmp_path / "res" / "trajectories" / "pythia-14m.json").read_text())

@@ -113,7 +113,7 @@ def test_by_variant_keeps_the_common_eval_set_and_skips_records_without_blocks()
     recs = [_rec("main", s, 4.0, 0.01) for s in range(3)] + [_rec("main", 9, 4.0, 0.01, eval_id="old")]
     recs.append({**_rec("main", 8, 4.0, 0.01), "blocks": None})
     out = verdicts.by_variant(recs)
-    assert [r["checkpoint"]["step"] for r in out["gptq-w3g128"]] == [0, 1, 2]
+    assert [r.checkpoint.step for r in out["gptq-w3g128"]] == [0, 1, 2]
 
 
 # -- experiment files ----------------------------------------------------------------------------------------
@@ -177,10 +177,10 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     assert [c["cell"] for c in r2["claims"]] == ["gptq-w3g32"] and r2["claims"][0]["n"] == 2
     assert len(r4["claims"]) == 3 and all(c["n"] == 2 for c in r4["claims"])
     # the verdict is what the stored records say: recompute one comparison from them
-    from qrobust.stats import compare_dq
+    from qrobust.results.compare import compare_dq
     from qrobust.results.store import Store
     recs = Store(r2["runs"]["constant-cooldowns"]["sweep_config"]["out"], create=False).records()
-    at = {(r["checkpoint"]["run"], r["checkpoint"]["step"]): r for r in recs}
+    at = {(r.checkpoint.run, r.checkpoint.step): r for r in recs}
     first = r2["claims"][0]["comparisons"][0]
     assert first["diff"] == pytest.approx(compare_dq(at[("decay10", 20)], at[("main", 20)])["diff"])
     saved = json.loads((tmp_path / "f2" / "verdict.json").read_text())

@@ -85,7 +85,7 @@ def test_sweep_over_hub_revisions_offline(tiny_run, tmp_path, monkeypatch):
                "group_sizes": [16], "eval": {"n_blocks": 4}}, progress=False)
     assert s.records_written == 2
     recs = Store(tmp_path / "res", create=False).records()
-    assert sorted((r["checkpoint"]["repo"], r["checkpoint"]["revision"]) for r in recs) == [
+    assert sorted((r.checkpoint.repo, r.checkpoint.revision) for r in recs) == [
         ("org/tiny", "step4"), ("org/tiny", "step8")]
 
 

@@ -2,11 +2,14 @@
 with a known true ΔQ L, paired vs unpaired comparisons, and what a sweep stores."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
 from qrobust.errors import QrobustError
-from qrobust.stats import compare_dq, dq_interval, record_interval
+from qrobust.results.compare import compare_dq, record_interval
+from qrobust.stats import dq_interval
 
 
 def _rec(fp, q, eval_id="e"):
@@ -63,7 +66,7 @@ def test_records_without_blocks_say_so():
     with pytest.raises(QrobustError, match="no per-block losses"):
         record_interval({"metrics": {"dq_rel": 0.1}})
     stored = {"low": 0.0, "high": 1.0}
-    assert record_interval({"metrics": {"dq_ci": stored}}) is stored
+    assert record_interval({"metrics": {"dq_ci": stored}}) == stored
 
 
 def test_sweep_stores_the_interval(tiny_run, tmp_path):
@@ -72,9 +75,9 @@ def test_sweep_stores_the_interval(tiny_run, tmp_path):
     sweep({"trajectory": f"{tiny_run}?run=decay8", "out": str(tmp_path / "r"), "bits": [2], "group_sizes": [16],
            "eval": {"n_blocks": 8}}, progress=False)
     (rec,) = Store(tmp_path / "r").records()
-    ci = rec["metrics"]["dq_ci"]
-    assert ci == dq_interval(rec["blocks"]["nll_fp"], rec["blocks"]["nll_q"])
-    assert ci["low"] <= rec["metrics"]["dq_rel"] <= ci["high"] and ci["dq"] == pytest.approx(rec["metrics"]["dq_rel"])
+    ci = rec.metrics.dq_ci
+    assert asdict(ci) == dq_interval(rec.blocks.nll_fp, rec.blocks.nll_q)
+    assert ci.low <= rec.metrics.dq_rel <= ci.high and ci.dq == pytest.approx(rec.metrics.dq_rel)
 
 
 # -- losses and ΔQ L at equal FP loss (the reproduction verdicts) ------------------------------------------
@@ -87,7 +90,7 @@ def _loss_rec(fp, q, tokens_per_block=10, eval_id="e", step=0):
 
 
 def test_compare_loss_is_the_difference_of_mean_token_losses():
-    from qrobust.stats import compare_loss
+    from qrobust.results.compare import compare_loss
     rng = np.random.default_rng(3)
     fp = rng.gamma(5.0, 20.0, size=40)
     a, b = _loss_rec(fp, fp * 1.10), _loss_rec(fp, fp * 1.04)
@@ -111,7 +114,7 @@ def test_crossing_finds_the_first_bracketing_pair():
 
 
 def test_dq_at_equal_fp_loss_is_the_linear_interpolation_between_bracketing_checkpoints():
-    from qrobust.stats import compare_dq_at_fp_loss
+    from qrobust.results.compare import compare_dq_at_fp_loss
     fp = np.full(20, 50.0)  # 20 blocks of 10 tokens: loss = 5.0 × scale
     # run a: FP loss 5.0, 4.0, 3.0 with ΔQ L 1 %, 2 %, 4 %; run b: FP loss 4.5, 3.5 with ΔQ L 0.5 %, 1 %
     a = [_loss_rec(fp * s, fp * s * (1 + d), step=i) for i, (s, d) in enumerate([(1.0, .01), (.8, .02), (.6, .04)])]

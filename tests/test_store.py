@@ -91,24 +91,25 @@ def test_put_get_has_roundtrip(tmp_path):
     assert s.has("k1")
     assert (tmp_path / "res" / "records" / "k1.json").is_file()
     got = s.get("k1")
-    assert got["schema"] == RECORD_SCHEMA and got["key"] == "k1"
+    stored = got.to_dict()  # the JSON as written: schema, provenance and every field put
+    assert stored["schema"] == RECORD_SCHEMA and got.key == "k1"
     for field in ("created", "host", "versions"):
-        assert field in got
+        assert field in stored
     for field in ("trajectory", "checkpoint", "variant", "eval_set"):
-        assert got[field] == rec[field]
-    assert got["metrics"]["dq_rel"] == 0.0125
-    assert got["metrics"]["nan_val"] != got["metrics"]["nan_val"]  # NaN survives
+        assert stored[field] == rec[field]
+    assert got.metrics.dq_rel == 0.0125
+    assert stored["metrics"]["nan_val"] != stored["metrics"]["nan_val"]  # NaN survives
     # the fp kind is a separate namespace
     assert not s.has("k1", kind="fp")
     s.put("k1", {"loss": 2.5}, kind="fp")
-    assert s.get("k1", kind="fp")["loss"] == 2.5
-    assert s.get("k1")["metrics"]["dq_rel"] == 0.0125
+    assert s.get("k1", kind="fp").loss == 2.5
+    assert s.get("k1").metrics.dq_rel == 0.0125
     # overwrite
     s.put("k1", _rec("T", "main", 10, "rtn", 4, dq=0.5))
-    assert s.get("k1")["metrics"]["dq_rel"] == 0.5
+    assert s.get("k1").metrics.dq_rel == 0.5
     # reopening an existing folder without create
     again = Store(tmp_path / "res", create=False)
-    assert again.get("k1")["metrics"]["dq_rel"] == 0.5
+    assert again.get("k1").metrics.dq_rel == 0.5
     assert len(again.records()) == 1
 
 
@@ -129,8 +130,8 @@ def test_records_sorted(tmp_path):
     rng.shuffle(order)  # file names do not follow the expected order
     for i in order:
         s.put(keys[::-1][i], recs[i])
-    got = [(r["trajectory"], r["checkpoint"]["run"], r["checkpoint"]["step"], r["variant"]["method"],
-            r["variant"]["bits"], r["variant"]["group_size"]) for r in s.records()]
+    got = [(r.trajectory, r.checkpoint.run, r.checkpoint.step, r.variant.method,
+            r.variant.bits, r.variant.group_size) for r in s.records()]
     assert got == [
         ("A", "branch", 100, "rtn", 4, 128),
         ("A", "main", 3, "gptq", 4, 128),
@@ -224,8 +225,8 @@ def test_put_interrupted_before_rename_leaves_nothing(tmp_path, monkeypatch, exc
     assert files == ["old.json"]  # no new.json, no temp leftovers, no half file
     assert not s.has("new") and s.get("new") is None
     assert (tmp_path / "records" / "old.json").read_bytes() == before
-    assert s.get("old")["metrics"]["dq_rel"] == 0.1
-    assert [r["key"] for r in s.records()] == ["old"]
+    assert s.get("old").metrics.dq_rel == 0.1
+    assert [r.key for r in s.records()] == ["old"]
 
 
 def test_put_interrupted_during_write(tmp_path, monkeypatch):
@@ -240,7 +241,7 @@ def test_put_interrupted_during_write(tmp_path, monkeypatch):
         s.put("new", _rec("A", "main", 2, "rtn", 4))
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["old.json"]
-    assert [r["key"] for r in s.records()] == ["old"]
+    assert [r.key for r in s.records()] == ["old"]
 
 
 def test_records_ignores_leftover_temp_files(tmp_path):
@@ -251,7 +252,7 @@ def test_records_ignores_leftover_temp_files(tmp_path):
     (rec_dir / ".half.json.k3j2x9.tmp").write_text('{"metrics": {"loss_q": 3.')
     (rec_dir / ".good.json.abc123.tmp").write_text("{")
     recs = s.records()
-    assert [r["key"] for r in recs] == ["good"]
+    assert [r.key for r in recs] == ["good"]
     assert not s.has("half")
     assert "good" in s.export("csv") and "half" not in s.export("csv")
 
@@ -330,7 +331,7 @@ def test_sigkill_mid_put_never_leaves_a_corrupt_record(tmp_path):
                 assert 0 <= rec["metrics"]["it"] <= it
                 assert rec["payload"] == "x" * 300_000
             loaded = Store(root, create=False).records()
-            assert sorted(r["key"] for r in loaded) == sorted(n[:-5] for n in records)
+            assert sorted(r.key for r in loaded) == sorted(n[:-5] for n in records)
         proc.stdin.write("quit\n")
         proc.stdin.flush()
         assert proc.wait(timeout=20) == 0, proc.stderr.read()

@@ -103,13 +103,13 @@ def test_store_reads_every_kind(store_v1: Path) -> None:
         assert r.blocks.nll_fp == raw["blocks"]["nll_fp"] and r.weight_error.rel_err_mean == raw["weight_error"]["rel_err_mean"]
     for r in got["fp"]:
         assert (r.loss, r.block_nll) == (r.to_dict()["loss"], r.to_dict()["block_nll"])
-    assert [(r["checkpoint"]["run"], r["checkpoint"]["step"]) for r in got["records"]] == sorted(
-        (r["checkpoint"]["run"], r["checkpoint"]["step"]) for r in got["records"])
-    assert {r["checkpoint"]["name"] for r in got["geometry"]} == CHECKPOINTS
-    assert all(r["geometry"]["lambda_max"] > 0 for r in got["geometry"])
-    assert {r["variant"]["label"] for r in got["tasks"]} == VARIANTS
+    assert [(r.checkpoint.run, r.checkpoint.step) for r in got["records"]] == sorted(
+        (r.checkpoint.run, r.checkpoint.step) for r in got["records"])
+    assert {r.checkpoint.name for r in got["geometry"]} == CHECKPOINTS
+    assert all(r.geometry.lambda_max > 0 for r in got["geometry"])
+    assert {r.variant.label for r in got["tasks"]} == VARIANTS
     for r in got["tasks"]:
-        for d in r["drop"].values():
+        for d in r.drop.values():
             assert d["delta"] == pytest.approx(d["acc_q"] - d["acc_fp"])
     assert trajs == {"t": json.loads((store_v1 / "trajectories" / "t.json").read_text())}
     assert set(trajs["t"]["runs"]) == {"main", "decay8", "main-lawa2"}

@@ -42,7 +42,7 @@ def _write_cfg(tmp_path: Path, cfg: dict) -> str:
 
 
 def _computed(root: Path) -> dict[str, dict]:
-    return {r["key"]: {k: r.get(k) for k in COMPUTED} for r in Store(root, create=False).records()}
+    return {r.key: {k: r.to_dict().get(k) for k in COMPUTED} for r in Store(root, create=False).records()}
 
 
 def _dead_pid() -> int:
@@ -92,7 +92,7 @@ def test_bad_record_files_are_skipped_with_a_warning_each(tmp_path, kind):
     bad = _bad_files(tmp_path / "res" / kind)
     with pytest.warns(QrobustWarning) as got:
         recs = s.records() if kind == "records" else s.side_records(kind)
-    assert [r["key"] for r in recs] == ["good"]
+    assert [r.key for r in recs] == ["good"]
     named = sorted(str(w.message).split("'")[1] for w in got)
     assert named == sorted(str(tmp_path / "res" / kind / n) for n in bad)  # one warning per bad file
     with _no_warning():  # each file is reported once per Store
@@ -100,7 +100,7 @@ def test_bad_record_files_are_skipped_with_a_warning_each(tmp_path, kind):
     for name in bad:
         key = name[:-5]
         assert not s.has(key, kind=kind) and s.get(key, kind=kind) is None  # missing: a sweep redoes it
-    assert s.has("good", kind=kind) and s.get("good", kind=kind)["metrics"] == {"dq_rel": 0.1}
+    assert s.has("good", kind=kind) and s.get("good", kind=kind).to_dict()["metrics"] == {"dq_rel": 0.1}
 
 
 class _no_warning:

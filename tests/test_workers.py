@@ -88,7 +88,7 @@ def _cfg(tiny_run, out, **kw):
 
 
 def _metrics(root: Path) -> dict[str, dict]:
-    return {r["key"]: r["metrics"] for r in Store(root, create=False).records()}
+    return {r.key: r.metrics for r in Store(root, create=False).records()}
 
 
 def test_job_array_splits_checkpoints(tiny_run, tmp_path):

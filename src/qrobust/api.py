@@ -14,7 +14,8 @@ from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .quant.pipelines.streamed import stream_checkpoint
 from .sources import load_source as load_trajectory
-from .stats import compare_dq, dq_interval
+from .results.compare import compare_dq
+from .stats import dq_interval
 from .sweeps.run import SweepSummary
 from .trajectory import Trajectory
 from .workflows import steps

@@ -14,7 +14,7 @@ from ..errors import QrobustError, QrobustWarning
 from . import commands as c
 from . import parsers
 from .args import EXAMPLES, Parser, version
-from .sweep import add_sweep, cmd_sweep, slurm_script
+from .sweep import add_sweep, cmd_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,4 +94,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["COMMANDS", "build_parser", "main", "slurm_script"]
+__all__ = ["COMMANDS", "build_parser", "main"]

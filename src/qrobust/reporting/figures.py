@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 # the built-in figure kinds register themselves on import, in this order
 from . import dq, loss, averaging, stable_vs_decay, geometry, tasks  # noqa: F401  isort: skip
 from ..results.records import GeometryRecord, TaskRecord, VariantRecord
-from .groups import (Group, geometry_records, group_records, run_of, task_records, trajectory_of,
-                     variant_records)
+from ..results.records import geometry_records, task_records, variant_records
+from .groups import Group, group_records, run_of, trajectory_of
 from .registry import GroupInputs, figure_kinds
 from .style import FigureOut, slug
 from .variants import split_variants

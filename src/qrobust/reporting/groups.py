@@ -10,24 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ..results.records import GeometryRecord, Record, TaskRecord, VariantRecord
+from ..results.records import GeometryRecord, Record, TaskRecord, VariantRecord, variant_records
 from ..stats import dq_interval
 from .style import BRANCH_COLOURS, ROOT_COLOUR, num, slug
 
 Value = Callable[[Any], Any]  # a record -> the number to plot (None: no point)
-
-
-def variant_records(records: Iterable[VariantRecord | Mapping[str, Any]]) -> list[VariantRecord]:
-    """Typed variant records; a plain dict is parsed (the store already returns typed ones)."""
-    return [r if isinstance(r, Record) else VariantRecord.parse(dict(r)) for r in records]
-
-
-def geometry_records(records: Iterable[GeometryRecord | Mapping[str, Any]]) -> list[GeometryRecord]:
-    return [r if isinstance(r, Record) else GeometryRecord.parse(dict(r)) for r in records]
-
-
-def task_records(records: Iterable[TaskRecord | Mapping[str, Any]]) -> list[TaskRecord]:
-    return [r if isinstance(r, Record) else TaskRecord.parse(dict(r)) for r in records]
 
 
 @dataclass

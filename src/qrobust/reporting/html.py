@@ -17,7 +17,7 @@ from ..io.atomic import write_text
 from ..results.records import VariantRecord
 from ..results.store import Store
 from .figures import make_figures
-from .groups import variant_records
+from ..results.records import variant_records
 from .markup import CSS, esc, fmt, pre
 from .provenance import provenance_html
 from .style import FigureOut, num

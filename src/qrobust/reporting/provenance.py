@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any, Callable, Iterable
 
 from ..results.records import VariantRecord
-from .groups import variant_records
+from ..results.records import variant_records
 from .markup import esc, fmt, pre
 
 EVAL_SET_FIELDS = ("id", "corpus", "split", "n_blocks", "seq_len", "n_tokens")

@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, PercentFormatter
 
 from ..results.records import VariantRecord
-from .groups import interval_of, variant_records
+from ..results.records import variant_records
+from .groups import interval_of
 from .style import BRANCH_COLOURS, DQ_LABEL, FigureOut, interval_bar, num, save_figure, slug
 
 Point = tuple[float, float, float, float, "tuple[float, float] | None"]

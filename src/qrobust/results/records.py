@@ -14,7 +14,7 @@ the store then skips the file with a warning and a sweep recomputes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping
 
 from ..trajectory import Checkpoint
 from .parts import (BlockNLL, EvalSetInfo, Geometry, Metrics, Outcome, RunInfo, Subject, VariantInfo, WeightError,
@@ -65,16 +65,6 @@ class Record:
     def order(self) -> tuple:
         """Sort key: trajectory, run, step."""
         return (self.trajectory, self.checkpoint.run, self.checkpoint.step)
-
-    # transitional read access for callers not yet typed; removed when every reader uses fields
-    def __getitem__(self, name: str) -> Any:
-        return self.raw[name]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.raw.get(name, default)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.raw
 
     @classmethod
     def parse(cls, d: dict[str, Any]) -> "Record":
@@ -248,3 +238,16 @@ def parse(kind: str, d: Any, key: str | None = None) -> Record:
         return cls.parse(d)
     except TypeError as e:  # a field of the wrong shape for Checkpoint(...) and friends
         raise RecordError(str(e)) from None
+
+
+def variant_records(records: Iterable[VariantRecord | Mapping[str, Any]]) -> list[VariantRecord]:
+    """Typed variant records; a plain dict (a hand-made or exported record) is parsed once, here."""
+    return [r if isinstance(r, Record) else VariantRecord.parse(dict(r)) for r in records]
+
+
+def geometry_records(records: Iterable[GeometryRecord | Mapping[str, Any]]) -> list[GeometryRecord]:
+    return [r if isinstance(r, Record) else GeometryRecord.parse(dict(r)) for r in records]
+
+
+def task_records(records: Iterable[TaskRecord | Mapping[str, Any]]) -> list[TaskRecord]:
+    return [r if isinstance(r, Record) else TaskRecord.parse(dict(r)) for r in records]

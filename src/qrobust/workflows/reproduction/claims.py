@@ -15,25 +15,27 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable, Mapping
 
-Records = list[dict[str, Any]]
+from ...results.records import VariantRecord, variant_records
+
+Records = list[VariantRecord]
 Stores = dict[str, tuple[Records, dict[str, Any]]]  # run label -> (its records, its runs' metadata)
 
 
-def _label(r: dict[str, Any]) -> str:
-    return str((r.get("variant") or {}).get("label"))
+def label_of(r: VariantRecord) -> str:
+    return str(r.variant.label)
 
 
-def by_variant(records: Records) -> dict[str, Records]:
+def by_variant(records: Iterable[VariantRecord | Mapping[str, Any]]) -> dict[str, Records]:
     """Records with metrics and per-block losses per variant label, keeping the eval set most of them use
     (a results folder can hold records of an older eval setting)."""
     out: dict[str, Records] = {}
-    usable = [r for r in records if (r.get("metrics") or {}).get("dq_rel") is not None and r.get("blocks")]
-    for label in sorted({_label(r) for r in usable}):
-        rs = [r for r in usable if _label(r) == label]
-        common = Counter((r.get("eval_set") or {}).get("id") for r in rs).most_common(1)[0][0]
-        out[label] = [r for r in rs if (r.get("eval_set") or {}).get("id") == common]
+    usable = [r for r in variant_records(records) if r.metrics.dq_rel is not None and r.blocks.nll_fp]
+    for label in sorted({label_of(r) for r in usable}):
+        rs = [r for r in usable if label_of(r) == label]
+        common = Counter(r.eval_set.id for r in rs).most_common(1)[0][0]
+        out[label] = [r for r in rs if r.eval_set.id == common]
     return out
 
 

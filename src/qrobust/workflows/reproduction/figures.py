@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from ...reporting.figures import FigureOut, make_figures, slug
 from ...reporting.runs_compare import runs_figure
+from ...results.records import variant_records
 from .claims import Stores, by_variant
 
 Figures = Callable[[Any, Stores, dict[str, dict[str, Any]], Path, list[dict[str, Any]]], list[FigureOut]]
@@ -19,7 +20,8 @@ def per_run_figures(kinds: set[str], keep_averaged: bool = False) -> Figures:
         figs = []
         for label, (records, runs_meta) in stores.items():
             averaged = {n for n, m in runs_meta.items() if m.get("averaged")}
-            recs = records if keep_averaged else [r for r in records if r["checkpoint"].get("run") not in averaged]
+            recs = variant_records(records)
+            recs = recs if keep_averaged else [r for r in recs if r.checkpoint.run not in averaged]
             figs += make_figures(recs, {label: trajs[label]}, fig_dir, kinds=kinds)
         return figs
     return draw

@@ -15,17 +15,17 @@ from ...io.atomic import write_text
 from .. import steps
 from . import verdicts
 from .page import write_page, write_index
+from .claims import Stores
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
 
 
-def _stores(sweeps: dict[str, Any]) -> tuple[dict[str, tuple[list[dict[str, Any]], dict[str, Any]]],
-                                              dict[str, dict[str, Any]]]:
+def _stores(sweeps: dict[str, Any]) -> tuple[Stores, dict[str, dict[str, Any]]]:
     """Per run label: (its records, its runs' metadata), and its stored trajectory; each read once."""
     out, trajs = {}, {}
     for label, sc in sweeps.items():
         store = Store(sc.out, create=False)
         trajs[label] = store.trajectories().get(label) or {}
-        out[label] = ([r for r in store.records() if r.get("trajectory") == label], trajs[label].get("runs") or {})
+        out[label] = ([r for r in store.records() if r.trajectory == label], trajs[label].get("runs") or {})
     return out, trajs
 
 

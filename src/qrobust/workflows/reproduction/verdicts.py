@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ...errors import ConfigError, QrobustError
-from ...stats import compare_dq, compare_dq_at_fp_loss, compare_loss
+from ...results.compare import compare_dq, compare_dq_at_fp_loss, compare_loss
+from ...results.records import VariantRecord
 from ..comparisons import stable_vs_decay
 from .claims import Records, Stores, by_variant, claim, comparison, fmt_diff, judge
 from .figures import Figures, equal_fp_loss_figures, per_run_figures
@@ -59,8 +60,8 @@ def _branches(runs_meta: dict[str, dict[str, Any]]) -> list[str]:
             and not m.get("averaged")]
 
 
-def _at(recs: Records, run: str) -> dict[int, dict[str, Any]]:
-    return {r["checkpoint"]["step"]: r for r in recs if r["checkpoint"].get("run") == run}
+def _at(recs: Records, run: str) -> dict[int, VariantRecord]:
+    return {r.checkpoint.step: r for r in recs if r.checkpoint.run == run}
 
 
 def cooldown(stores: Stores) -> list[dict[str, Any]]:
@@ -70,7 +71,7 @@ def cooldown(stores: Stores) -> list[dict[str, Any]]:
     for run_label, (records, runs_meta) in stores.items():
         keep = set(_branches(runs_meta)) | {"main"}
         for cell, recs in by_variant(records).items():
-            rows = stable_vs_decay([r for r in recs if r["checkpoint"].get("run") in keep])
+            rows = stable_vs_decay([r for r in recs if r.checkpoint.run in keep])
             comps = [comparison(f"cooldown from step {row['from_step']} vs constant LR at step {row['step']}",
                                  row["branch"], "main", row["decay_vs_control"], step=row["step"],
                                  from_step=row["from_step"], dq_a=row["dq_decay"], dq_b=row["dq_control"],
@@ -103,9 +104,9 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
                 s = max(mine)
                 d, a = mine[s], av[s]
                 info = {"step": s, "from_step": runs_meta[br]["from_step"],
-                        "loss_q_decay": d["metrics"]["loss_q"], "loss_q_lawa": a["metrics"]["loss_q"],
-                        "loss_fp_decay": d["metrics"]["loss_fp"], "loss_fp_lawa": a["metrics"]["loss_fp"],
-                        "dq_decay": d["metrics"]["dq_rel"], "dq_lawa": a["metrics"]["dq_rel"]}
+                        "loss_q_decay": d.metrics.loss_q, "loss_q_lawa": a.metrics.loss_q,
+                        "loss_fp_decay": d.metrics.loss_fp, "loss_fp_lawa": a.metrics.loss_fp,
+                        "dq_decay": d.metrics.dq_rel, "dq_lawa": a.metrics.dq_rel}
                 loss_c.append(comparison(f"quantized loss, cooldown from {info['from_step']} − {avg}, step {s}",
                                           br, avg, compare_loss(d, a, "q"), unit="nats", **info))
                 dq_decay.append(comparison(f"ΔQ L, cooldown from {info['from_step']} − {avg}, step {s}",
@@ -113,9 +114,8 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
                 if s in main:
                     c = main[s]
                     dq_main.append(comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a),
-                                               step=s, dq_main=c["metrics"]["dq_rel"], dq_lawa=a["metrics"]["dq_rel"],
-                                               loss_fp_main=c["metrics"]["loss_fp"],
-                                               loss_fp_lawa=a["metrics"]["loss_fp"]))
+                                               step=s, dq_main=c.metrics.dq_rel, dq_lawa=a.metrics.dq_rel,
+                                               loss_fp_main=c.metrics.loss_fp, loss_fp_lawa=a.metrics.loss_fp))
             claims.append(claim(f"quantized loss of {avg} matches or beats the cooldown ending at the same step",
                                 "not_worse", cell, loss_c))
             claims.append(claim(f"ΔQ L of {avg} is below the constant-LR run's at the same step",
@@ -129,8 +129,8 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
 def fp_levels(a: Records, b: Records, n: int) -> list[float]:
     """``n`` FP-loss levels both runs pass through: evenly spaced over the lower half of the overlap of
     their FP-loss ranges (the upper half is the first rapid phase, where ΔQ L is ≈ 0 for every run)."""
-    la = [r["metrics"]["loss_fp"] for r in a]
-    lb = [r["metrics"]["loss_fp"] for r in b]
+    la = [r.metrics.loss_fp for r in a]
+    lb = [r.metrics.loss_fp for r in b]
     lo, hi = max(min(la), min(lb)), min(max(la), max(lb))
     if hi <= lo:
         return []
@@ -148,10 +148,8 @@ def equal_fp_loss(stores: Stores, order: list[str], n_levels: int,
     claims = []
     for cell in cells:
         for x, y in zip(order, order[1:]):
-            a = sorted((r for r in per_run[x][cell] if r["checkpoint"].get("run") == "main"),
-                       key=lambda r: r["checkpoint"]["step"])
-            b = sorted((r for r in per_run[y][cell] if r["checkpoint"].get("run") == "main"),
-                       key=lambda r: r["checkpoint"]["step"])
+            a = sorted((r for r in per_run[x][cell] if r.checkpoint.run == "main"), key=lambda r: r.checkpoint.step)
+            b = sorted((r for r in per_run[y][cell] if r.checkpoint.run == "main"), key=lambda r: r.checkpoint.step)
             comps = []
             for level in fp_levels(a, b, n_levels):
                 res = compare_dq_at_fp_loss(a, b, level)
