@@ -157,7 +157,7 @@ def test_the_cli_runs_as_a_module_and_as_a_function(capsys):
 def test_sweep_takes_executor_options_as_an_object_or_keywords(tiny_run, tmp_path):
     from qrobust.workflows.options import ExecutorOptions
     cfg = {"trajectory": str(tiny_run), "out": str(tmp_path / "res")}
-    with pytest.raises(ConfigError, match="unknown executor 'nope'; known: local, ray"):
+    with pytest.raises(ConfigError, match="unknown executor 'nope'; known: array, local, ray"):
         qrobust.sweep(cfg, options=ExecutorOptions(executor="nope"))
     with pytest.raises(ConfigError, match="job arrays and the ray executor do not combine"):
         qrobust.sweep(cfg, executor="ray", array_index=0, array_count=2)

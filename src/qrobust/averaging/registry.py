@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..registries import Registry
 from ..config import AverageConfig
-from ..errors import ConfigError
 from ..trajectory import Checkpoint, Trajectory
 
 
@@ -32,18 +32,6 @@ class AverageJob:
 
 
 Planner = Callable[[list[Trajectory], AverageConfig], list[AverageJob]]
-AVERAGERS: dict[str, Planner] = {}
-
-
-def register_averager(name: str) -> Callable[[Planner], Planner]:
-    def deco(fn: Planner) -> Planner:
-        AVERAGERS[name] = fn
-        return fn
-    return deco
-
-
-def planner(name: str) -> Planner:
-    """The planner registered as ``name``; an unknown name is one line naming the known ones."""
-    if name not in AVERAGERS:
-        raise ConfigError(f"unknown averager '{name}'; known: {', '.join(sorted(AVERAGERS))}")
-    return AVERAGERS[name]
+AVERAGERS: Registry[Planner] = Registry("averager")
+register_averager = AVERAGERS.register
+planner = AVERAGERS.lookup

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..registries import Registry
 from ..errors import DataError
 from .builtin import builtin_documents
 
@@ -39,14 +40,8 @@ class CorpusSpec:
 
 
 Loader = Callable[[CorpusSpec], list[str]]
-SOURCES: dict[str, Loader] = {}
-
-
-def register_source(name: str) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        SOURCES[name] = fn
-        return fn
-    return deco
+SOURCES: Registry[Loader] = Registry("corpus source", DataError)
+register_source = SOURCES.register
 
 
 def _sniff(path: str) -> str:

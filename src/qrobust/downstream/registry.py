@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..registries import Registry
 from ..io.atomic import write_text
 
 _YAML = """task: {name}
@@ -46,14 +47,8 @@ class TaskContext:
 
 
 Resolver = Callable[[str | None, TaskContext], list[str]]  # (ARG of KIND:ARG or None, context) -> task names
-TASK_KINDS: dict[str, Resolver] = {}
-
-
-def register_task_kind(name: str) -> Callable[[Resolver], Resolver]:
-    def deco(fn: Resolver) -> Resolver:
-        TASK_KINDS[name] = fn
-        return fn
-    return deco
+TASK_KINDS: Registry[Resolver] = Registry("task kind")
+register_task_kind = TASK_KINDS.register
 
 
 def write_mc_task(name: str, jsonl: Path, ctx: TaskContext) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..registries import Registry
 from ..errors import QrobustError
 from ..results.records import GeometryRecord, TaskRecord
 from .groups import Group
@@ -59,7 +60,7 @@ class FigureKind:
         return all(have[n] for n in self.needs)
 
 
-FIGURE_KINDS: dict[str, FigureKind] = {}
+FIGURE_KINDS: Registry[FigureKind] = Registry("figure kind", FigureKindError)
 
 
 def register_figure(name: str, needs: tuple[str, ...] = ("records",)) -> Callable[[Draw], Draw]:
@@ -69,10 +70,7 @@ def register_figure(name: str, needs: tuple[str, ...] = ("records",)) -> Callabl
         raise FigureKindError(f"figure kind '{name}' needs unknown record kind(s) {', '.join(unknown)}; "
                               f"known: {', '.join(RECORD_KINDS)}")
 
-    def deco(fn: Draw) -> Draw:
-        FIGURE_KINDS[name] = FigureKind(name, fn, tuple(needs))
-        return fn
-    return deco
+    return FIGURE_KINDS.register(name, lambda fn: FigureKind(name, fn, tuple(needs)))  # type: ignore
 
 
 def figure_kinds(names: set[str] | None = None) -> list[FigureKind]:

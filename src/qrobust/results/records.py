@@ -50,9 +50,10 @@ class Record:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     checkpoint: Checkpoint
     trajectory: str = ""
-    created: str | None = None  # when and where the store wrote it, with which package versions (provenance)
-    host: str | None = None
-    versions: Mapping[str, Any] | None = None
+    # when and where the store wrote it, with which package versions: provenance, not part of what it says
+    created: str | None = field(default=None, compare=False)
+    host: str | None = field(default=None, compare=False)
+    versions: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as stored (every field, including those this class does not name)."""

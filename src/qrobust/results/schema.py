@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..registries import Registry
 from ..errors import QrobustError
 
 SCHEMA_PREFIX = "qrobust.record/"
 SCHEMA_VERSION = 1
 SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
 Lift = Callable[[dict[str, Any]], dict[str, Any]]
-MIGRATIONS: dict[str, Lift] = {}
+MIGRATIONS: Registry[Lift] = Registry("record schema")
 
 
 class RecordError(QrobustError, ValueError):
@@ -24,10 +25,7 @@ class RecordError(QrobustError, ValueError):
 
 def register_migration(schema: str) -> Callable[[Lift], Lift]:
     """Register the function lifting a record dict of an older ``schema`` to today's layout (one per schema)."""
-    def deco(fn: Lift) -> Lift:
-        MIGRATIONS[schema] = fn
-        return fn
-    return deco
+    return MIGRATIONS.register(schema)
 
 
 @register_migration(SCHEMA)

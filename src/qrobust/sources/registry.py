@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..registries import Registry
 from ..errors import ConfigError
 from ..trajectory import Trajectory
 from .selection import parse_query, select
@@ -31,14 +32,8 @@ class SourceSpec:
 
 
 Loader = Callable[[SourceSpec], Trajectory]
-SOURCES: dict[str, Loader] = {}
-
-
-def register_source(name: str) -> Callable[[Loader], Loader]:
-    def deco(fn: Loader) -> Loader:
-        SOURCES[name] = fn
-        return fn
-    return deco
+SOURCES: Registry[Loader] = Registry("trajectory source kind")
+register_source = SOURCES.register
 
 
 def _prefixed_kind(text: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...registries import Registry
 from ..pipelines.staged import probe_block
 
 
@@ -38,21 +38,16 @@ class Layout:
     build: Build
 
 
-MAPPINGS: dict[str, Layout] = {}
+MAPPINGS: Registry[Layout] = Registry("AWQ layout")
 
 
 def register_mapping(name: str, requires: Iterable[str]) -> Callable[[Build], Build]:
     """Decorator: blocks that have every module named in ``requires`` get ``build``'s mappings."""
-    def deco(fn: Build) -> Build:
-        MAPPINGS[name] = Layout(name, frozenset(requires), fn)
-        return fn
-    return deco
+    return MAPPINGS.register(name, lambda fn: Layout(name, frozenset(requires), fn))  # type: ignore[arg-type,return-value]
 
 
 def get_layout(name: str) -> Layout:
-    if name not in MAPPINGS:
-        raise ConfigError(f"unknown AWQ layout '{name}'; known: {', '.join(sorted(MAPPINGS))}")
-    return MAPPINGS[name]
+    return MAPPINGS.lookup(name)
 
 
 def layout_of(block: nn.Module) -> Layout | None:

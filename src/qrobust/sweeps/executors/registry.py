@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from ...registries import Registry
 from ...config import SweepConfig
-from ...errors import ConfigError
 from ..summary import SweepSummary
 
 
@@ -22,22 +22,9 @@ class ExecutorOptions:
 
 
 Executor = Callable[[SweepConfig, ExecutorOptions], SweepSummary]
-EXECUTORS: dict[str, Executor] = {}
-
-
-def register_executor(name: str) -> Callable[[Executor], Executor]:
-    def deco(fn: Executor) -> Executor:
-        EXECUTORS[name] = fn
-        return fn
-    return deco
-
-
-def get_executor(name: str) -> Executor:
-    """The executor registered as ``name``; an unknown name is one ConfigError listing the known ones."""
-    ex = EXECUTORS.get(name)
-    if ex is None:
-        raise ConfigError(f"unknown executor '{name}'; known: {', '.join(sorted(EXECUTORS))}")
-    return ex
+EXECUTORS: Registry[Executor] = Registry("executor")
+register_executor = EXECUTORS.register
+get_executor = EXECUTORS.lookup
 
 
 def run_executor(name: str, cfg: SweepConfig, options: ExecutorOptions | None = None) -> SweepSummary:

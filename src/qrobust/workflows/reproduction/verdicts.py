@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ...registries import Registry
 from ...errors import ConfigError, QrobustError
 from ...results.compare import compare_dq, compare_dq_at_fp_loss, compare_loss
 from ...results.records import VariantRecord
@@ -35,23 +36,19 @@ class VerdictKind:
     check: CheckFn = _no_check
 
 
-VERDICTS: dict[str, VerdictKind] = {}
+VERDICTS: Registry[VerdictKind] = Registry("verdict")
 
 
 def register_verdict(name: str, figures: Figures | None = None,
                      check: CheckFn | None = None) -> Callable[[ClaimsFn], ClaimsFn]:
     """Register ``fn(spec, stores) -> claims`` as verdict kind ``name`` (figures: the per-run dq/loss plots
     unless given; ``check(spec, what)`` refuses an experiment file the kind cannot judge)."""
-    def deco(fn: ClaimsFn) -> ClaimsFn:
-        VERDICTS[name] = VerdictKind(fn, figures or per_run_figures({"dq", "loss"}), check or _no_check)
-        return fn
-    return deco
+    return VERDICTS.register(name, lambda fn: VerdictKind(fn, figures or per_run_figures({"dq", "loss"}),  # type: ignore
+                                                           check or _no_check))
 
 
 def get_verdict(name: str) -> VerdictKind:
-    if name not in VERDICTS:
-        raise ConfigError(f"unknown verdict '{name}'; known: {', '.join(sorted(VERDICTS))}")
-    return VERDICTS[name]
+    return VERDICTS.lookup(name)
 
 
 # -- F2: cooldowns vs the constant-LR control -------------------------------------------------------------
