@@ -64,7 +64,6 @@ def test_verdict_counts_pairs_resolved_by_the_paired_bootstrap():
     assert "decay > control in 1 of 1 (1 with the 95 % paired-bootstrap interval above 0)" in verdict([row])
 
 
-@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0

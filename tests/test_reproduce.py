@@ -165,7 +165,6 @@ TINY = {"base": {"steps": 30, "checkpoint_every": 10, "batch_size": 8, "model": 
         "sweep": {"bits": [3], "group_sizes": [32], "eval": {"n_blocks": 12}, "calibration": {"n_samples": 8}}}
 
 
-@pytest.mark.slow
 def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     import qrobust
     over = {**TINY, "base": {**TINY["base"], "branches": [{"from_step": 10, "decay_steps": 10},
@@ -193,7 +192,6 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     assert 'href="f2/index.html"' in index and 'href="f4/index.html"' in index and index.count("<li") == 4
 
 
-@pytest.mark.slow
 def test_equal_fp_loss_experiment_end_to_end(tmp_path):
     import qrobust
     over = {**TINY, "levels": 2, "base": {**TINY["base"], "schedule": {"warmup_steps": 5, "decay_steps": 10}}}

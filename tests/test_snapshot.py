@@ -27,7 +27,6 @@ def _check(name: str, tmp_path: Path) -> None:
                           f"regenerate: python tests/snapshots/make_snapshots.py --only {name})")
 
 
-@pytest.mark.slow
 def test_demo_quick_does_not_move(tmp_path):
     _check("demo_quick", tmp_path)
 

@@ -86,7 +86,6 @@ def test_resume_after_interrupt_gives_identical_weights(tiny_run, tmp_path, kill
     assert steps_a == steps_b
 
 
-@pytest.mark.slow
 def test_resume_after_sigkill(tiny_run, tmp_path):
     """A real kill -9 while training (slowed by a sleeping hook), then a resume: identical weights."""
     out = tmp_path / "run"
