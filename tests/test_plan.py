@@ -132,3 +132,24 @@ def test_an_unknown_executor_is_one_line_naming_the_known_ones(tiny_run, tmp_pat
     assert str(e.value) == "unknown executor 'slurmish'; known: array, local, ray"
     with pytest.raises(ConfigError, match="executor 'array' needs"):
         qrobust.sweep(_cfg(tiny_run, tmp_path / "res").model_dump(), executor="array")
+
+
+def test_cli_executor_is_any_registered_name(tiny_run, tmp_path, capsys):
+    """The CLI takes the executor from the registry: a registered one runs, an unknown one is one line."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"trajectory: {tiny_run}\nout: {tmp_path / 'res'}\nbits: [4]\ngroup_sizes: [16]\n")
+    seen = []
+
+    @register_executor("from-cli-test")
+    def run_here(cfg: SweepConfig, options: ExecutorOptions) -> SweepSummary:
+        seen.append(cfg.out)
+        return EXECUTORS["local"](cfg, options)
+
+    try:
+        assert main(["sweep", str(cfg), "--executor", "from-cli-test", "--quiet"]) == 0
+    finally:
+        EXECUTORS.pop("from-cli-test")
+    assert seen == [str(tmp_path / "res")] and list((tmp_path / "res" / "records").glob("*.json"))
+    capsys.readouterr()
+    assert main(["sweep", str(cfg), "--executor", "nope", "--quiet"]) == 2
+    assert capsys.readouterr().err == "qrobust sweep: error: unknown executor 'nope'; known: array, local, ray\n"

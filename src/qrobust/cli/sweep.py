@@ -33,8 +33,9 @@ def add_sweep(sub) -> None:
                    help="this worker's index in a job array (default: $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN)")
     p.add_argument("--array-count", type=positive, default=None,
                    help="workers in the job array; each takes every COUNT-th checkpoint (default: $SLURM_ARRAY_TASK_COUNT)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: this process; ray: one Ray task per checkpoint (local Ray, or --ray-address)")
+    p.add_argument("--executor", default="local",
+                   help="a registered executor: local (this process; a job-array worker with --array-index/"
+                        "--array-count), array, ray (one Ray task per checkpoint: local Ray, or --ray-address)")
     p.add_argument("--ray-address", default=None, help="address of an existing Ray cluster (default: start one here)")
     p.add_argument("--cpus-per-task", type=positive, default=1, help="CPUs (and torch threads) per Ray task")
     p.add_argument("--gpus-per-task", type=float, default=0.0, help="GPUs per Ray task")
