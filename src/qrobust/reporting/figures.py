@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 # the built-in figure kinds register themselves on import, in this order
-from . import dq, loss, averaging, stable_vs_decay, geometry, tasks  # noqa: F401  isort: skip
+from . import dq, loss, averaging, stable_vs_decay, geometry as geometry_kinds, tasks as task_kinds  # noqa: F401  isort: skip
 from ..results.records import GeometryRecord, TaskRecord, VariantRecord
 from ..results.records import geometry_records, task_records, variant_records
 from .groups import Group, group_records, run_of, trajectory_of

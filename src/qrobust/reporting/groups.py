@@ -2,16 +2,17 @@
 branches, averaged runs) in drawing order with fixed colours, and per-run series of any field.
 
 Figures read the typed records of :mod:`qrobust.results.records`; a plain dict (JSON read elsewhere, a test)
-is parsed once on the way in (:func:`variant_records`). Anything missing degrades a figure — x falls back to
+is parsed once on the way in (:func:`qrobust.results.records.variant_records`). Anything missing degrades a figure — x falls back to
 step, a run without an LR curve is not shaded — and never raises.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from ..results.records import GeometryRecord, Record, TaskRecord, VariantRecord, variant_records
-from ..stats import dq_interval
+from ..errors import QrobustError
+from ..results.compare import record_interval
+from ..results.records import GeometryRecord, Record, TaskRecord, VariantRecord
 from .style import BRANCH_COLOURS, ROOT_COLOUR, num, slug
 
 Value = Callable[[Any], Any]  # a record -> the number to plot (None: no point)
@@ -156,13 +157,9 @@ def lr_points(g: Group, run: str) -> list[tuple[float, float]]:
 def interval_of(rec: VariantRecord) -> tuple[float, float] | None:
     """The record's paired-bootstrap 95 % interval of ΔQ L (stored, or computed from its per-block losses);
     None when the record has neither."""
-    ci = rec.metrics.dq_ci
-    if ci is not None:
-        lo, hi = num(ci.low), num(ci.high)
-    else:
-        fp, q = rec.blocks.nll_fp, rec.blocks.nll_q
-        if not fp or len(fp) != len(q):
-            return None
-        d = dq_interval(fp, q)
-        lo, hi = num(d["low"]), num(d["high"])
+    try:
+        d = record_interval(rec)
+    except QrobustError:  # no stored interval and no per-block losses
+        return None
+    lo, hi = num(d.get("low")), num(d.get("high"))
     return (lo, hi) if lo is not None and hi is not None else None

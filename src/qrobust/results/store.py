@@ -42,7 +42,7 @@ from ..version import __version__
 from .records import COLUMNS, Record, RecordError, VariantRecord, parse
 from .schema import SCHEMA as RECORD_SCHEMA, schema_problem
 
-__all__ = ["RECORD_SCHEMA", "Store", "record_key", "flatten", "COLUMNS"]
+__all__ = ["RECORD_SCHEMA", "Store", "record_key", "COLUMNS"]
 # every folder a sweep writes in a results folder (records kinds, provenance, claims, averaged checkpoints,
 # the report, downstream-task work files)
 STORE_FOLDERS = ("records", "fp", "geometry", "tasks", "tasks_fp", "trajectories", "configs", "claims",
@@ -56,11 +56,6 @@ def versions() -> dict[str, str]:
 
     return {"qrobust": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__, "python": platform.python_version()}
-
-
-def flatten(rec: VariantRecord) -> dict[str, Any]:
-    """The flat CSV / table columns of a variant record (``COLUMNS``); see :meth:`VariantRecord.row`."""
-    return rec.row()
 
 
 def json_type(d: Any) -> str:

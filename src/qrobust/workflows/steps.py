@@ -42,13 +42,6 @@ def sweep_config(config: Any, **overrides: Any) -> SweepConfig:
     return cfg
 
 
-def sweep_here(cfg: SweepConfig, progress: bool = True, array_index: int | None = None,
-               array_count: int | None = None) -> SweepSummary:
-    """Sweep ``cfg`` in this process (as one worker of a job array when ``array_count`` is given)."""
-    from ..sweeps.run import sweep
-    return sweep(cfg, progress=progress, array_index=array_index, array_count=array_count)
-
-
 def sweep_with(executor: str, cfg: SweepConfig, options: Any) -> SweepSummary:
     """Sweep ``cfg`` with the executor registered as ``executor`` (local, array, ray or a plugin)."""
     from ..sweeps.executors import run_executor
@@ -56,8 +49,9 @@ def sweep_with(executor: str, cfg: SweepConfig, options: Any) -> SweepSummary:
 
 
 def sweep(config: Any, progress: bool = True, **overrides: Any) -> SweepSummary:
-    """Validate ``config`` and sweep it in this process."""
-    return sweep_here(validated(SweepConfig, config, overrides, "sweep config"), progress)
+    """Validate ``config`` and sweep it in this process (the ``local`` executor)."""
+    from ..sweeps.executors import ExecutorOptions
+    return sweep_with("local", validated(SweepConfig, config, overrides, "sweep config"), ExecutorOptions(progress))
 
 
 def report(results: str | Path, out: str | Path | None = None) -> Path:
