@@ -38,3 +38,29 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_run")
     train(parse_config(TrainConfig, tiny_config(out)), progress=False)
     return out
+
+
+# the reference sweep of tiny_run (2 variants x 4 checkpoints = 8 records); tests copy it before changing it
+TINY_SWEEP = {"bits": [3, 4], "group_sizes": [16], "eval": {"n_blocks": 6, "batch_size": 4}}
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tiny_run, tmp_path_factory) -> Path:
+    """An uninterrupted sweep of the tiny trajectory with TINY_SWEEP (read only: copy it to change it)."""
+    from qrobust.sweeps import sweep
+    out = tmp_path_factory.mktemp("tiny_results") / "res"
+    s = sweep({"trajectory": str(tiny_run), "out": str(out), **TINY_SWEEP}, progress=False)
+    assert s.records_written == 8
+    return out
+
+
+STORE_V1 = Path(__file__).parent / "fixtures" / "store_v1"
+
+
+@pytest.fixture
+def store_v1(tmp_path: Path) -> Path:
+    """A writable copy of the results folder written by the pre-issue-16 store (tests/fixtures/store_v1)."""
+    import shutil
+    dst = tmp_path / "store_v1"
+    shutil.copytree(STORE_V1, dst)
+    return dst

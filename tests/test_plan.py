@@ -20,18 +20,17 @@ from qrobust.sweeps.prepare import sweep_trajectory
 from qrobust.sweeps.sets import BlockSets
 from qrobust.sweeps.summary import SweepSummary
 
+from conftest import TINY_SWEEP
+
 
 def _cfg(tiny_run: Path, out: Path, **kw) -> SweepConfig:
-    return parse_config(SweepConfig, {"trajectory": str(tiny_run), "out": str(out), "bits": [3, 4],
-                                      "group_sizes": [16], "eval": {"n_blocks": 6, "batch_size": 4}, **kw}, "test")
+    """The reference sweep's config (conftest's TINY_SWEEP), writing to ``out``."""
+    return parse_config(SweepConfig, {"trajectory": str(tiny_run), "out": str(out), **TINY_SWEEP, **kw}, "test")
 
 
-@pytest.fixture(scope="module")
-def swept(tiny_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("plan") / "res"
-    s = sweep(_cfg(tiny_run, out), progress=False)
-    assert s.records_written == 8
-    return out
+@pytest.fixture
+def swept(tiny_results) -> Path:
+    return tiny_results
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ naming it, a newer schema is refused with the reason, and the migrations table i
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    dst = tmp_path / "store"
-    shutil.copytree(FIXTURE, dst)
-    return dst
+def store(store_v1: Path) -> Path:
+    return store_v1
 
 
 def _json(kind: str) -> dict[str, dict]:

@@ -4,7 +4,6 @@ dicts, typed records and the stored JSON all give the same figures and intervals
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -22,14 +21,11 @@ from qrobust.results.records import GeometryRecord, VariantRecord
 from qrobust.results.store import Store
 from qrobust.stats import dq_interval
 
-FIXTURE = Path(__file__).parent / "fixtures" / "store_v1"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "store"
-    shutil.copytree(FIXTURE, root)
-    return root
+def store(store_v1: Path) -> Path:
+    return store_v1
 
 
 @pytest.fixture

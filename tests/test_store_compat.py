@@ -10,7 +10,6 @@ import csv
 import hashlib
 import io
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -25,13 +24,6 @@ VARIANTS = {"rtn-w2g16", "gptq-w2g16"}
 # main 4, 8, 12; its cooldown branch decay8 12; LAWA(2) of main at 8, 12
 CHECKPOINTS = {"main/step-0000004", "main/step-0000008", "main/step-0000012", "decay8/step-0000012",
                "main-lawa2/step-0000008", "main-lawa2/step-0000012"}
-
-
-@pytest.fixture
-def store_v1(tmp_path: Path) -> Path:
-    dst = tmp_path / "store_v1"
-    shutil.copytree(FIXTURE, dst)
-    return dst
 
 
 def _files(root: Path, kind: str) -> dict[str, dict]:

@@ -20,9 +20,11 @@ from qrobust.sweeps.plan import checkpoint_identity
 from qrobust import leftovers
 from qrobust.cli import main
 from qrobust.errors import QrobustWarning
-from qrobust.sweeps import Store, sweep
+from qrobust.sweeps import Store
 from qrobust.sweeps.claims import Claim
 from qrobust.results.store import RECORD_SCHEMA, record_key
+
+from conftest import TINY_SWEEP
 
 KINDS = ("records", "fp", "geometry", "tasks", "tasks_fp")
 # what a record is compared on: everything computed (not when, where or how fast)
@@ -31,8 +33,8 @@ COMPUTED = ("trajectory", "checkpoint", "checkpoint_id", "variant", "calibration
 
 
 def _cfg(tiny_run: Path, out: Path, **kw) -> dict:
-    return {"trajectory": str(tiny_run), "out": str(out), "bits": [3, 4], "group_sizes": [16],
-            "eval": {"n_blocks": 6, "batch_size": 4}, **kw}
+    """The reference sweep's config (conftest's TINY_SWEEP), writing to ``out``."""
+    return {"trajectory": str(tiny_run), "out": str(out), **TINY_SWEEP, **kw}
 
 
 def _write_cfg(tmp_path: Path, cfg: dict) -> str:
@@ -58,13 +60,10 @@ def _warning_lines(err: str, cmd: str) -> list[str]:
     return lines
 
 
-@pytest.fixture(scope="module")
-def clean_results(tiny_run, tmp_path_factory) -> Path:
+@pytest.fixture
+def clean_results(tiny_results) -> Path:
     """An uninterrupted sweep of the tiny trajectory: the reference every damaged run must equal."""
-    out = tmp_path_factory.mktemp("clean") / "res"
-    s = sweep(_cfg(tiny_run, out), progress=False)
-    assert s.records_written == 8
-    return out
+    return tiny_results
 
 
 def _bad_files(folder: Path) -> dict[str, str]:
