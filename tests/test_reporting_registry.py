@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from qrobust.errors import QrobustError
 from qrobust.quant.registry import QuantSpec
 from qrobust.reporting import FigureOut, GroupInputs, make_figures, register_figure, write_report
-from qrobust.reporting.groups import interval_of, variant_records
+from qrobust.reporting.groups import interval_of
+from qrobust.results.records import variant_records
 from qrobust.reporting.registry import FIGURE_KINDS, FigureKindError
 from qrobust.reporting.style import save_figure
 from qrobust.reporting.variants import variant_slug
