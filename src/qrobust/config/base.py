@@ -2,15 +2,29 @@
 wrong type becomes one :class:`~qrobust.errors.ConfigError` line naming the key, never a traceback."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from ..errors import ConfigError
 
 
 class Strict(BaseModel):
+    """``omit_if_default``: fields added after records were keyed on a config's dump. They are left out of the
+    dump while they hold their default, so every key, manifest and stored config made before they existed
+    stays byte-identical."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    omit_if_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: Any) -> Any:
+        out = handler(self)
+        if isinstance(out, dict):
+            for name in self.omit_if_default:
+                if name in out and getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                    del out[name]
+        return out
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -20,6 +20,11 @@ class DataConfig(Strict):
     tokenizer: str = "bpe"  # "bpe", "byte", or a path to an HF tokenizer folder
     vocab_size: int = Field(default=2048, ge=258)
     seed: int = 0
+    # a folder written by ``qrobust data prepare``: train from its memory-mapped token files (its tokenizer,
+    # its train/val split); corpus, max_chars, val_fraction and vocab_size are then the shards' own
+    shards: str | None = None
+
+    omit_if_default = ("shards",)
 
 
 class ModelConfig(Strict):
@@ -96,7 +101,16 @@ class TrainAverageConfig(Strict):
         return f"lawa{self.window}" + (f"e{every}" if every != checkpoint_every else "")
 
 
+EXECUTION_FIELDS = ("device", "precision", "micro_batch_size", "grad_accum", "compile", "distributed", "backend",
+                    "logging", "peak_tflops")
+"""How a run executes, not what it computes: they may change when a run is resumed (another world size, another
+machine). ``precision`` and ``save_dtype`` change the numbers; they are listed for the dump rule only."""
+
+
 class TrainConfig(Strict):
+    """``batch_size`` is the global batch: samples per optimizer step, summed over ranks and accumulation.
+    ``micro_batch_size`` × ``grad_accum`` × world size must equal it; either may be left out and is derived."""
+
     name: str = "run"
     out: str = "runs/run"
     seed: int = 0
@@ -110,6 +124,18 @@ class TrainConfig(Strict):
     branches: list[BranchConfig] = Field(default_factory=list)
     averaging: list[TrainAverageConfig] = Field(default_factory=list)
     threads: int | None = Field(default=None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16-mixed", "fp16-mixed"] = "fp32"
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    grad_accum: int | None = Field(default=None, ge=1)
+    compile: bool | None = None  # torch.compile the model; default: on for cuda, off on cpu
+    save_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # how a torchrun world of >1 process shares the model
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on cuda, gloo on cpu
+    logging: list[str] = Field(default_factory=lambda: ["jsonl"])  # trackers: jsonl, tensorboard, wandb
+    peak_tflops: float | None = Field(default=None, gt=0)  # per device, for MFU when the device is not in the table
+
+    omit_if_default = (*EXECUTION_FIELDS, "save_dtype")
 
     @field_validator("name")
     @classmethod
@@ -126,6 +152,11 @@ class TrainConfig(Strict):
                     f"branch from_step {b.from_step} is not a checkpoint step (checkpoint_every={self.checkpoint_every})")
             if b.from_step > self.steps:
                 raise ValueError(f"branch from_step {b.from_step} is beyond steps={self.steps}")
+        if self.micro_batch_size and self.grad_accum and self.batch_size % (self.micro_batch_size * self.grad_accum):
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size × grad_accum = "
+                             f"{self.micro_batch_size * self.grad_accum}; batch_size is the global batch")
+        if "jsonl" not in self.logging:
+            raise ValueError("logging must include 'jsonl' (the step log that resume and reports read)")
         names = [a.suffix(self.checkpoint_every) for a in self.averaging]
         if len(set(names)) != len(names):
             raise ValueError(f"averaging entries must have distinct names, got {names}; set 'name' on one")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import torch
 
@@ -42,3 +44,33 @@ def calibration_blocks(stream: torch.Tensor, n_samples: int, seq_len: int, seed:
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, stream.numel() - seq_len, (n_samples,), generator=g)
     return torch.stack([stream[s: s + seq_len] for s in starts.tolist()])
+
+
+class BlockSource(Protocol):
+    """Training blocks addressed by index, in memory (:class:`TensorBlocks`) or memory-mapped token shards:
+    the batch order is a function of indices only, so both give the same batches from the same tokens."""
+
+    seq_len: int
+
+    def __len__(self) -> int: ...
+
+    def take(self, indices: Sequence[int]) -> torch.Tensor:
+        """int64 ``[len(indices), seq_len]`` blocks, in the order asked."""
+        ...
+
+
+@dataclass
+class TensorBlocks:
+    """Blocks held in memory as one ``[n, seq_len]`` tensor (the corpus a run tokenized itself)."""
+
+    blocks: torch.Tensor
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.blocks.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.blocks.shape[0])
+
+    def take(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.blocks[list(indices)]
