@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import DataConfig
 from ..io.atomic import atomic_dir
-from .blocks import split_documents
+from .blocks import BlockSource, TensorBlocks, pack_blocks, split_documents
 from .corpus import load_documents
 from .tokenizer import build_tokenizer, encode_documents, load_tokenizer
 
@@ -56,6 +56,20 @@ def prepare_data(cfg: DataConfig, cache_dir: Path | None = None, trust_remote_co
                 {"key": _key(cfg), "n_train_docs": len(train_docs), "n_val_docs": len(val_docs),
                  "n_train_tokens": train.numel(), "n_val_tokens": val.numel()}, indent=1))
     return data
+
+
+@dataclass
+class TrainingData:
+    """What the training loop reads: the tokenizer it saves beside every checkpoint and the training blocks."""
+
+    tokenizer: object
+    blocks: BlockSource
+
+
+def prepare_training(cfg: DataConfig, cache_dir: Path | None = None, trust_remote_code: bool = False) -> TrainingData:
+    """The tokenizer and ``seq_len`` blocks of the training split (tokenized into ``cache_dir`` when needed)."""
+    data = prepare_data(cfg, cache_dir, trust_remote_code)
+    return TrainingData(data.tokenizer, TensorBlocks(pack_blocks(data.train, cfg.seq_len, "training split")))
 
 
 def eval_stream(corpus: str, field: str | None, split: str, data_cfg: DataConfig | None, tokenizer,

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import TrainAverageConfig, TrainConfig
-from ..data.blocks import pack_blocks
-from ..data.prepare import PreparedData, prepare_data
+from ..data.blocks import BlockSource
+from ..data.prepare import TrainingData, prepare_training
 from ..errors import ConfigError, QrobustError, write_error
 from ..quant.pipelines.streamed.hidden_states import host_available_bytes
 from ..leftovers import clean as clean_leftovers
@@ -62,7 +62,7 @@ def averaged_runs(cfg: TrainConfig, run: str) -> dict[str, TrainAverageConfig]:
 class _Batches:
     """Batch for step s = samples [s*B, (s+1)*B) of an endless stream of seeded per-epoch permutations."""
 
-    blocks: torch.Tensor
+    blocks: BlockSource
     batch_size: int
     seed: int
 
@@ -72,15 +72,15 @@ class _Batches:
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(self.blocks.shape[0], generator=g)
+            self._perms[epoch] = torch.randperm(len(self.blocks), generator=g)
         return self._perms[epoch]
 
     def at(self, step: int) -> torch.Tensor:
-        n = self.blocks.shape[0]
+        n = len(self.blocks)
         idx = []
         for i in range(step * self.batch_size, (step + 1) * self.batch_size):
             idx.append(int(self._perm(i // n)[i % n]))
-        return self.blocks[idx]
+        return self.blocks.take(idx)
 
 
 def _run_dir(out: Path, run: str) -> Path:
@@ -149,7 +149,7 @@ class _Trainer:
 
     cfg: TrainConfig
     out: Path
-    data: PreparedData
+    data: TrainingData
     batches: _Batches
     progress: bool
     on_step: Callable[[str, int], None] | None
@@ -350,11 +350,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int],
     clean_leftovers(out / "checkpoints")
     sched = main_schedule(cfg)
     _check_branches(cfg, sched)
-    data = prepare_data(cfg.data, out / "data", trust_remote_code)
+    data = prepare_training(cfg.data, out / "data", trust_remote_code)
     _check_memory(cfg, len(data.tokenizer))
-    blocks = pack_blocks(data.train, cfg.data.seq_len, "training split")
     _record_config(cfg, out)
-    trainer = _Trainer(cfg, out, data, _Batches(blocks, cfg.batch_size, cfg.seed), progress, on_step)
+    trainer = _Trainer(cfg, out, data, _Batches(data.blocks, cfg.batch_size, cfg.seed), progress, on_step)
     trainer.segment("main", sched, None, 0, cfg.steps)
     for b in cfg.branches:
         bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
