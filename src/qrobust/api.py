@@ -26,13 +26,17 @@ from .workflows.options import (CalibrationOptions, EvalOptions, ExecutorOptions
 
 
 def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True,
-          trust_remote_code: bool = False, **kwargs: Any) -> Trajectory:
+          trust_remote_code: bool = False, nproc: int | None = None, torchrun_flags: list[str] | None = None,
+          **kwargs: Any) -> Trajectory:
     """Train a run (+ cooldown branches) from a config object, dict or YAML path; keyword args override keys.
     ``trust_remote_code``: allow the Python code of a tokenizer folder named in ``data.tokenizer``.
+    ``nproc``: train on that many processes (DDP, or FSDP2 with ``distributed="fsdp"``) through torchrun;
+    ``torchrun_flags``: torchrun's ``--nnodes`` / ``--node-rank`` / ``--rdzv-*`` flags for several nodes.
 
     Returns the :class:`Trajectory` of every checkpoint written. Re-running resumes where it stopped.
     """
-    return steps.train(config, progress=progress, trust_remote_code=trust_remote_code, **kwargs)
+    return steps.train(config, progress=progress, trust_remote_code=trust_remote_code, nproc=nproc,
+                       torchrun_flags=torchrun_flags, **kwargs)
 
 
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,16 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .. import api
     over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
-    traj = api.train(a.config, progress=not a.quiet, trust_remote_code=a.trust_remote_code, **over)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
+             if k in ("nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port")
+             and v is not None]
+    if flags and not a.nproc:
+        raise QrobustError(f"{flags[0].split('=')[0]} is a torchrun flag: use it with --nproc")
+    traj = api.train(a.config, progress=not a.quiet, trust_remote_code=a.trust_remote_code, nproc=a.nproc,
+                     torchrun_flags=flags, **over)
+    from ..training.launch import LAUNCHED_ENV
+    if os.environ.get("RANK", "0") != "0" or os.environ.get(LAUNCHED_ENV):  # torchrun workers: one line in all
+        return 0
     print(f"trained '{traj.name}': {len(traj)} checkpoints in {traj.source} (manifest: trajectory.json)")
     return 0
 

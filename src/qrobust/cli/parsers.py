@@ -2,6 +2,7 @@
 :mod:`.sweep`. Value checks come from :mod:`.args`."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from .args import add_device_args, add_load_args, add_quant_args, positive, positive_float
@@ -46,6 +47,16 @@ def add_train(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the Python code of a tokenizer folder named in data.tokenizer")
     p.add_argument("--quiet", action="store_true")
+    add_torchrun(p)
+
+
+def add_torchrun(p) -> None:
+    """``--nproc`` and the torchrun flags it passes through (several nodes)."""
+    g = p.add_argument_group("distributed (launches torchrun; same as `torchrun --nproc-per-node N -m qrobust train`)")
+    g.add_argument("--nproc", type=positive, default=None, help="processes per node (DDP, or FSDP2 with distributed: fsdp)")
+    for flag in ("--nnodes", "--node-rank", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--master-addr",
+                 "--master-port"):
+        g.add_argument(flag, default=None, help=argparse.SUPPRESS)
 
 
 def add_quantize(sub) -> None:

@@ -5,4 +5,5 @@ from __future__ import annotations
 STATE_FILE = "qrobust_state.json"  # step, data config, optimizer groups, averaging state of a checkpoint
 OPTIMIZER_FILE = "optimizer.safetensors"
 AVERAGING_FILE = "averaging.safetensors"
-STATE_TENSOR_FILES = (OPTIMIZER_FILE, AVERAGING_FILE)
+MASTER_FILE = "master_weights.safetensors"  # fp32 weights for exact resume when save_dtype is not float32
+STATE_TENSOR_FILES = (OPTIMIZER_FILE, AVERAGING_FILE, MASTER_FILE)

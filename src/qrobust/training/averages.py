@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import load_file
@@ -113,6 +113,14 @@ class RunningAverages:
                 self.snaps[n] = [(st, [tensors[f"{n}/{i}/{k}"] for k in self.names])
                                  for i, st in enumerate(meta[n]["steps"])]
 
+    def relayout(self, refs: list[torch.Tensor], place: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Lay every kept tensor out like the parameter it averages (``place(tensor, parameter)``): on its
+        device, sharded like it under FSDP. Restored state arrives whole and on the host."""
+        for n in self.ema:
+            self.ema[n] = [place(t, r) for t, r in zip(self.ema[n], refs)]
+        for n in self.snaps:
+            self.snaps[n] = [(st, [place(t, r) for t, r in zip(ps, refs)]) for st, ps in self.snaps[n]]
+
 
 @contextlib.contextmanager
 def swapped_parameters(model: torch.nn.Module, values: list[torch.Tensor]) -> Iterator[torch.nn.Module]:
@@ -121,7 +129,7 @@ def swapped_parameters(model: torch.nn.Module, values: list[torch.Tensor]) -> It
     originals = [p.data for p in params]
     try:
         for p, v in zip(params, values):
-            p.data = v.to(p.dtype)
+            p.data = v.to(p.device, p.dtype)
         yield model
     finally:
         for p, o in zip(params, originals):

@@ -1,42 +1,44 @@
-"""The training loop: main run + cooldown branches, checkpoints, manifest, exact resume.
+"""The training loop: main run + cooldown branches, checkpoints, manifest, exact resume, one process or a
+torchrun world (DDP / FSDP2), fp32 or mixed precision, gradient accumulation.
 
 Resume is exact because everything a step depends on is either in the checkpoint (weights, AdamW
-state, step) or a pure function of the step (the LR from :class:`Schedule`, the batch from the seeded
-per-epoch permutation of training blocks). A killed run restarts from its last checkpoint folder;
+state, loss scale, step) or a pure function of the step (the LR from :class:`Schedule`, the batch from the
+seeded per-epoch permutation of training blocks). A killed run restarts from its last checkpoint folder;
 checkpoint folders are written atomically, so the last one present is complete.
 """
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..config import TrainAverageConfig, TrainConfig
-from ..data.blocks import BlockSource
+from ..config import EXECUTION_FIELDS, TrainConfig
 from ..data.prepare import TrainingData, prepare_training
 from ..errors import ConfigError, QrobustError, write_error
-from ..quant.pipelines.streamed.hidden_states import host_available_bytes
-from ..leftovers import clean as clean_leftovers
-from ..io.files import AVERAGING_FILE, OPTIMIZER_FILE, STATE_FILE
-from ..models import build_model, load_checkpoint, model_config, save_checkpoint
-from ..names import safe_name
 from ..io.atomic import write_text
-from ..trajectory import MANIFEST, Checkpoint, Trajectory
-from .averages import RunningAverages, swapped_parameters
+from ..io.files import MASTER_FILE, OPTIMIZER_FILE, STATE_FILE
+from ..leftovers import clean as clean_leftovers
+from ..models import build_model, load_checkpoint, model_config
+from ..names import safe_name
+from ..quant.pipelines.streamed.hidden_states import host_available_bytes
+from ..trajectory import Trajectory, load_trajectory
+from .averages import RunningAverages
+from .batches import GlobalBatches
+from .checkpoints import ckpt_dir, latest, main_schedule, write_manifest
+from .parallel import host_model, like, load_optimizer_state, wrap_model
+from .precision import Precision
+from .runtime import Runtime, batch_layout, start_runtime, stop_runtime
+from .saving import CheckpointWriter, TrainedState
 from .schedule import Schedule
-from .state import flatten_optimizer, restore_optimizer
-
-
-def main_schedule(cfg: TrainConfig) -> Schedule:
-    s = cfg.schedule
-    return Schedule(peak_lr=cfg.optim.lr, total_steps=cfg.steps, warmup_steps=s.warmup_steps, kind=s.kind,
-                    decay_steps=s.decay_steps, decay_shape=s.decay_shape, final_lr_ratio=s.final_lr_ratio)
+from .state import read_optimizer_state
+from .step import StepResult, optimizer_step
 
 
 def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
@@ -53,53 +55,6 @@ def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
                           "rename the branch")
 
 
-def averaged_runs(cfg: TrainConfig, run: str) -> dict[str, TrainAverageConfig]:
-    """Averaged run name -> its spec, for the averages kept while training ``run``."""
-    return {f"{run}-{a.suffix(cfg.checkpoint_every)}": a for a in cfg.averaging}
-
-
-@dataclass
-class _Batches:
-    """Batch for step s = samples [s*B, (s+1)*B) of an endless stream of seeded per-epoch permutations."""
-
-    blocks: BlockSource
-    batch_size: int
-    seed: int
-
-    def __post_init__(self) -> None:
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(len(self.blocks), generator=g)
-        return self._perms[epoch]
-
-    def at(self, step: int) -> torch.Tensor:
-        n = len(self.blocks)
-        idx = []
-        for i in range(step * self.batch_size, (step + 1) * self.batch_size):
-            idx.append(int(self._perm(i // n)[i % n]))
-        return self.blocks.take(idx)
-
-
-def _run_dir(out: Path, run: str) -> Path:
-    """A run's checkpoint folder; run names are checked when the config is read, and again here."""
-    return out / "checkpoints" / safe_name(run, "run name")
-
-
-def _ckpt_dir(out: Path, run: str, step: int) -> Path:
-    return _run_dir(out, run) / f"step-{step:07d}"
-
-
-def _latest(out: Path, run: str) -> Path | None:
-    d = _run_dir(out, run)
-    if not d.is_dir():
-        return None
-    done = sorted(p for p in d.iterdir() if p.name.startswith("step-") and (p / STATE_FILE).is_file())
-    return done[-1] if done else None
-
-
 def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     o = cfg.optim
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -108,163 +63,159 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
 
 
-def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step: int) -> Trajectory:
-    """Rebuild the manifest from the checkpoint folders on disk (the manifest is derived, never edited)."""
-    runs: dict[str, dict] = {"main": {"schedule": sched.to_dict(), "parent": None, "from_step": None}}
-    for b in cfg.branches:
-        bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
-        runs[b.run_name] = {"schedule": bs.to_dict(), "parent": "main", "from_step": b.from_step}
-    for name, r in list(runs.items()):
-        s = Schedule(**r["schedule"])
-        lo = r["from_step"] or 0
-        r["lr_curve"] = [[st, st * tokens_per_step, lr] for st, lr in s.curve() if st >= lo]
-        r["tokens_per_step"] = tokens_per_step
-    for name in list(runs):
-        for avg_run, a in averaged_runs(cfg, name).items():
-            opts = {"beta": a.beta} if a.kind == "ema" else {"window": a.window, "every": a.every or cfg.checkpoint_every}
-            runs[avg_run] = {"averaged": {"averager": f"train-{a.kind}", **opts},
-                             "parent": name, "from_step": None, "tokens_per_step": tokens_per_step}
-    cks: list[Checkpoint] = []
-    for run in runs:
-        d = _run_dir(out, run)
-        if not d.is_dir():
-            continue
-        for p in sorted(d.iterdir()):
-            st_file = p / STATE_FILE
-            if not p.name.startswith("step-") or not st_file.is_file():
-                continue
-            st = json.loads(st_file.read_text())
-            cks.append(Checkpoint(name=f"{run}/{p.name}", path=str(p.resolve()), step=st["step"],
-                                  tokens=st["tokens"], lr=st["lr"], phase=st["phase"], run=run,
-                                  parent=runs[run]["parent"], parent_step=runs[run]["from_step"]))
-    traj = Trajectory(name=cfg.name, checkpoints=cks, runs=runs, data=cfg.data.model_dump(), source=str(out),
-                      config=cfg.model_dump(exclude={"out", "threads"}))
-    traj.save(out / MANIFEST)
-    return traj
+@dataclass
+class _Segment:
+    """A run segment being trained: the module steps call, and what its checkpoints save."""
+
+    wrapped: torch.nn.Module
+    state: TrainedState
+    step: int
 
 
 @dataclass
 class _Trainer:
-    """What every run of one training config shares: config, folder, data, batch order, hooks."""
+    """What every run of one training config shares: config, folder, data, batch order, process, hooks."""
 
     cfg: TrainConfig
     out: Path
     data: TrainingData
-    batches: _Batches
+    batches: GlobalBatches
+    rt: Runtime
     progress: bool
     on_step: Callable[[str, int], None] | None
+
+    def __post_init__(self) -> None:
+        self.layout = batch_layout(self.cfg, self.rt.world.size)
+        self.writer = CheckpointWriter(self.cfg, self.out, self.data.tokenizer, self.rt)
 
     @property
     def tokens_per_step(self) -> int:
         return self.cfg.batch_size * self.cfg.data.seq_len
 
-    def _begin(self, run: str, start_dir: Path | None, first_step: int,
-               last_step: int) -> tuple[torch.nn.Module, torch.optim.AdamW, int, RunningAverages] | None:
-        """(model, optimizer, step, running averages) to train ``run`` from: its latest checkpoint, else
-        ``start_dir`` (a branch's parent checkpoint), else a fresh model at ``first_step``; None when the run
-        already reached ``last_step``."""
+    def _model(self, start_dir: Path | None) -> torch.nn.Module:
         cfg = self.cfg
-        resume = _latest(self.out, run)
-        if resume is not None:
-            start_dir = resume
         if start_dir is None:
-            model = build_model(cfg.model.arch, cfg.model.preset, len(self.data.tokenizer), cfg.data.seq_len,
-                                seed=cfg.seed, overrides=cfg.model.overrides)
-            opt = _make_optimizer(model, cfg)
-            return model, opt, first_step, RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
-        state = json.loads((start_dir / STATE_FILE).read_text())
-        if state["step"] >= last_step:
-            return None
+            return build_model(cfg.model.arch, cfg.model.preset, len(self.data.tokenizer), cfg.data.seq_len,
+                               seed=cfg.seed, overrides=cfg.model.overrides)
         model = load_checkpoint(start_dir)
-        opt = _make_optimizer(model, cfg)
-        restore_optimizer(opt, start_dir / OPTIMIZER_FILE, state["optimizer_groups"])
-        avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, model)
-        if avgs:
-            avgs.restore(start_dir, state.get("averaging"))
-        return model, opt, state["step"], avgs
+        if (start_dir / MASTER_FILE).is_file():  # saved in a lower dtype: continue from the fp32 masters
+            model.load_state_dict(load_file(str(start_dir / MASTER_FILE)))
+        return model
+
+    def _begin(self, run: str, start_dir: Path | None, first_step: int, last_step: int) -> _Segment | None:
+        """The segment to train ``run`` from: its latest checkpoint, else ``start_dir`` (a branch's parent
+        checkpoint), else a fresh model at ``first_step``; None when the run already reached ``last_step``."""
+        cfg, rt = self.cfg, self.rt
+        start_dir = latest(self.out, run) or start_dir
+        state = json.loads((start_dir / STATE_FILE).read_text()) if start_dir is not None else None
+        if state is not None and state["step"] >= last_step:
+            return None
+        base = self._model(start_dir)
+        host = host_model(base, rt)
+        wrapped = wrap_model(base, rt, cfg.compile if cfg.compile is not None else rt.device.type == "cuda")
+        opt = _make_optimizer(base, cfg)
+        precision = Precision(cfg.precision, rt.device)
+        avgs = RunningAverages(cfg.averaging, cfg.checkpoint_every, base)
+        if state is not None:
+            sd = read_optimizer_state(start_dir / OPTIMIZER_FILE, state["optimizer_groups"])
+            load_optimizer_state(base, opt, sd, rt)
+            precision.restore(state.get("grad_scaler"))
+            if avgs:
+                avgs.restore(start_dir, state.get("averaging"))
+                avgs.relayout(list(base.parameters()), like)
+        return _Segment(wrapped, TrainedState(base, host, opt, avgs, precision, None),
+                        state["step"] if state is not None else first_step)
 
     def segment(self, run: str, sched: Schedule, start_dir: Path | None, first_step: int, last_step: int) -> None:
         """Train steps [first_step, last_step) of one run, resuming from its latest checkpoint if any."""
-        cfg, out, batches, on_step = self.cfg, self.out, self.batches, self.on_step
-        begun = self._begin(run, start_dir, first_step, last_step)
-        if begun is None:
+        cfg, rt = self.cfg, self.rt
+        seg = self._begin(run, start_dir, first_step, last_step)
+        if seg is None:
             return
-        model, opt, step, avgs = begun
-        for g in opt.param_groups:
+        ts, step = seg.state, seg.step
+        for g in ts.opt.param_groups:
             g["lr"] = sched.lr(step)
             g["initial_lr"] = cfg.optim.lr
-        model.train()
-        log = out / "logs" / f"{safe_name(run, 'run name')}.jsonl"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        _truncate_log(log, step)
-        bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not self.progress, leave=False)
-        ema_loss = None
-        with log.open("a") as logf:
+        seg.wrapped.train()
+        log = StepLog(self.out / "logs" / f"{safe_name(run, 'run name')}.jsonl", step, rt.is_main)
+        bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not (self.progress and rt.is_main), leave=False)
+        meter = Throughput(self.tokens_per_step)
+        with log:
             while step < last_step:
                 lr = sched.lr(step)
-                for g in opt.param_groups:
+                for g in ts.opt.param_groups:
                     g["lr"] = lr
-                x = batches.at(step)
-                loss = model(input_ids=x, labels=x).loss
-                if not torch.isfinite(loss):
-                    raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {loss.item()}); "
+                res = self._step(seg, step, meter)
+                if not math.isfinite(res.loss):
+                    raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {res.loss}); "
                                        "lower optim.lr or raise warmup_steps")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                opt.step()
                 step += 1
-                if avgs:
-                    avgs.update(model, step)
-                lv = loss.item()
-                ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
-                _log_write(logf, log, json.dumps({"step": step, "loss": lv, "lr": lr}) + "\n")
+                if ts.avgs:
+                    ts.avgs.update(ts.base, step)
+                ts.ema_loss = res.loss if ts.ema_loss is None else 0.9 * ts.ema_loss + 0.1 * res.loss
+                log.write({"step": step, "loss": res.loss, "lr": lr})
                 bar.update(1)
-                bar.set_postfix(loss=f"{ema_loss:.3f}", lr=f"{lr:.2e}")
+                bar.set_postfix(loss=f"{ts.ema_loss:.3f}", lr=f"{lr:.2e}", **meter.postfix())
                 if step % cfg.checkpoint_every == 0 or step == last_step:
-                    _log_write(logf, log, None)
-                    self._save(run, sched, step, model, opt, ema_loss, avgs)
-                if on_step is not None:
-                    on_step(run, step)
+                    log.flush()
+                    self.writer.save(run, sched, step, ts)
+                if self.on_step is not None:
+                    self.on_step(run, step)
         bar.close()
 
-    def _save(self, run: str, sched: Schedule, step: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
-              ema_loss: float | None, avgs: RunningAverages) -> None:
-        """Checkpoint folder (weights, tokenizer, AdamW state, step/LR/phase) written atomically, then the manifest.
-
-        Averaged checkpoints are written first: a raw folder on disk implies its averaged siblings are
-        complete, and the raw folder carries the averaging state that resume continues from."""
-        cfg = self.cfg
-        tensors, groups = flatten_optimizer(opt)
-        prev = max(step - 1, 0)  # the LR and phase of the last update that produced these weights
-        state = {"step": step, "tokens": step * self.tokens_per_step, "run": run, "lr": sched.lr(prev),
-                 "phase": sched.phase(prev), "samples_seen": step * cfg.batch_size, "train_loss_ema": ema_loss,
-                 "optimizer_groups": _jsonable_groups(groups), "schedule": sched.to_dict(),
-                 "data": cfg.data.model_dump(), "time": time.time()}
-        was_training = model.training
-        model.eval()
-        files = {}
-        if avgs:
-            for avg_run, a in averaged_runs(cfg, run).items():
-                values = avgs.averaged(a.suffix(cfg.checkpoint_every))
-                if values is None:
-                    continue
-                meta = {k: state[k] for k in ("step", "tokens", "lr", "phase", "samples_seen", "data", "time")}
-                meta.update(run=avg_run, averaged=avgs.info(a.suffix(cfg.checkpoint_every)), averaged_from=run)
-                with swapped_parameters(model, values):
-                    save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, avg_run, step), extra=meta,
-                                    what="averaged checkpoint")
-            avg_tensors, state["averaging"] = avgs.state()
-            files[AVERAGING_FILE] = avg_tensors
-        save_checkpoint(model, self.data.tokenizer, _ckpt_dir(self.out, run, step), extra=state,
-                        extra_tensors=tensors, tensor_files=files)
-        model.train(was_training)
-        write_manifest(cfg, self.out, main_schedule(cfg), self.tokens_per_step)
+    def _step(self, seg: _Segment, step: int, meter: "Throughput") -> StepResult:
+        t0 = time.perf_counter()
+        micro = [x.to(self.rt.device) for x in self.batches.micro_batches(step, self.layout, self.rt.world.rank)]
+        res = optimizer_step(seg.wrapped, seg.state.opt, micro, seg.state.precision, self.rt, self.cfg.optim.grad_clip)
+        meter.step(time.perf_counter() - t0)
+        return res
 
 
-def _jsonable_groups(groups: list[dict]) -> list[dict]:
-    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in groups]
+class StepLog:
+    """The step log ``logs/<run>.jsonl`` (rank 0 only), cut back to the resume step so that a resumed run's log
+    equals an uninterrupted one's."""
+
+    def __init__(self, path: Path, step: int, enabled: bool):
+        self.path, self.enabled, self._f = path, enabled, None
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _truncate_log(path, step)
+
+    def __enter__(self) -> "StepLog":
+        if self.enabled:
+            self._f = self.path.open("a")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._f is not None:
+            self._f.close()
+
+    def write(self, metrics: dict) -> None:
+        if self._f is not None:
+            _log_write(self._f, self.path, json.dumps(metrics) + "\n")
+
+    def flush(self) -> None:
+        if self._f is not None:
+            _log_write(self._f, self.path, None)
+
+
+class Throughput:
+    """Tokens per second over the last 20 steps (the first step, which warms up or compiles, is left out)."""
+
+    def __init__(self, tokens_per_step: int, window: int = 20):
+        self.tokens_per_step, self.window, self.times, self.seen = tokens_per_step, window, [], 0
+
+    def step(self, seconds: float) -> None:
+        self.seen += 1
+        if self.seen > 1:
+            self.times = (self.times + [seconds])[-self.window:]
+
+    def tokens_per_s(self) -> float | None:
+        return self.tokens_per_step * len(self.times) / sum(self.times) if self.times else None
+
+    def postfix(self) -> dict[str, str]:
+        t = self.tokens_per_s()
+        return {} if t is None else {"tok/s": f"{t:,.0f}"}
 
 
 def _log_write(logf, log: Path, line: str | None) -> None:
@@ -294,20 +245,31 @@ def _truncate_log(log: Path, step: int) -> None:
     write_text(log, "".join(k + "\n" for k in keep), "training log")
 
 
-def _check_out(cfg: TrainConfig, out: Path) -> None:
+def _identity(cfg: TrainConfig) -> dict:
+    """What must match for a folder's run to be continued: the config but where it runs and its branches."""
+    d = cfg.model_dump(exclude={"out", "threads", "branches", *EXECUTION_FIELDS})
+    return d
+
+
+def check_out_folder(cfg: TrainConfig, out: Path) -> None:
     cfg_file = out / "train_config.json"
-    mine = cfg.model_dump(exclude={"out", "threads"})
-    if cfg_file.is_file():
-        theirs = json.loads(cfg_file.read_text())
-        with contextlib.suppress(Exception):  # written by an older qrobust: compare with today's defaults filled in
-            theirs = TrainConfig.model_validate(theirs).model_dump(exclude={"out", "threads"})
-        # branches may be added to a finished run; everything else must match
-        a = {k: v for k, v in mine.items() if k != "branches"}
-        b = {k: v for k, v in theirs.items() if k != "branches"}
-        if a != b:
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise ConfigError(f"'{out}' holds a run with a different config (differs in: {', '.join(diff)}); "
-                              "use another --out or the original config")
+    if not cfg_file.is_file():
+        return
+    theirs_raw = json.loads(cfg_file.read_text())
+    try:  # written by an older qrobust: compare with today's defaults filled in
+        theirs = TrainConfig.model_validate(theirs_raw)
+    except Exception:
+        theirs = None
+    a = _identity(cfg)
+    b = _identity(theirs) if theirs is not None else {k: v for k, v in theirs_raw.items() if k != "branches"}
+    if a.get("batch_size") != b.get("batch_size"):
+        raise ConfigError(f"'{out}' holds a run with global batch_size {b.get('batch_size')}, not {cfg.batch_size}; "
+                          "a run resumes only with the same global batch (micro_batch_size, grad_accum and the "
+                          "number of processes may change): use batch_size " f"{b.get('batch_size')} or another --out")
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ConfigError(f"'{out}' holds a run with a different config (differs in: {', '.join(diff)}); "
+                          "use another --out or the original config")
 
 
 def _record_config(cfg: TrainConfig, out: Path) -> None:
@@ -325,38 +287,58 @@ def step_memory_bytes(config, batch_size: int, seq_len: int) -> int:
     return batch_size * seq_len * (4 * per_token + 16)
 
 
-def _check_memory(cfg: TrainConfig, vocab_size: int) -> None:
-    """Refuse a batch whose training step cannot fit in host memory before spending minutes on it."""
+def _check_memory(cfg: TrainConfig, vocab_size: int, rt: Runtime) -> None:
+    """Refuse a micro batch whose training step cannot fit in host memory before spending minutes on it."""
+    if rt.device.type != "cpu":
+        return
     _, config = model_config(cfg.model.arch, cfg.model.preset, vocab_size, cfg.data.seq_len, cfg.model.overrides)
-    need = step_memory_bytes(config, cfg.batch_size, cfg.data.seq_len)
+    micro = batch_layout(cfg, rt.world.size).micro
+    need = step_memory_bytes(config, micro, cfg.data.seq_len) * rt.world.local_size
     free = host_available_bytes()
     if need > free:
-        raise ConfigError(f"batch_size {cfg.batch_size} needs at least {need:,} bytes ({need / 2**30:.1f} GiB) for one "
+        what = "batch_size" if micro == cfg.batch_size else "micro_batch_size"
+        raise ConfigError(f"{what} {micro} needs at least {need:,} bytes ({need / 2**30:.1f} GiB) for one "
                           f"training step (seq_len {cfg.data.seq_len}, vocab {vocab_size}), but {free:,} bytes "
-                          f"({free / 2**30:.1f} GiB) of memory are available; lower batch_size")
+                          f"({free / 2**30:.1f} GiB) of memory are available; lower {what}")
+
+
+def _prepare(cfg: TrainConfig, out: Path, rt: Runtime, trust_remote_code: bool) -> TrainingData:
+    """Checks, leftovers, data (rank 0 tokenizes first, the others read its cache), the recorded config."""
+    check_out_folder(cfg, out)
+    if rt.is_main:  # half-written checkpoint folders / files of a killed run (never a live writer's)
+        clean_leftovers(out, recursive=False)
+        clean_leftovers(out / "checkpoints")
+    _check_branches(cfg, main_schedule(cfg))
+    if rt.is_main:
+        data = prepare_training(cfg.data, out / "data", trust_remote_code)
+    rt.barrier()
+    if not rt.is_main:
+        data = prepare_training(cfg.data, out / "data", trust_remote_code)
+    _check_memory(cfg, len(data.tokenizer), rt)
+    if rt.is_main:
+        _record_config(cfg, out)
+    return data
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None,
           trust_remote_code: bool = False) -> Trajectory:
     """Train the main run and its cooldown branches; resume whatever was already done in ``cfg.out``.
-    ``trust_remote_code``: allow the Python code of a tokenizer folder (``data.tokenizer``); it is a
-    permission, not a setting of the run, so it is not part of the config."""
+    Under ``torchrun`` every process calls this; rank 0 writes. ``trust_remote_code``: allow the Python code of
+    a tokenizer folder (``data.tokenizer``); it is a permission, not a setting of the run."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    _check_out(cfg, out)
-    # half-written checkpoint folders / files of a killed run (never a live writer's)
-    clean_leftovers(out, recursive=False)
-    clean_leftovers(out / "checkpoints")
-    sched = main_schedule(cfg)
-    _check_branches(cfg, sched)
-    data = prepare_training(cfg.data, out / "data", trust_remote_code)
-    _check_memory(cfg, len(data.tokenizer))
-    _record_config(cfg, out)
-    trainer = _Trainer(cfg, out, data, _Batches(data.blocks, cfg.batch_size, cfg.seed), progress, on_step)
-    trainer.segment("main", sched, None, 0, cfg.steps)
-    for b in cfg.branches:
-        bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
-        trainer.segment(b.run_name, bs, _ckpt_dir(out, "main", b.from_step), b.from_step, b.from_step + b.decay_steps)
-    return write_manifest(cfg, out, sched, trainer.tokens_per_step)
-
+    rt = start_runtime(cfg)
+    try:
+        data = _prepare(cfg, out, rt, trust_remote_code)
+        sched = main_schedule(cfg)
+        trainer = _Trainer(cfg, out, data, GlobalBatches(data.blocks, cfg.batch_size, cfg.seed), rt, progress, on_step)
+        trainer.segment("main", sched, None, 0, cfg.steps)
+        for b in cfg.branches:
+            bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
+            trainer.segment(b.run_name, bs, ckpt_dir(out, "main", b.from_step), b.from_step,
+                            b.from_step + b.decay_steps)
+        rt.barrier()
+        return write_manifest(cfg, out, sched, trainer.tokens_per_step) if rt.is_main else load_trajectory(out)
+    finally:
+        stop_runtime(rt)

@@ -27,11 +27,18 @@ def validated(cls: type[C], config: Any, overrides: dict[str, Any], what: str) -
     return parse_config(cls, {**data, **overrides}, what)
 
 
-def train(config: Any, progress: bool = True, trust_remote_code: bool = False, **overrides: Any) -> Trajectory:
-    """Train the run (and its branches) of ``config``; resumes where an earlier call stopped."""
+def train(config: Any, progress: bool = True, trust_remote_code: bool = False, nproc: int | None = None,
+          torchrun_flags: list[str] | None = None, **overrides: Any) -> Trajectory:
+    """Train the run (and its branches) of ``config``; resumes where an earlier call stopped. ``nproc``: launch
+    that many torchrun workers per node (``torchrun_flags``: its multi-node flags) and wait for them."""
     from ..training.loop import train as train_run
-    return train_run(validated(TrainConfig, config, overrides, "train config"), progress=progress,
-                     trust_remote_code=trust_remote_code)
+    cfg = validated(TrainConfig, config, overrides, "train config")
+    if nproc is None:
+        return train_run(cfg, progress=progress, trust_remote_code=trust_remote_code)
+    from ..training.launch import launch
+    from ..trajectory import load_trajectory
+    launch(cfg, nproc, list(torchrun_flags or []), progress, trust_remote_code)
+    return load_trajectory(cfg.out)
 
 
 def sweep_config(config: Any, **overrides: Any) -> SweepConfig:
