@@ -107,6 +107,8 @@ def full_optimizer_state(base: nn.Module, opt: torch.optim.Optimizer, rt: Runtim
         return opt.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     sd = get_optimizer_state_dict(base, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not sd:  # with cpu_offload only rank 0 receives the whole state
+        return {"state": {}, "param_groups": []}
     index = {n: i for i, n in enumerate(param_names(base, opt))}
     groups = [{**g, "params": [index[n] for n in g["params"]]} for g in sd["param_groups"]]
     return {"state": {index[n]: st for n, st in sd["state"].items()}, "param_groups": groups}
