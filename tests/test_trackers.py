@@ -6,12 +6,13 @@ import glob
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from qrobust.errors import ConfigError, QrobustError, WriteError
-from qrobust.training.trackers import (TRACKERS, TrackerContext, events_dir, log_path, open_trackers, run_id,
+from qrobust.training.trackers import (TRACKERS, TrackerContext, check_trackers, events_dir, log_path, open_trackers, run_id,
                                        series_name, wandb_mode)
 
 STEPS = [(s, {"loss": 10.0 / s, "lr": 1e-3 * s}) for s in range(1, 11)]
@@ -36,6 +37,9 @@ def test_unknown_tracker_is_one_line_listing_the_known_ones_and_creates_nothing(
         open_trackers(["jsonl", "mlflow"], ctx_for(tmp_path))
     assert str(e.value) == "unknown tracker 'mlflow'; known: jsonl, tensorboard, wandb"
     assert not (tmp_path / "logs").exists()
+    check_trackers(["jsonl", "tensorboard", "wandb"])
+    with pytest.raises(ConfigError, match="unknown tracker 'tb'"):
+        check_trackers(["jsonl", "tb"])
 
 
 @pytest.mark.parametrize("name, module", [("wandb", "wandb"), ("tensorboard", "torch.utils.tensorboard")])
@@ -134,8 +138,9 @@ def test_jsonl_full_disk_is_one_write_error_naming_the_log(tmp_path):
         t.flush()
     assert str(e.value).startswith(f"cannot write training log '{log_path(ctx_for(tmp_path))}'")
     assert "free space" in str(e.value) and "\n" not in str(e.value)
-    jsonl.file = open(log_path(ctx_for(tmp_path)), "a")
-    t.close()
+    with pytest.raises(WriteError):
+        t.close()  # the same one line, and the file is closed all the same
+    assert jsonl.file.closed
 
 
 # --- tensorboard --------------------------------------------------------------------------------------
@@ -247,3 +252,15 @@ def test_wandb_mode_follows_credentials_and_never_asks_for_them(tmp_path):
     assert wandb_mode({"NETRC": str(netrc), "WANDB_MODE": "disabled"}) == "disabled"
     with pytest.raises(QrobustError, match="WANDB_MODE=online but no wandb credentials"):
         wandb_mode({"NETRC": none, "WANDB_MODE": "online"})
+
+
+def test_wandb_resumed_run_continues_the_same_run_id(tmp_path, no_wandb_login):
+    log_steps(["wandb"], ctx_for(tmp_path), STEPS[:3])
+    time.sleep(1.0)  # wandb names offline folders by the second
+    log_steps(["wandb"], ctx_for(tmp_path, resume_step=2), STEPS[2:5])
+    runs = sorted(glob.glob(str(tmp_path / "logs" / "wandb" / "wandb" / "offline-run-*")))
+    assert len(runs) == 2 and all(r.endswith(f"-{run_id(tmp_path, 'main')}") for r in runs)
+    records = wandb_records(Path(runs[-1]) / f"run-{run_id(tmp_path, 'main')}.wandb")
+    steps = [json.loads(i.value_json) for r in records if r.WhichOneof("record_type") == "history"
+             for i in r.history.item if item_key(i) == "_step"]
+    assert steps == [3, 4, 5]

@@ -118,6 +118,12 @@ class FanOut:
         self.close()
 
 
+def check_trackers(names: Sequence[str]) -> None:
+    """Fail early (before any data is prepared) on an unknown tracker name: one line listing the known ones."""
+    for name in names:
+        TRACKERS.lookup(name)
+
+
 def open_trackers(names: Sequence[str], ctx: TrackerContext) -> FanOut:
     """Open the trackers named in ``names`` (each once, in order) for the run in ``ctx``.
 

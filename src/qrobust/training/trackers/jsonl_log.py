@@ -6,6 +6,7 @@ uninterrupted one's. A failed write is one :class:`~qrobust.errors.WriteError` n
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,7 +72,8 @@ class JsonlTracker:
         try:
             self._write(None)
         finally:
-            self.file.close()
+            with contextlib.suppress(OSError):  # a failed flush was raised above as a WriteError
+                self.file.close()
 
 
 def _error(exc: OSError, path: Path) -> BaseException:

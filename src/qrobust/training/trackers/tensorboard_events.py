@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from ...errors import write_error
 from .base import TrackerContext, missing_package, present, register_tracker, series_name
 
 
@@ -26,7 +27,10 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise missing_package("tensorboard", "tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(folder), purge_step=resume_step + 1)
+        try:
+            self.writer = SummaryWriter(log_dir=str(folder), purge_step=resume_step + 1)
+        except OSError as e:
+            raise (write_error(e, folder, "TensorBoard events") or e) from None
 
     def log(self, step: int, metrics: Mapping[str, float | None]) -> None:
         for key, value in present(metrics).items():
