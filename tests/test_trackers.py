@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from qrobust.errors import ConfigError, QrobustError, WriteError
-from qrobust.training.trackers import (TRACKERS, TrackerContext, check_trackers, events_dir, log_path, open_trackers, run_id,
-                                       series_name, wandb_mode)
+from qrobust.training.trackers import (TRACKERS, TrackerContext, check_trackers, events_dir, log_path,
+                                       open_trackers, run_id, series_name, wandb_mode)
 
 STEPS = [(s, {"loss": 10.0 / s, "lr": 1e-3 * s}) for s in range(1, 11)]
 
