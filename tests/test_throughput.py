@@ -6,7 +6,7 @@ import pytest
 
 import qrobust.training.throughput as throughput_module
 from qrobust.training.progress import format_postfix, short_count
-from qrobust.training.throughput import Throughput
+from qrobust.training.throughput import TIMING_KEYS, Throughput
 
 
 def test_first_step_is_warm_up_and_left_out():
@@ -20,6 +20,7 @@ def test_first_step_is_warm_up_and_left_out():
     # 4000 tok/s × 6e6 FLOP/tok = 2.4e10 FLOP/s of 2 × 1e12 peak
     assert meter.mfu == pytest.approx(0.012)
     assert meter.metrics() == pytest.approx({"tokens_per_s": 4000.0, "mfu": 0.012})
+    assert set(meter.metrics()) == set(TIMING_KEYS)
 
 
 def test_window_keeps_only_the_recent_steps_and_summary_keeps_all():

@@ -13,6 +13,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
+# the metrics that depend on wall time: a resumed run's step log equals an uninterrupted one's without them
+TIMING_KEYS = ("tokens_per_s", "mfu")
+
 
 class Throughput:
     """Meter fed once per optimizer step with the step's global token count and its wall time.
@@ -67,7 +70,7 @@ class Throughput:
 
     def metrics(self) -> dict[str, float]:
         """``{"tokens_per_s": ..., "mfu": ...}`` for the step log; each key only when it has a value."""
-        out = {"tokens_per_s": self.tokens_per_s, "mfu": self.mfu}
+        out = dict(zip(TIMING_KEYS, (self.tokens_per_s, self.mfu)))
         return {k: v for k, v in out.items() if v is not None}
 
     def summary(self) -> dict[str, float]:
