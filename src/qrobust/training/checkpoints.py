@@ -71,6 +71,8 @@ def write_manifest(cfg: TrainConfig, out: Path, sched: Schedule, tokens_per_step
             if not p.name.startswith("step-") or not st_file.is_file():
                 continue
             st = json.loads(st_file.read_text())
+            if st.get("throughput"):  # the latest checkpoint's figures stand for the run
+                runs[run]["throughput"] = st["throughput"]
             cks.append(Checkpoint(name=f"{run}/{p.name}", path=str(p.resolve()), step=st["step"],
                                   tokens=st["tokens"], lr=st["lr"], phase=st["phase"], run=run,
                                   parent=runs[run]["parent"], parent_step=runs[run]["from_step"]))

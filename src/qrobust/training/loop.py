@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,12 +20,11 @@ from tqdm.auto import tqdm
 
 from ..config import EXECUTION_FIELDS, TrainConfig
 from ..data.prepare import TrainingData, prepare_training
-from ..errors import ConfigError, QrobustError, write_error
+from ..errors import ConfigError, QrobustError
 from ..io.atomic import write_text
 from ..io.files import MASTER_FILE, OPTIMIZER_FILE, STATE_FILE
 from ..leftovers import clean as clean_leftovers
 from ..models import build_model, load_checkpoint, model_config
-from ..names import safe_name
 from ..quant.pipelines.streamed.hidden_states import host_available_bytes
 from ..trajectory import Trajectory, load_trajectory
 from .averages import RunningAverages
@@ -39,6 +37,9 @@ from .saving import CheckpointWriter, TrainedState
 from .schedule import Schedule
 from .state import read_optimizer_state
 from .step import StepResult, optimizer_step
+from .throughput import Throughput
+from .progress import format_postfix
+from .trackers import FanOut, TrackerContext, check_trackers, open_trackers
 
 
 def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
@@ -87,6 +88,7 @@ class _Trainer:
     def __post_init__(self) -> None:
         self.layout = batch_layout(self.cfg, self.rt.world.size)
         self.writer = CheckpointWriter(self.cfg, self.out, self.data.tokenizer, self.rt)
+        self.flops_per_token = 1.0  # replaced by the architecture's count below
 
     @property
     def tokens_per_step(self) -> int:
@@ -123,7 +125,8 @@ class _Trainer:
             if avgs:
                 avgs.restore(start_dir, state.get("averaging"))
                 avgs.relayout(list(base.parameters()), like)
-        return _Segment(wrapped, TrainedState(base, host, opt, avgs, precision, None),
+        meter = Throughput(self.flops_per_token, None, rt.world.size)
+        return _Segment(wrapped, TrainedState(base, host, opt, avgs, precision, meter, None),
                         state["step"] if state is not None else first_step)
 
     def segment(self, run: str, sched: Schedule, start_dir: Path | None, first_step: int, last_step: int) -> None:
@@ -137,15 +140,13 @@ class _Trainer:
             g["lr"] = sched.lr(step)
             g["initial_lr"] = cfg.optim.lr
         seg.wrapped.train()
-        log = StepLog(self.out / "logs" / f"{safe_name(run, 'run name')}.jsonl", step, rt.is_main)
         bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not (self.progress and rt.is_main), leave=False)
-        meter = Throughput(self.tokens_per_step)
-        with log:
+        with self._trackers(run, step) as trackers:
             while step < last_step:
                 lr = sched.lr(step)
                 for g in ts.opt.param_groups:
                     g["lr"] = lr
-                res = self._step(seg, step, meter)
+                res = self._step(seg, step)
                 if not math.isfinite(res.loss):
                     raise QrobustError(f"training diverged at step {step} of run '{run}' (loss {res.loss}); "
                                        "lower optim.lr or raise warmup_steps")
@@ -153,96 +154,27 @@ class _Trainer:
                 if ts.avgs:
                     ts.avgs.update(ts.base, step)
                 ts.ema_loss = res.loss if ts.ema_loss is None else 0.9 * ts.ema_loss + 0.1 * res.loss
-                log.write({"step": step, "loss": res.loss, "lr": lr})
+                trackers.log(step, {"loss": res.loss, "lr": lr, "grad_norm": res.grad_norm,
+                                    "tokens": step * self.tokens_per_step, **ts.meter.metrics()})
                 bar.update(1)
-                bar.set_postfix(loss=f"{ts.ema_loss:.3f}", lr=f"{lr:.2e}", **meter.postfix())
+                bar.set_postfix(format_postfix({"loss": ts.ema_loss, "lr": lr, **ts.meter.metrics()}))
                 if step % cfg.checkpoint_every == 0 or step == last_step:
-                    log.flush()
+                    trackers.flush()
                     self.writer.save(run, sched, step, ts)
                 if self.on_step is not None:
                     self.on_step(run, step)
         bar.close()
 
-    def _step(self, seg: _Segment, step: int, meter: "Throughput") -> StepResult:
-        t0 = time.perf_counter()
-        micro = [x.to(self.rt.device) for x in self.batches.micro_batches(step, self.layout, self.rt.world.rank)]
-        res = optimizer_step(seg.wrapped, seg.state.opt, micro, seg.state.precision, self.rt, self.cfg.optim.grad_clip)
-        meter.step(time.perf_counter() - t0)
-        return res
+    def _trackers(self, run: str, step: int) -> FanOut:
+        """The configured trackers on rank 0 (the others log nothing)."""
+        ctx = TrackerContext(self.out, run, self.cfg.name, self.cfg.model_dump(mode="json"), resume_step=step)
+        return open_trackers(self.cfg.logging if self.rt.is_main else [], ctx)
 
-
-class StepLog:
-    """The step log ``logs/<run>.jsonl`` (rank 0 only), cut back to the resume step so that a resumed run's log
-    equals an uninterrupted one's."""
-
-    def __init__(self, path: Path, step: int, enabled: bool):
-        self.path, self.enabled, self._f = path, enabled, None
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _truncate_log(path, step)
-
-    def __enter__(self) -> "StepLog":
-        if self.enabled:
-            self._f = self.path.open("a")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._f is not None:
-            self._f.close()
-
-    def write(self, metrics: dict) -> None:
-        if self._f is not None:
-            _log_write(self._f, self.path, json.dumps(metrics) + "\n")
-
-    def flush(self) -> None:
-        if self._f is not None:
-            _log_write(self._f, self.path, None)
-
-
-class Throughput:
-    """Tokens per second over the last 20 steps (the first step, which warms up or compiles, is left out)."""
-
-    def __init__(self, tokens_per_step: int, window: int = 20):
-        self.tokens_per_step, self.window, self.times, self.seen = tokens_per_step, window, [], 0
-
-    def step(self, seconds: float) -> None:
-        self.seen += 1
-        if self.seen > 1:
-            self.times = (self.times + [seconds])[-self.window:]
-
-    def tokens_per_s(self) -> float | None:
-        return self.tokens_per_step * len(self.times) / sum(self.times) if self.times else None
-
-    def postfix(self) -> dict[str, str]:
-        t = self.tokens_per_s()
-        return {} if t is None else {"tok/s": f"{t:,.0f}"}
-
-
-def _log_write(logf, log: Path, line: str | None) -> None:
-    """Append a line to the step log (None: flush it); a full disk is one WriteError naming the log."""
-    try:
-        if line is None:
-            logf.flush()
-        else:
-            logf.write(line)
-    except OSError as e:
-        raise write_error(e, log, "training log") from None
-
-
-def _log_step(line: str) -> int | None:
-    """The step of one log line; None for a line cut short by a kill or a full disk."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _truncate_log(log: Path, step: int) -> None:
-    """Drop log lines past the resume point (and torn lines) so a resumed run's log equals an uninterrupted one's."""
-    if not log.exists():
-        return
-    keep = [ln for ln in log.read_text().splitlines() if (s := _log_step(ln)) is not None and s <= step]
-    write_text(log, "".join(k + "\n" for k in keep), "training log")
+    def _step(self, seg: _Segment, step: int) -> StepResult:
+        with seg.state.meter.measure(self.tokens_per_step):  # ends after the loss reached the host
+            micro = [x.to(self.rt.device) for x in self.batches.micro_batches(step, self.layout, self.rt.world.rank)]
+            return optimizer_step(seg.wrapped, seg.state.opt, micro, seg.state.precision, self.rt,
+                                  self.cfg.optim.grad_clip)
 
 
 def _identity(cfg: TrainConfig) -> dict:
@@ -309,6 +241,7 @@ def _prepare(cfg: TrainConfig, out: Path, rt: Runtime, trust_remote_code: bool) 
         clean_leftovers(out, recursive=False)
         clean_leftovers(out / "checkpoints")
     _check_branches(cfg, main_schedule(cfg))
+    check_trackers(cfg.logging)
     if rt.is_main:
         data = prepare_training(cfg.data, out / "data", trust_remote_code)
     rt.barrier()

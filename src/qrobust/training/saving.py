@@ -25,6 +25,7 @@ from .parallel import full_optimizer_state, gather_weights, to_full
 from .precision import Precision
 from .runtime import Runtime
 from .schedule import Schedule
+from .throughput import Throughput
 from .state import flatten_optimizer_state
 
 
@@ -37,6 +38,7 @@ class TrainedState:
     opt: torch.optim.Optimizer
     avgs: RunningAverages
     precision: Precision
+    meter: Throughput
     ema_loss: float | None
 
 
@@ -59,6 +61,9 @@ class CheckpointWriter:
                  "phase": sched.phase(prev), "samples_seen": step * self.cfg.batch_size,
                  "train_loss_ema": ts.ema_loss, "optimizer_groups": _jsonable_groups(groups),
                  "schedule": sched.to_dict(), "data": self.cfg.data.model_dump(), "time": time.time()}
+        throughput = {k: v for k, v in ts.meter.summary().items() if v is not None}
+        if throughput.get("tokens"):  # how fast this segment ran (wall time: never compared on resume)
+            state["throughput"] = throughput
         if ts.precision.state() is not None:
             state["grad_scaler"] = ts.precision.state()
         return state
