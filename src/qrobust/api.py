@@ -35,6 +35,21 @@ def train(config: TrainConfig | dict | str | Path | None = None, progress: bool 
     return steps.train(config, progress=progress, trust_remote_code=trust_remote_code, **kwargs)
 
 
+def prepare_shards(corpus: str, out: str | Path, num_proc: int = 1, progress: bool = True,
+                   trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+    """Tokenize a corpus spec into memory-mapped token shards in ``out`` (``qrobust data prepare``) and return
+    the manifest; train from them with ``data.shards: OUT``.
+
+    ``options``: ``field``, ``max_chars``, ``tokenizer`` ("bpe", "byte" or a folder), ``vocab_size``,
+    ``tokenizer_chars``, ``val_fraction``, ``seed``, ``shard_tokens`` (defaults: the training data config's,
+    so the same settings give the same token streams). Re-running resumes; a folder made with other
+    settings is refused."""
+    from .data.shard_format import shard_settings
+    from .data.shard_writer import write_shards
+    return write_shards(shard_settings(corpus, **options), out, num_proc=num_proc, progress=progress,
+                        trust_remote_code=trust_remote_code)
+
+
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:
     """The validated sweep config (a bad key, type or method option is one ConfigError)."""
     return steps.sweep_config(config, **kwargs)
