@@ -74,12 +74,15 @@ def _check_folder(out: Path, settings: ShardSettings) -> dict[str, Any] | None:
         return None
     try:
         had = json.loads(s.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        if not isinstance(had, dict):
+            raise ValueError(s)
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
         raise DataError(f"'{s}' is damaged (not JSON); delete the folder '{out}' and re-run") from None
-    if had != settings.as_dict():
-        diff = sorted(k for k in set(had) | set(settings.as_dict()) if had.get(k) != settings.as_dict().get(k))
-        raise DataError(f"'{out}' holds shards made with other settings ({', '.join(diff)} differ); "
-                        "choose another --out, or delete that folder to rewrite it")
+    now = settings.as_dict()
+    if had != now:
+        k = min(k for k in set(had) | set(now) if had.get(k) != now.get(k))
+        raise DataError(f"'{out}' holds shards made with other settings ({k} {had.get(k)!r} there, {now.get(k)!r} "
+                        "asked); choose another --out, or delete that folder to rewrite it")
     return read_manifest(out) if (out / MANIFEST).is_file() else None
 
 
