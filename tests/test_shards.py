@@ -201,3 +201,15 @@ def test_cli_data_prepare_and_its_errors(tmp_path, capsys):
     assert "is empty" in err and len(err.strip().splitlines()) == 1
     assert main(["data", "prepare", "nosuch:thing", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "corpus path not found" in capsys.readouterr().err
+
+
+def test_synthetic_shard_helper_writes_a_readable_folder(tmp_path):
+    from shard_helpers import write_synthetic_shards
+    m = write_synthetic_shards(tmp_path / "syn", n_train=10_000, n_val=500, file_tokens=3_000, doc_tokens=700)
+    sh = open_shards(tmp_path / "syn")
+    assert [f["n_tokens"] for f in m["splits"]["train"]["files"]] == [3000, 3000, 3000, 1000]
+    assert m["splits"]["train"]["n_documents"] == 5 + 5 + 5 + 2  # ceil(3000 / 700) per full file, ceil(1000/700)
+    files = [np.fromfile(tmp_path / "syn" / f["tokens"], dtype=np.uint16) for f in m["splits"]["train"]["files"]]
+    whole = torch.from_numpy(np.concatenate(files).astype(np.int64))
+    assert torch.equal(sh.train_blocks(128).take(range(78)), pack_blocks(whole, 128))  # 10000 // 128 = 78
+    assert sh.val_tokens().numel() == 500 and int(sh.val_tokens().max()) < 257

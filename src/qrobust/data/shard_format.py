@@ -107,3 +107,20 @@ def shard_settings(corpus: str, **options: Any) -> ShardSettings:
     if unknown:
         raise DataError(f"unknown shard option '{unknown[0]}'; known: {', '.join(sorted(known))}")
     return ShardSettings(corpus=corpus, **options)
+
+
+def build_manifest(settings: ShardSettings, tokenizer: dict[str, Any], splits: dict[str, dict[str, Any]]) -> dict:
+    """The manifest of a complete folder; ``tokenizer``: fingerprint, vocab_size, eos_id; ``splits``: per split
+    its ``files`` (tokens, index, n_tokens, n_documents) and totals."""
+    return {"format": FORMAT, "dtype": token_dtype(tokenizer["vocab_size"]).name,
+            "tokenizer": {**tokenizer, "folder": TOKENIZER_DIR},
+            "corpus": settings.corpus, "val_fraction": settings.val_fraction, "seed": settings.seed,
+            "settings": settings.as_dict(), "splits": splits,
+            "n_tokens": sum(s["n_tokens"] for s in splits.values()),
+            "n_documents": sum(s["n_documents"] for s in splits.values())}
+
+
+def split_entry(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """A split's manifest entry from its files' entries."""
+    return {"files": files, "n_tokens": sum(f["n_tokens"] for f in files),
+            "n_documents": sum(f["n_documents"] for f in files)}

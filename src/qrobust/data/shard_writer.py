@@ -20,8 +20,8 @@ from ..errors import DataError
 from ..io.atomic import atomic_dir, atomic_file, write_text
 from .blocks import split_documents
 from .corpus import cap_documents, load_documents
-from .shard_format import (FORMAT, MANIFEST, SETTINGS, TOKENIZER_DIR, ShardSettings, index_file, read_manifest,
-                           token_dtype, token_file)
+from .shard_format import (MANIFEST, SETTINGS, TOKENIZER_DIR, ShardSettings, build_manifest, index_file,
+                           read_manifest, split_entry, token_dtype, token_file)
 from .tokenizer import build_tokenizer, load_tokenizer, tokenizer_fingerprint
 
 WINDOW_CHARS = 1 << 25  # characters encoded per ``map`` call: bounds the memory of the encoded window
@@ -172,8 +172,7 @@ def _write_split(out: Path, split: str, docs: list[str], tokenizer: Any, setting
     w.flush()
     files = [{"tokens": token_file(out, split, k).name, "index": index_file(out, split, k).name,
               "n_tokens": int(idx[-1]), "n_documents": len(idx) - 1} for k, idx in enumerate(w.files)]
-    return {"files": files, "n_tokens": sum(f["n_tokens"] for f in files),
-            "n_documents": sum(f["n_documents"] for f in files)}
+    return split_entry(files)
 
 
 def write_shards(settings: ShardSettings, out: str | Path, num_proc: int = 1, progress: bool = True,
@@ -199,12 +198,7 @@ def write_shards(settings: ShardSettings, out: str | Path, num_proc: int = 1, pr
     with tqdm(total=len(docs), unit="doc", desc=f"shards {out.name}", disable=not progress) as bar:
         for split, split_docs in (("train", train_docs), ("val", val_docs)):
             splits[split] = _write_split(out, split, split_docs, tok, settings, num_proc, bar)
-    manifest = {"format": FORMAT, "dtype": token_dtype(len(tok)).name,
-                "tokenizer": {"fingerprint": tokenizer_fingerprint(out / TOKENIZER_DIR), "vocab_size": len(tok),
-                              "eos_id": tok.eos_token_id, "folder": TOKENIZER_DIR},
-                "corpus": settings.corpus, "val_fraction": settings.val_fraction, "seed": settings.seed,
-                "settings": settings.as_dict(), "splits": splits,
-                "n_tokens": sum(s["n_tokens"] for s in splits.values()),
-                "n_documents": sum(s["n_documents"] for s in splits.values())}
+    manifest = build_manifest(settings, {"fingerprint": tokenizer_fingerprint(out / TOKENIZER_DIR),
+                                         "vocab_size": len(tok), "eos_id": tok.eos_token_id}, splits)
     write_text(out / MANIFEST, json.dumps(manifest, indent=1), "shard manifest")
     return manifest
