@@ -90,7 +90,7 @@ def test_one_file_and_many_files_give_the_same_blocks(one, many, builtin_ref):
 def test_reader_opens_only_the_files_it_reads(many):
     blocks = open_shards(many).train_blocks(32)
     blocks.take([0, 1])
-    assert set(blocks.stream._maps) == {0}  # lazily: one memmap, nothing loaded
+    assert blocks.stream.opened == [0]  # lazily: one file opened, nothing loaded
     with pytest.raises(IndexError):
         blocks.take([len(blocks)])
 

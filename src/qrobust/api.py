@@ -9,6 +9,7 @@ from typing import Any
 from .averaging.run import AverageOptions
 from .config import SweepConfig, TrainConfig, parse_config
 from .data.checkpoint_blocks import calib_blocks, eval_blocks
+from .data.shards import TokenShards, open_shards
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
@@ -167,5 +168,6 @@ __all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "
            "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss",
            "degradation", "eval_blocks", "load_checkpoint", "load_trajectory", "LossResult", "QuantResult",
            "QuantSpec", "SweepSummary", "Trajectory", "quantize_checkpoint", "evaluate_checkpoint", "quant_spec",
+           "prepare_shards", "open_shards", "TokenShards",
            "results_text", "trajectory_text", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
            "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions"]
