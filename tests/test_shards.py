@@ -115,6 +115,17 @@ def test_text_corpus_with_byte_tokenizer_equals_in_memory(tmp_path):
         sum(len(p.encode()) + 1 for p in paras)
 
 
+def test_jsonl_corpus_with_a_field_equals_in_memory(tmp_path):
+    rows = [{"body": f"record {i} " + "words and more words " * (i % 5 + 1), "id": i} for i in range(30)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps(r) for r in rows))
+    write_shards(shard_settings(f"jsonl:{corpus}", field="body", vocab_size=270, shard_tokens=200), tmp_path / "s",
+                 num_proc=2, progress=False)
+    ref = prepare_data(DataConfig(corpus=f"jsonl:{corpus}", field="body", vocab_size=270))
+    sh = open_shards(tmp_path / "s")
+    assert torch.equal(_stream(sh, "train"), ref.train) and torch.equal(_stream(sh, "val"), ref.val)
+
+
 def test_token_dtype_widens_past_65536():
     assert token_dtype(65536) == np.uint16 and token_dtype(65537) == np.uint32
 
@@ -153,6 +164,7 @@ def test_full_disk_is_one_line_leaves_no_half_file_and_a_rerun_completes(many, t
         write_shards(settings, out, progress=False)
     msg = str(e.value)
     assert "\n" not in msg and "No space left on device" in msg and "train-00002.bin" in msg
+    assert "re-run the same 'qrobust data prepare'" in msg
     left = sorted(p.name for p in out.iterdir())
     assert not [n for n in left if n.startswith(".")] and "train-00002.bin" not in left and "manifest.json" not in left
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 
 from .. import leftovers
-from ..errors import DataError
+from ..errors import DataError, WriteError
 from ..io.atomic import atomic_dir, atomic_file, write_text
 from .blocks import split_documents
 from .corpus import cap_documents, load_documents
@@ -115,13 +115,16 @@ def _complete_files(out: Path, split: str, dtype: np.dtype) -> list[np.ndarray]:
 def _write_file(out: Path, split: str, k: int, parts: list[np.ndarray], lens: list[np.ndarray],
                 dtype: np.dtype) -> np.ndarray:
     """Token file ``k`` of ``split`` from its parts, then its index: each appears whole or not at all."""
-    path = token_file(out, split, k)
-    with atomic_file(path, "token shard") as tmp, open(tmp, "wb") as f:
-        for part in parts:
-            write_tokens(f, part.astype(dtype))
     idx = np.concatenate([[0], np.cumsum(np.concatenate(lens))]).astype(np.uint64)
-    with atomic_file(index_file(out, split, k), "token shard index") as tmp, open(tmp, "wb") as f:
-        np.save(f, idx)
+    try:
+        with atomic_file(token_file(out, split, k), "token shard") as tmp, open(tmp, "wb") as f:
+            for part in parts:
+                write_tokens(f, part.astype(dtype))
+        with atomic_file(index_file(out, split, k), "token shard index") as tmp, open(tmp, "wb") as f:
+            np.save(f, idx)
+    except WriteError as e:  # the same line, with how this writer resumes
+        raise WriteError(f"{str(e).split('; ')[0]}; free space (or fix the cause) and re-run the same 'qrobust data "
+                         "prepare': complete shard files are kept", e.errno, e.strerror, e.filename) from None
     return idx
 
 
