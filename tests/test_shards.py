@@ -210,7 +210,7 @@ def test_cli_data_prepare_and_its_errors(tmp_path, capsys):
     (tmp_path / "blank.txt").write_text("\n\n  \n")
     assert main(["data", "prepare", f"text:{tmp_path / 'blank.txt'}", "--out", str(tmp_path / "b"), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "is empty" in err and len(err.strip().splitlines()) == 1
+    assert "is empty" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
     assert main(["data", "prepare", "nosuch:thing", "--out", str(tmp_path / "c"), "--quiet"]) == 2
     assert "corpus path not found" in capsys.readouterr().err
 

@@ -188,10 +188,10 @@ def write_shards(settings: ShardSettings, out: str | Path, num_proc: int = 1, pr
     done = _check_folder(out, settings)
     if done is not None:
         return done
-    out.mkdir(parents=True, exist_ok=True)
-    leftovers.clean(out, recursive=False)
     docs = load_documents(settings.corpus, field=settings.field, max_chars=settings.max_chars)
     train_docs, val_docs = split_documents(docs, settings.val_fraction, settings.seed)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a bad corpus leaves no folder behind
+    leftovers.clean(out, recursive=False)
     if not (out / SETTINGS).is_file():
         write_text(out / SETTINGS, json.dumps(settings.as_dict(), indent=1), "shard settings")
     if num_proc > 1:
