@@ -9,6 +9,7 @@ from typing import Any
 from .averaging.run import AverageOptions
 from .config import SweepConfig, TrainConfig, parse_config
 from .data.checkpoint_blocks import calib_blocks, eval_blocks
+from .data.shards import TokenShards, open_shards
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
 from .quant import QuantResult, QuantSpec, quantize, quantized
@@ -37,6 +38,21 @@ def train(config: TrainConfig | dict | str | Path | None = None, progress: bool 
     """
     return steps.train(config, progress=progress, trust_remote_code=trust_remote_code, nproc=nproc,
                        torchrun_flags=torchrun_flags, **kwargs)
+
+
+def prepare_shards(corpus: str, out: str | Path, num_proc: int = 1, progress: bool = True,
+                   trust_remote_code: bool = False, **options: Any) -> dict[str, Any]:
+    """Tokenize a corpus spec into memory-mapped token shards in ``out`` (``qrobust data prepare``) and return
+    the manifest; train from them with ``data.shards: OUT``.
+
+    ``options``: ``field``, ``max_chars``, ``tokenizer`` ("bpe", "byte" or a folder), ``vocab_size``,
+    ``tokenizer_chars``, ``val_fraction``, ``seed``, ``shard_tokens`` (defaults: the training data config's,
+    so the same settings give the same token streams). Re-running resumes; a folder made with other
+    settings is refused."""
+    from .data.shard_format import shard_settings
+    from .data.shard_writer import write_shards
+    return write_shards(shard_settings(corpus, **options), out, num_proc=num_proc, progress=progress,
+                        trust_remote_code=trust_remote_code)
 
 
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:
@@ -156,5 +172,6 @@ __all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "
            "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss",
            "degradation", "eval_blocks", "load_checkpoint", "load_trajectory", "LossResult", "QuantResult",
            "QuantSpec", "SweepSummary", "Trajectory", "quantize_checkpoint", "evaluate_checkpoint", "quant_spec",
+           "prepare_shards", "open_shards", "TokenShards",
            "results_text", "trajectory_text", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
            "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions"]

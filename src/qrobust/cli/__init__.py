@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
     for add in (parsers.add_demo, parsers.add_reproduce, parsers.add_train, parsers.add_quantize, parsers.add_export,
                 parsers.add_eval, parsers.add_sharpness, parsers.add_landscape, add_sweep, parsers.add_report,
-                parsers.add_results, parsers.add_average, parsers.add_trajectory):
+                parsers.add_results, parsers.add_average, parsers.add_trajectory, parsers.add_data):
         add(sub)
     return ap
 
@@ -35,7 +35,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sharpness": c.cmd_sharpness, "landscape": c.cmd_landscape, "demo": c.cmd_demo, "train": c.cmd_train,
     "quantize": c.cmd_quantize, "eval": c.cmd_eval, "sweep": cmd_sweep, "report": c.cmd_report,
     "results": c.cmd_results, "trajectory": c.cmd_trajectory, "average": c.cmd_average,
-    "reproduce": c.cmd_reproduce, "export": c.cmd_export}
+    "reproduce": c.cmd_reproduce, "export": c.cmd_export, "data": c.cmd_data}
 
 
 class WarningsAsLines(warnings.catch_warnings):

@@ -172,3 +172,19 @@ def cmd_trajectory(a: argparse.Namespace) -> int:
         raise QrobustError("name a SOURCE (or pass --presets to see the open-model presets)")
     sys.stdout.write(api.trajectory_text(a.source, a.step_pattern, a.json))
     return 0
+
+
+def cmd_data(a: argparse.Namespace) -> int:
+    from .. import api
+    options = {"tokenizer": a.tokenizer, "vocab_size": a.vocab_size, "tokenizer_chars": a.tokenizer_chars,
+               "val_fraction": a.val_fraction, "seed": a.seed, "field": a.field,
+               "max_chars": None if a.all_chars else a.max_chars}
+    if a.shard_tokens:
+        options["shard_tokens"] = a.shard_tokens
+    m = api.prepare_shards(a.corpus, a.out, num_proc=a.num_proc, progress=not a.quiet,
+                           trust_remote_code=a.trust_remote_code, **options)
+    tr, va = m["splits"]["train"], m["splits"]["val"]
+    print(f"wrote {a.out}: train {tr['n_tokens']:,} tokens ({tr['n_documents']:,} documents, {len(tr['files'])} "
+          f"files), val {va['n_tokens']:,} tokens ({va['n_documents']:,} documents), {m['dtype']}, tokenizer "
+          f"{m['tokenizer']['fingerprint']}; train with data.shards: {a.out}")
+    return 0

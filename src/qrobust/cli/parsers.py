@@ -214,3 +214,29 @@ def add_trajectory(sub) -> None:
     t.add_argument("--step-pattern", default=None, help="regex whose first group is the step (folder sources)")
     t.add_argument("--presets", action="store_true", help="list the open-model presets instead")
     t.add_argument("--json", action="store_true", help="print the trajectory as JSON")
+
+
+def add_data(sub) -> None:
+    """The ``data`` command group's arguments (``data prepare``)."""
+    p = sub.add_parser("data", help="prepare training data: tokenize a corpus into token shards on disk")
+    dsub = p.add_subparsers(dest="dcmd", metavar="ACTION", required=True)
+    d = dsub.add_parser("prepare", help="tokenize a corpus into memory-mapped token shards (train with data.shards)",
+                        description="CORPUS_SPEC: builtin, text:PATH, jsonl:PATH, parquet:PATH, hf-disk:PATH[#SPLIT], "
+                                    "hf:NAME[:CONFIG][:SPLIT]. Splits train/val by document exactly as training "
+                                    "does; re-running resumes; a folder made with other settings is refused.")
+    d.add_argument("corpus", metavar="CORPUS_SPEC")
+    d.add_argument("--out", required=True, help="shard folder to write")
+    d.add_argument("--tokenizer", default="bpe", help="bpe (trained on the train documents), byte, or a folder")
+    d.add_argument("--vocab-size", type=positive, default=2048, help="bpe vocabulary size (default 2048)")
+    d.add_argument("--tokenizer-chars", type=positive, default=None,
+                   help="bpe: train on at most this many characters of the train documents (default: all)")
+    d.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out (default 0.05)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the document split (default 0)")
+    d.add_argument("--field", default=None, help="text field of jsonl / parquet / HF datasets (default text)")
+    d.add_argument("--max-chars", type=positive, default=4_000_000,
+                   help="read at most this many characters (default 4000000, as training's data.max_chars)")
+    d.add_argument("--all-chars", action="store_true", help="read the whole corpus (no --max-chars cap)")
+    d.add_argument("--num-proc", type=positive, default=1, help="tokenizer worker processes (default 1)")
+    d.add_argument("--shard-tokens", type=positive, default=None, help="tokens per file (default 33554432)")
+    d.add_argument("--trust-remote-code", action="store_true", help="allow the Python code of a tokenizer folder")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,6 +1,7 @@
 """Typed configuration of a training run: data, model, optimizer, schedule, cooldown branches, averages."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -25,6 +26,12 @@ class DataConfig(Strict):
     shards: str | None = None
 
     omit_if_default = ("shards",)
+
+    @field_validator("shards")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # kept absolute in checkpoints and manifests, so a sweep run from another folder finds the shards
+        return str(Path(v).expanduser().absolute()) if v else v
 
 
 class ModelConfig(Strict):

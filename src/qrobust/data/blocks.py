@@ -37,13 +37,18 @@ def take_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
     return blocks[: min(n, blocks.shape[0])]
 
 
+def calibration_starts(n_tokens: int, n_samples: int, seq_len: int, seed: int) -> list[int]:
+    """Seeded window offsets into a stream of ``n_tokens`` (in memory or on disk: the same windows)."""
+    if n_tokens <= seq_len:
+        raise DataError(f"calibration corpus has {n_tokens} tokens, not more than one window of {seq_len}")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_tokens - seq_len, (n_samples,), generator=g).tolist()
+
+
 def calibration_blocks(stream: torch.Tensor, n_samples: int, seq_len: int, seed: int) -> torch.Tensor:
     """``n_samples`` windows of ``seq_len`` tokens at seeded random offsets (as GPTQ's reference sampler)."""
-    if stream.numel() <= seq_len:
-        raise DataError(f"calibration corpus has {stream.numel()} tokens, not more than one window of {seq_len}")
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, stream.numel() - seq_len, (n_samples,), generator=g)
-    return torch.stack([stream[s: s + seq_len] for s in starts.tolist()])
+    starts = calibration_starts(stream.numel(), n_samples, seq_len, seed)
+    return torch.stack([stream[s: s + seq_len] for s in starts])
 
 
 class BlockSource(Protocol):

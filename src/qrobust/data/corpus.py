@@ -76,7 +76,8 @@ def parse_corpus_spec(spec: str, field: str | None = None, max_chars: int | None
     return CorpusSpec(kind, rest, field=field, max_chars=max_chars)
 
 
-def _cap(docs: list[str], max_chars: int | None) -> list[str]:
+def cap_documents(docs: list[str], max_chars: int | None) -> list[str]:
+    """The leading documents holding ``max_chars`` characters (the last one cut), all when None."""
     if max_chars is None:
         return docs
     out, total = [], 0
@@ -97,7 +98,7 @@ def load_documents(spec: CorpusSpec | str, field: str | None = None, max_chars: 
     if loader is None:
         raise DataError(f"unknown corpus kind '{spec.kind}'; known: {', '.join(sorted(SOURCES))}")
     docs = [d for d in loader(spec) if d and d.strip()]
-    docs = _cap(docs, spec.max_chars)
+    docs = cap_documents(docs, spec.max_chars)
     if not docs:
         raise DataError(f"corpus '{spec.describe()}' is empty: it holds no non-blank text")
     return docs

@@ -5,7 +5,6 @@ model never trained on, packed at the training sequence length.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,30 +15,12 @@ from ..config import CalibrationConfig, DataConfig, EvalConfig, parse_config
 from ..errors import ConfigError, DataError
 from .blocks import calibration_blocks, pack_blocks, take_blocks
 from .prepare import eval_stream
+from .shard_training import shard_calibration, shard_eval_tokens
+from .tokenizer import file_fingerprint, tokenizer_fingerprint  # noqa: F401 - their home before shards
 from ..sources import cached_snapshot
 from ..trajectory import Checkpoint
 from ..io.keys import record_key
 from ..io.files import STATE_FILE
-
-
-def file_fingerprint(paths: list[Path], chunk: int = 4 << 20) -> str:
-    """sha1 over size + first and last ``chunk`` bytes of each file: cheap, and tells retrained weights apart."""
-    h = hashlib.sha1()
-    for p in sorted(paths):
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size}".encode())
-        with p.open("rb") as f:
-            h.update(f.read(chunk))
-            if size > 2 * chunk:
-                f.seek(size - chunk)
-                h.update(f.read(chunk))
-    return h.hexdigest()[:16]
-
-
-def tokenizer_fingerprint(folder: str | Path) -> str:
-    files = [p for p in Path(folder).glob("tokenizer*.json")] + list(Path(folder).glob("*.model"))
-    files += list(Path(folder).glob("vocab.json")) + list(Path(folder).glob("merges.txt"))
-    return file_fingerprint(files) if files else "none"
 
 
 def checkpoint_data_config(folder: str | Path) -> DataConfig | None:
@@ -82,7 +63,23 @@ def _source(corpus: str | None, field: str | None, data_cfg: DataConfig | None) 
     return corpus, field, None
 
 
+def _from_shards(corpus: str | None, data_cfg: DataConfig | None) -> bool:
+    """A trajectory trained from token shards is evaluated on them unless another corpus is named."""
+    return corpus is None and data_cfg is not None and bool(data_cfg.shards)
+
+
+def _shard_eval_set(cfg: EvalConfig, data_cfg: DataConfig, tok_fp: str) -> EvalSet:
+    seq_len = cfg.seq_len or data_cfg.seq_len
+    stream, info = shard_eval_tokens(data_cfg, cfg.split, cfg.n_blocks * seq_len)
+    blocks = take_blocks(pack_blocks(stream, seq_len, f"evaluation split '{cfg.split}' of the shards"), cfg.n_blocks)
+    info.update({"split": cfg.split, "n_blocks": int(blocks.shape[0]), "seq_len": seq_len, "tokenizer": tok_fp,
+                 "n_tokens": int(blocks.shape[0] * (seq_len - 1))})
+    return EvalSet(id=record_key(info), blocks=blocks, info=info)
+
+
 def build_eval_set(cfg: EvalConfig, data_cfg: DataConfig | None, tokenizer, tok_fp: str) -> EvalSet:
+    if _from_shards(cfg.corpus, data_cfg):
+        return _shard_eval_set(cfg, data_cfg, tok_fp)
     corpus, field, max_chars = _source(cfg.corpus, cfg.field, data_cfg)
     seq_len = cfg.seq_len or (data_cfg.seq_len if data_cfg else 128)
     stream = eval_stream(corpus, field, cfg.split, data_cfg, tokenizer, max_chars)
@@ -111,8 +108,13 @@ def default_calibration_length(data_cfg: DataConfig | None, model_config: Any) -
 def build_calibration(cfg: CalibrationConfig, data_cfg: DataConfig | None, tokenizer, tok_fp: str,
                       default_seq_len: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """Calibration windows from the *training* split (never the evaluation blocks)."""
-    corpus, field, max_chars = _source(cfg.corpus, cfg.field, data_cfg)
     seq_len = cfg.seq_len or default_seq_len
+    if _from_shards(cfg.corpus, data_cfg):
+        blocks, info = shard_calibration(data_cfg, cfg.n_samples, seq_len, cfg.seed)
+        info.update({"split": "train", "n_samples": cfg.n_samples, "seq_len": seq_len, "seed": cfg.seed,
+                     "tokenizer": tok_fp})
+        return blocks, info
+    corpus, field, max_chars = _source(cfg.corpus, cfg.field, data_cfg)
     split = "train" if data_cfg is not None else "all"
     stream = eval_stream(corpus, field, split, data_cfg, tokenizer, max_chars)
     if stream.numel() < cfg.n_samples * seq_len:

@@ -67,7 +67,12 @@ class TrainingData:
 
 
 def prepare_training(cfg: DataConfig, cache_dir: Path | None = None, trust_remote_code: bool = False) -> TrainingData:
-    """The tokenizer and ``seq_len`` blocks of the training split (tokenized into ``cache_dir`` when needed)."""
+    """The tokenizer and ``seq_len`` blocks of the training split: from ``cfg.shards`` read from disk as needed
+    (:mod:`.shard_training`), else tokenized into ``cache_dir`` when needed."""
+    if cfg.shards:
+        from .shard_training import shard_training
+        tok, blocks = shard_training(cfg, cache_dir, trust_remote_code)
+        return TrainingData(tok, blocks)
     data = prepare_data(cfg, cache_dir, trust_remote_code)
     return TrainingData(data.tokenizer, TensorBlocks(pack_blocks(data.train, cfg.seq_len, "training split")))
 

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -76,3 +77,23 @@ def encode_documents(tokenizer, docs: list[str]) -> torch.Tensor:
         flat.extend(seq)
         flat.append(eos)
     return torch.tensor(flat, dtype=torch.int64)
+
+
+def file_fingerprint(paths: list[Path], chunk: int = 4 << 20) -> str:
+    """sha1 over size + first and last ``chunk`` bytes of each file: cheap, and tells retrained weights apart."""
+    h = hashlib.sha1()
+    for p in sorted(paths):
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size}".encode())
+        with p.open("rb") as f:
+            h.update(f.read(chunk))
+            if size > 2 * chunk:
+                f.seek(size - chunk)
+                h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(folder: str | Path) -> str:
+    files = [p for p in Path(folder).glob("tokenizer*.json")] + list(Path(folder).glob("*.model"))
+    files += list(Path(folder).glob("vocab.json")) + list(Path(folder).glob("merges.txt"))
+    return file_fingerprint(files) if files else "none"
