@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import QrobustError
 from ..workflows.options import CalibrationOptions, EvalOptions, LoadOptions, StreamOptions, TaskOptions
 from .show import eval_lines, landscape_lines, sharpness_lines
+from .train_tools import cmd_train_plan, cmd_train_slurm
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -31,6 +32,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .. import api
     over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
+    if a.plan:
+        return cmd_train_plan(a, over)
+    if a.emit_slurm:
+        return cmd_train_slurm(a)
     traj = api.train(a.config, progress=not a.quiet, trust_remote_code=a.trust_remote_code, **over)
     print(f"trained '{traj.name}': {len(traj)} checkpoints in {traj.source} (manifest: trajectory.json)")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .args import add_device_args, add_load_args, add_quant_args, positive, positive_float
+from .train_tools import add_train_planning_args
 
 
 def add_demo(sub) -> None:
@@ -46,6 +47,7 @@ def add_train(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the Python code of a tokenizer folder named in data.tokenizer")
     p.add_argument("--quiet", action="store_true")
+    add_train_planning_args(p)
 
 
 def add_quantize(sub) -> None:
