@@ -86,6 +86,8 @@ def test_vocab_sources(tmp_path):
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps({"vocab_size": 50277}))
     assert planned_vocab(DataConfig(shards=str(shards))) == (50277, str(shards / "manifest.json"))
+    (shards / "manifest.json").write_text(json.dumps({"tokenizer": {"vocab_size": 50280, "fingerprint": "x"}}))
+    assert planned_vocab(DataConfig(shards=str(shards)))[0] == 50280  # as `qrobust data prepare` nests it
     (shards / "manifest.json").write_text(json.dumps({"documents": 3}))
     with pytest.raises(DataError, match="vocab_size"):
         planned_vocab(DataConfig(shards=str(shards)))

@@ -93,7 +93,8 @@ def batching(batch_size: int, micro_batch_size: int | None, grad_accum: int | No
 
 
 def planned_vocab(data: DataConfig, trust_remote_code: bool = False) -> tuple[int, str]:
-    """(vocabulary size, where it came from) without tokenizing anything: the shards' manifest, a tokenizer
+    """(vocabulary size, where it came from) without tokenizing anything: the shards' manifest (``vocab_size``
+    at its top level or under ``tokenizer``; ``data.vocab_size`` while the folder is not prepared yet), a tokenizer
     folder's length, 257 for bytes, ``data.vocab_size`` for a BPE trained at run time (an upper bound: a
     small corpus may give fewer merges)."""
     if data.shards:
@@ -101,9 +102,11 @@ def planned_vocab(data: DataConfig, trust_remote_code: bool = False) -> tuple[in
         if not manifest.is_file():
             return data.vocab_size, f"data.vocab_size ({manifest} not prepared yet)"
         try:
-            return int(json.loads(manifest.read_text())["vocab_size"]), str(manifest)
+            m = json.loads(manifest.read_text())
+            return int(m["vocab_size"] if "vocab_size" in m else m["tokenizer"]["vocab_size"]), str(manifest)
         except (ValueError, KeyError, TypeError):
-            raise DataError(f"'{manifest}' has no integer 'vocab_size'; re-run qrobust data prepare") from None
+            raise DataError(f"'{manifest}' has no integer 'vocab_size' (top level or under 'tokenizer'); re-run "
+                            "qrobust data prepare") from None
     if data.tokenizer == "byte":
         return BYTE_VOCAB, "byte tokenizer"
     if data.tokenizer == "bpe":
