@@ -77,8 +77,8 @@ def report(folder: Path, json_out: Path | None) -> int:
           f"  training: {tokens_per_s:,.0f} tokens/s, MFU {mfu_text}\n"
           f"  streamed GPTQ w4: {result['gptq_seconds_per_block']:.3f} s per block (median), ΔQ L "
           f"{100 * (result['dq_rel_w4'] or 0):+.3f} %\n"
-          f"  wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()) + "\n"
-          f"  peak CUDA memory (GiB): " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
+          "  wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()) + "\n"
+          "  peak CUDA memory (GiB): " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
                                                     for k, v in result["peak_memory_gib"].items()))
     if json_out:
         json_out.write_text(json.dumps(result, indent=1))

@@ -73,7 +73,8 @@ step() {  # step NAME COMMAND...: print it; run it unless --dry-run
 
 echo "gpu_check: work folder $OUT"
 "$PY" "$HERE/gpu_check.py" check-configs "$OUT"
-if [[ $DRY -eq 0 && $CPU -eq 0 ]] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+HAS_CUDA='import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
+if [[ $DRY -eq 0 && $CPU -eq 0 ]] && ! "$PY" -c "$HAS_CUDA"; then
   echo "gpu_check: no CUDA device here; run with --dry-run to check the configs only" >&2
   exit 2
 fi
