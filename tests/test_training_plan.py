@@ -120,3 +120,28 @@ def test_cli_plan_bad_split_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "batch_size 8" in err
     assert not Path(tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
+def test_activation_estimate_matches_what_autograd_saves(arch):
+    """The memory estimate's activations against a measurement: the bytes of every tensor autograd saves for
+    backward in one fp32 forward (parameters excluded, each storage once) plus the logits' gradient."""
+    import torch
+
+    from qrobust.models import build_model, model_config
+    from qrobust.training.memory import activation_bytes
+    vocab, seq, batch = 2048, 128, 4
+    model = build_model(arch, "tiny", vocab, seq)
+    model.train()
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    x = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=x, labels=x)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    measured = sum(n for ptr, n in saved.items() if ptr not in params) + 4 * vocab * batch * seq
+    _, config = model_config(arch, "tiny", vocab, seq)
+    assert activation_bytes(config, batch * seq, "fp32") == pytest.approx(measured, rel=0.1)

@@ -13,7 +13,8 @@ What is counted, in bytes:
   LayerNorm inputs, Q, K, V, attention output, the MLP's hidden: k = 2 for a GELU MLP, 4 for a gated SwiGLU
   one) at the activation width (2 B under autocast, 4 B in fp32), with fused attention (SDPA / flash), which
   keeps no seq_len × seq_len scores; plus the logits, their fp32 copy for the loss and its gradient
-  (vocab × (2 + 8) B per token under autocast, vocab × 8 B in fp32)."""
+  (vocab × (2 + 8) B per token under autocast, vocab × 8 B in fp32). In fp32 this is within 6 % of the bytes
+  autograd actually saves for backward (tiny and small presets, GPT-NeoX and Llama; tests/test_training_plan.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
