@@ -36,7 +36,7 @@ def test_script_content(cfg, tmp_path, capsys):
     header = [ln for ln in lines if ln.startswith("#SBATCH")]
     assert header == ["#SBATCH --job-name=qrobust-train-big", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1",
                       "#SBATCH --gpus-per-node=8", "#SBATCH --output=qrobust-train-big-%j.log",
-                      "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=proj1",
+                      "#SBATCH --cpus-per-task=64", "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --account=proj1",
                       "#SBATCH --mem=0"]
     assert "set -euo pipefail" in lines
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in lines
@@ -57,6 +57,12 @@ def test_defaults_one_node_one_gpu(cfg, tmp_path):
     text = script.read_text()
     assert "#SBATCH --nodes=1" in text and "--nproc-per-node 1" in text
     assert "--time" not in text and "--partition" not in text and "--account" not in text
+    assert "#SBATCH --cpus-per-task=8" in text
+
+
+def test_cpus_per_task_can_be_replaced():
+    lines = sbatch_lines("x", SlurmOptions(gpus_per_node=4, extra=("cpus-per-task=48",)))
+    assert [ln for ln in lines if "cpus-per-task" in ln] == ["#SBATCH --cpus-per-task=48"]
 
 
 def test_batch_that_does_not_divide_writes_nothing(cfg, tmp_path, capsys):

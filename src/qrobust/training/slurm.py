@@ -13,13 +13,15 @@ from ..errors import ConfigError
 from ..io.atomic import atomic_file, umask
 
 RDZV_PORT = 29500
+CPUS_PER_GPU = 8  # the one task per node starts every rank: without this Slurm would give it one CPU
 # minutes | MM:SS | HH:MM:SS | D-HH | D-HH:MM | D-HH:MM:SS (sbatch --time)
 SLURM_TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """Where and how long the job runs; ``extra`` are more ``KEY=VALUE`` #SBATCH options."""
+    """Where and how long the job runs; ``extra`` are more ``KEY=VALUE`` #SBATCH options (``cpus-per-task=N``
+    replaces the default of 8 CPUs per GPU)."""
 
     nodes: int = 1
     gpus_per_node: int = 1
@@ -42,6 +44,8 @@ def sbatch_lines(name: str, o: SlurmOptions) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name=qrobust-train-{name}", f"#SBATCH --nodes={o.nodes}",
              "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={o.gpus_per_node}",
              f"#SBATCH --output=qrobust-train-{name}-%j.log"]
+    if not any(opt.startswith("cpus-per-task=") for opt in o.extra):
+        lines.append(f"#SBATCH --cpus-per-task={CPUS_PER_GPU * o.gpus_per_node}")
     lines += [f"#SBATCH --{k}={v}" for k, v in (("time", o.time), ("partition", o.partition),
                                                 ("account", o.account)) if v]
     for opt in o.extra:
