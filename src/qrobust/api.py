@@ -4,7 +4,7 @@ caller run the same code."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .averaging.run import AverageOptions
 from .config import SweepConfig, TrainConfig, parse_config
@@ -24,6 +24,10 @@ from .workflows.checkpoint import quant_spec, quantize_checkpoint
 from .workflows.evaluation import evaluate_checkpoint
 from .workflows.options import (CalibrationOptions, EvalOptions, ExecutorOptions, ExportOptions, LandscapeOptions,
                                 LoadOptions, StreamOptions, TaskOptions, split_options)
+
+if TYPE_CHECKING:
+    from .training.planning import TrainingPlan
+    from .training.slurm import SlurmOptions
 
 
 def train(config: TrainConfig | dict | str | Path | None = None, progress: bool = True,
@@ -53,6 +57,28 @@ def prepare_shards(corpus: str, out: str | Path, num_proc: int = 1, progress: bo
     from .data.shard_writer import write_shards
     return write_shards(shard_settings(corpus, **options), out, num_proc=num_proc, progress=progress,
                         trust_remote_code=trust_remote_code)
+
+
+def plan_training(config: TrainConfig | dict | str | Path, world_size: int = 1, mfu: float = 0.4,
+                  trust_remote_code: bool = False, **kwargs: Any) -> TrainingPlan:
+    """What training ``config`` on ``world_size`` devices will cost (steps, tokens, FLOPs per run, memory per
+    device, GPU-hours at model FLOPs utilisation ``mfu``) without training or reading the corpus; keyword
+    args override keys."""
+    from .training.planning import plan_training as plan
+    return plan(steps.validated(TrainConfig, config, kwargs, "train config"), world_size, mfu, trust_remote_code)
+
+
+def train_slurm(config: str | Path, file: str | Path, options: SlurmOptions | None = None,
+                out: str | None = None) -> Path:
+    """Write an sbatch script to ``file`` that trains the YAML ``config`` with one torchrun per node
+    (``options``: nodes, GPUs per node, time, partition, account). The config is checked first, including that
+    its global batch divides over nodes × GPUs, so a script that would fail at start is never written."""
+    from .training.planning import batching
+    from .training.slurm import SlurmOptions, train_slurm_script, write_train_slurm
+    options = options or SlurmOptions()
+    cfg = steps.validated(TrainConfig, config, {"out": out} if out else {}, "train config")
+    batching(cfg.batch_size, cfg.micro_batch_size, cfg.grad_accum, options.world_size)
+    return write_train_slurm(file, train_slurm_script(config, cfg.name, options, out))
 
 
 def sweep_config(config: SweepConfig | dict | str | Path, **kwargs: Any) -> SweepConfig:

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import QrobustError
 from ..workflows.options import CalibrationOptions, EvalOptions, LoadOptions, StreamOptions, TaskOptions
 from .show import eval_lines, landscape_lines, sharpness_lines
+from .train_tools import cmd_train_plan, cmd_train_slurm
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -32,6 +33,10 @@ def cmd_reproduce(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     from .. import api
     over: dict[str, Any] = {k: v for k, v in (("out", a.out), ("steps", a.steps), ("threads", a.threads)) if v}
+    if a.plan:
+        return cmd_train_plan(a, over)
+    if a.emit_slurm:
+        return cmd_train_slurm(a)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
              if k in ("nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint", "rdzv_id", "master_addr", "master_port")
              and v is not None]

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .args import add_device_args, add_load_args, add_quant_args, positive, positive_float
+from .train_tools import add_train_planning_args
 
 
 def add_demo(sub) -> None:
@@ -48,6 +49,7 @@ def add_train(sub) -> None:
                    help="allow the Python code of a tokenizer folder named in data.tokenizer")
     p.add_argument("--quiet", action="store_true")
     add_torchrun(p)
+    add_train_planning_args(p)
 
 
 def add_torchrun(p) -> None:

@@ -58,3 +58,50 @@ def landscape_lines(r: dict[str, Any], plane: str, grid: int, out: str) -> list[
     lines.append(f"landscape ({plane}, {grid}x{grid}): loss {min(flat):.4f} .. {max(flat):.4f} -> "
                  f"{Path(out) / 'landscape.json'}")
     return lines
+
+
+def _count(n: float) -> str:
+    """1234567 -> '1.23 M' (k, M, B, T): token and step counts at a glance."""
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:g}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def plan_lines(plan: Any) -> list[str]:
+    """``qrobust train --plan``: batching, parameters, FLOPs per token, a table of runs, memory per device
+    under DDP and FSDP, and GPU-hours on the planned devices."""
+    b, p, f = plan.batching, plan.params, plan.flops_per_token
+    lines = [f"plan of '{plan.name}': {plan.arch} {plan.preset}, seq_len {plan.seq_len}, vocab {plan.vocab_size} "
+             f"({plan.vocab_source}), {plan.precision}",
+             f"parameters: {p.total:,} ({p.non_embedding:,} non-embedding)",
+             f"FLOPs per token: {f.training:.4g} training = 3 × ({2 * f.matmul_params:.4g} matmuls + "
+             f"{f.attention:.4g} attention) forward",
+             f"batch: {b.batch_size} × {plan.seq_len} = {plan.tokens_per_step:,} tokens per step = micro "
+             f"{b.micro_batch_size} × grad_accum {b.grad_accum} × world {b.world_size}",
+             "", f"{'run':<20} {'steps':>10} {'tokens':>10} {'tokens at end':>14} {'FLOPs':>10}"]
+    for r in plan.runs:
+        lines.append(f"{r.name:<20} {r.steps:>10,} {_count(r.tokens):>10} {_count(r.tokens_at_end):>14} "
+                     f"{r.flops:>10.3g}")
+    lines.append(f"{'total':<20} {plan.total_steps:>10,} {_count(plan.total_tokens):>10} {'':>14} "
+                 f"{plan.total_flops:>10.3g}")
+    if plan.averaged:
+        lines.append(f"averaged while training (no extra FLOPs): {', '.join(plan.averaged)}")
+    lines += ["", f"memory per device, GiB (estimate){'':<4} {'states':>8} {'autocast':>9} {'gathered':>9} "
+                  f"{'activ.':>8} {'total':>8}"]
+    for strategy, m in plan.memory.items():
+        lines.append(f"  {strategy:<34} {_gib(m.states):>8} {_gib(m.autocast_copies):>9} {_gib(m.gathered):>9} "
+                     f"{_gib(m.activations):>8} {_gib(m.total):>8}")
+    lines += ["", f"GPU-hours at MFU {plan.mfu:g} ({plan.precision}), wall-clock on {b.world_size} device(s):"]
+    for device, hours in plan.gpu_hours.items():
+        lines.append(f"  {device:<10} " + ("no units for this precision" if hours is None else
+                                           f"{_hours(hours)} GPU-h, {_hours(hours / b.world_size)} h wall-clock"))
+    return lines
