@@ -37,6 +37,7 @@ from .saving import CheckpointWriter, TrainedState
 from .schedule import Schedule
 from .state import read_optimizer_state
 from .step import StepResult, optimizer_step
+from .flops import device_name, flops_per_token, meta_model, peak_flops
 from .throughput import Throughput
 from .progress import format_postfix
 from .trackers import FanOut, TrackerContext, check_trackers, open_trackers
@@ -88,7 +89,10 @@ class _Trainer:
     def __post_init__(self) -> None:
         self.layout = batch_layout(self.cfg, self.rt.world.size)
         self.writer = CheckpointWriter(self.cfg, self.out, self.data.tokenizer, self.rt)
-        self.flops_per_token = 1.0  # replaced by the architecture's count below
+        cls, config = model_config(self.cfg.model.arch, self.cfg.model.preset, len(self.data.tokenizer),
+                                   self.cfg.data.seq_len, self.cfg.model.overrides)
+        self.flops_per_token = flops_per_token(meta_model(cls, config), config, self.cfg.data.seq_len).training
+        self.peak = peak_flops(device_name(self.rt.device), self.cfg.precision, self.cfg.peak_tflops)
 
     @property
     def tokens_per_step(self) -> int:
@@ -125,7 +129,7 @@ class _Trainer:
             if avgs:
                 avgs.restore(start_dir, state.get("averaging"))
                 avgs.relayout(list(base.parameters()), like)
-        meter = Throughput(self.flops_per_token, None, rt.world.size)
+        meter = Throughput(self.flops_per_token, self.peak, rt.world.size)
         return _Segment(wrapped, TrainedState(base, host, opt, avgs, precision, meter, None),
                         state["step"] if state is not None else first_step)
 
