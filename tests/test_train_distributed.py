@@ -146,7 +146,6 @@ def test_bf16_mixed_trains_like_fp32(single, tmp_path):
     assert {t.dtype for t in _weights(out, 20, file="optimizer.safetensors").values()} == {torch.float32}
 
 
-@pytest.mark.slow
 def test_ddp_two_processes_equal_one(single, tmp_path):
     """2 gloo processes × 4 samples = 1 process × 8: per-step loss and final weights within 1e-6."""
     out = tmp_path / "ddp"
@@ -157,7 +156,6 @@ def test_ddp_two_processes_equal_one(single, tmp_path):
                     _weights(single, 20, file="optimizer.safetensors")) < 1e-6
 
 
-@pytest.mark.slow
 def test_fsdp_two_processes_equal_one_and_write_whole_checkpoints(single, tmp_path):
     """FSDP2 shards weights and AdamW state over 2 ranks; the checkpoint is gathered whole, same layout as one
     process's (same tensor names and shapes), and resumes on one process."""

@@ -222,7 +222,7 @@ def add_data(sub) -> None:
     """The ``data`` command group's arguments (``data prepare``)."""
     p = sub.add_parser("data", help="prepare training data: tokenize a corpus into token shards on disk")
     dsub = p.add_subparsers(dest="dcmd", metavar="ACTION", required=True)
-    d = dsub.add_parser("prepare", help="tokenize a corpus into memory-mapped token shards (train with data.shards)",
+    d = dsub.add_parser("prepare", help="tokenize a corpus into token shards on disk (train with data.shards)",
                         description="CORPUS_SPEC: builtin, text:PATH, jsonl:PATH, parquet:PATH, hf-disk:PATH[#SPLIT], "
                                     "hf:NAME[:CONFIG][:SPLIT]. Splits train/val by document exactly as training "
                                     "does; re-running resumes; a folder made with other settings is refused.")
