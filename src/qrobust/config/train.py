@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..names import check_name
 from .base import Strict
+from .monitor import MonitorConfig
 
 
 class DataConfig(Strict):
@@ -141,8 +142,9 @@ class TrainConfig(Strict):
     backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on cuda, gloo on cpu
     logging: list[str] = Field(default_factory=lambda: ["jsonl"])  # trackers: jsonl, tensorboard, wandb
     peak_tflops: float | None = Field(default=None, gt=0)  # per device, for MFU when the device is not in the table
+    monitor: MonitorConfig | None = None  # live ΔQ L while training; reads the weights, never part of the identity
 
-    omit_if_default = (*EXECUTION_FIELDS, "save_dtype")
+    omit_if_default = (*EXECUTION_FIELDS, "save_dtype", "monitor")
 
     @field_validator("name")
     @classmethod

@@ -41,6 +41,8 @@ from .flops import device_name, flops_per_token, meta_model, peak_flops
 from .throughput import Throughput
 from .progress import format_postfix
 from .trackers import FanOut, TrackerContext, check_trackers, open_trackers
+from .monitoring import build_monitor, monitor_step, restore_history
+from ..monitor import Monitor
 
 
 def _check_branches(cfg: TrainConfig, sched: Schedule) -> None:
@@ -85,6 +87,7 @@ class _Trainer:
     rt: Runtime
     progress: bool
     on_step: Callable[[str, int], None] | None
+    monitor: Monitor | None = None  # evaluated by rank 0 between steps (training/monitoring.py)
 
     def __post_init__(self) -> None:
         self.layout = batch_layout(self.cfg, self.rt.world.size)
@@ -146,6 +149,7 @@ class _Trainer:
         seg.wrapped.train()
         bar = tqdm(total=last_step - step, desc=f"train {run}", disable=not (self.progress and rt.is_main), leave=False)
         with self._trackers(run, step) as trackers:
+            restore_history(self.monitor, self.out, run, rt)
             while step < last_step:
                 lr = sched.lr(step)
                 for g in ts.opt.param_groups:
@@ -160,6 +164,7 @@ class _Trainer:
                 ts.ema_loss = res.loss if ts.ema_loss is None else 0.9 * ts.ema_loss + 0.1 * res.loss
                 trackers.log(step, {"loss": res.loss, "lr": lr, "grad_norm": res.grad_norm,
                                     "tokens": step * self.tokens_per_step, **ts.meter.metrics()})
+                monitor_step(self.monitor, ts, step, trackers, rt)  # before this step's checkpoint flushes
                 bar.update(1)
                 bar.set_postfix(format_postfix({"loss": ts.ema_loss, "lr": lr, **ts.meter.metrics()}))
                 if step % cfg.checkpoint_every == 0 or step == last_step:
@@ -182,8 +187,9 @@ class _Trainer:
 
 
 def _identity(cfg: TrainConfig) -> dict:
-    """What must match for a folder's run to be continued: the config but where it runs and its branches."""
-    d = cfg.model_dump(exclude={"out", "threads", "branches", *EXECUTION_FIELDS})
+    """What must match for a folder's run to be continued: the config but where it runs, its branches and its
+    monitor (which reads the weights and never changes the trajectory)."""
+    d = cfg.model_dump(exclude={"out", "threads", "branches", "monitor", *EXECUTION_FIELDS})
     return d
 
 
@@ -197,7 +203,7 @@ def check_out_folder(cfg: TrainConfig, out: Path) -> None:
     except Exception:
         theirs = None
     a = _identity(cfg)
-    b = _identity(theirs) if theirs is not None else {k: v for k, v in theirs_raw.items() if k != "branches"}
+    b = _identity(theirs) if theirs is not None else {k: v for k, v in theirs_raw.items() if k not in ("branches", "monitor")}
     if a.get("batch_size") != b.get("batch_size"):
         raise ConfigError(f"'{out}' holds a run with global batch_size {b.get('batch_size')}, not {cfg.batch_size}; "
                           "a run resumes only with the same global batch (micro_batch_size, grad_accum and the "
@@ -238,8 +244,9 @@ def _check_memory(cfg: TrainConfig, vocab_size: int, rt: Runtime) -> None:
                           f"({free / 2**30:.1f} GiB) of memory are available; lower {what}")
 
 
-def _prepare(cfg: TrainConfig, out: Path, rt: Runtime, trust_remote_code: bool) -> TrainingData:
-    """Checks, leftovers, data (rank 0 tokenizes first, the others read its cache), the recorded config."""
+def _prepare(cfg: TrainConfig, out: Path, rt: Runtime, trust_remote_code: bool) -> tuple[TrainingData, Monitor | None]:
+    """Checks, leftovers, data (rank 0 tokenizes first, the others read its cache), the monitor (built and
+    checked on every rank), the recorded config."""
     check_out_folder(cfg, out)
     if rt.is_main:  # half-written checkpoint folders / files of a killed run (never a live writer's)
         clean_leftovers(out, recursive=False)
@@ -252,9 +259,10 @@ def _prepare(cfg: TrainConfig, out: Path, rt: Runtime, trust_remote_code: bool) 
     if not rt.is_main:
         data = prepare_training(cfg.data, out / "data", trust_remote_code)
     _check_memory(cfg, len(data.tokenizer), rt)
+    monitor = build_monitor(cfg, data.tokenizer)
     if rt.is_main:
         _record_config(cfg, out)
-    return data
+    return data, monitor
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int], None] | None = None,
@@ -267,9 +275,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[str, int],
     out = Path(cfg.out)
     rt = start_runtime(cfg)
     try:
-        data = _prepare(cfg, out, rt, trust_remote_code)
+        data, monitor = _prepare(cfg, out, rt, trust_remote_code)
         sched = main_schedule(cfg)
-        trainer = _Trainer(cfg, out, data, GlobalBatches(data.blocks, cfg.batch_size, cfg.seed), rt, progress, on_step)
+        trainer = _Trainer(cfg, out, data, GlobalBatches(data.blocks, cfg.batch_size, cfg.seed), rt, progress, on_step,
+                           monitor)
         trainer.segment("main", sched, None, 0, cfg.steps)
         for b in cfg.branches:
             bs = sched.branch(b.from_step, b.decay_steps, b.shape, b.final_lr_ratio)
