@@ -168,7 +168,25 @@ def test_ddp_rank0_monitor_equals_one_process_and_leaves_the_trajectory(tmp_path
     m_on = [ln for ln in on if "monitor/loss_fp" in ln]
     m_one = [ln for ln in one if "monitor/loss_fp" in ln]
     assert [ln["step"] for ln in m_on] == [ln["step"] for ln in m_one] == [5, 10]
-    for a, b in zip(m_on, m_one):
-        for k in ("monitor/loss_fp", "monitor/loss_q/rtn-w3g16", "monitor/dq/rtn-w3g16"):
-            assert a[k] == pytest.approx(b[k], rel=1e-6, abs=1e-6), k
+    for a, b in zip(m_on, m_one):  # the FP loss is smooth in the weights, which differ by float noise only
+        assert a["monitor/loss_fp"] == pytest.approx(b["monitor/loss_fp"], rel=1e-6)
+    # RTN is not smooth (a weight on a rounding boundary flips under 1e-7 noise), so its values are checked
+    # against rank 0's own weights: the DDP run's checkpoint, evaluated offline by a monitor with the same blocks
+    from qrobust.config import MonitorConfig
+    from qrobust.data.tokenizer import load_tokenizer
+    from qrobust.models import load_checkpoint
+    from qrobust.monitor import Monitor
+    ck = tmp_path / "ddp_on" / "checkpoints" / "main"
+    cfg = parse_config(TrainConfig, _dist_cfg(tmp_path / "x", mon))
+    torch.set_num_threads(1)
+    try:
+        for ln in m_on:
+            folder = ck / f"step-{ln['step']:07d}"
+            offline = Monitor.for_training(cfg.monitor, cfg.data, load_tokenizer(folder), "fp")
+            got = offline.evaluate(load_checkpoint(folder), ln["step"]).metrics
+            for k in ("monitor/loss_fp", "monitor/loss_q/rtn-w3g16", "monitor/dq/rtn-w3g16",
+                      "monitor/dq_low/rtn-w3g16", "monitor/dq_high/rtn-w3g16"):
+                assert ln[k] == pytest.approx(got[k], rel=1e-9, abs=1e-12), k
+    finally:
+        torch.set_num_threads(n)
     shutil.rmtree(tmp_path / "ddp_off", ignore_errors=True)
