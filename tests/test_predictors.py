@@ -44,8 +44,9 @@ def tokens() -> tuple[torch.Tensor, torch.Tensor]:
 def _inputs(model: nn.Module, calib: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every token's input to every linear (float64), from a plain hooked forward, one window at a time."""
     seen: dict[str, list[torch.Tensor]] = {}
-    hs = [lin.register_forward_pre_hook(lambda m, a, n=n: seen.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1])))
-          for n, lin in select_linears(model).items()]
+    def grab(name: str):
+        return lambda m, a: seen.setdefault(name, []).append(a[0].reshape(-1, a[0].shape[-1]))
+    hs = [lin.register_forward_pre_hook(grab(n)) for n, lin in select_linears(model).items()]
     with torch.no_grad():
         for w in calib:
             model(input_ids=w[None])
@@ -169,10 +170,20 @@ def test_fisher_equals_per_window_backward(model, tokens):
     assert got == pytest.approx(want, rel=1e-4) and want > 0
 
 
+def test_same_values_under_inference_mode(model, tokens):
+    """The monitor may call under ``torch.inference_mode()``, with inference-tensor tokens (the Fisher's
+    gradients must still work)."""
+    calib, ev = tokens[0][:3], tokens[1][:2]
+    want = compute_predictors(model, list(PREDICTORS), [RTN3], calib, ev).values
+    with torch.inference_mode():
+        got = compute_predictors(model, list(PREDICTORS), [RTN3], calib.clone(), ev.clone()).values
+    assert got == want
+
+
 def test_xtx_shared_by_inputs_and_variants(model, tokens):
     calib = tokens[0]  # 10 windows: 2 batches of 8
     calls = []
-    h = model.register_forward_hook(lambda *a: calls.append(1))
+    h = model.register_forward_pre_hook(lambda *a: calls.append(1))
     cache: dict = {}
     try:
         compute_predictors(model, ["hessian_err_rtn", "hessian_rel_rtn", "hessian_err_gptq", "hessian_rel_gptq"],

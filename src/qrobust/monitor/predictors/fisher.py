@@ -41,10 +41,11 @@ def fisher_diagonal(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.T
     (every linear but the LM head), fp32."""
     layers = select_linears(model)
     names, params = list(layers), [lin.weight for lin in layers.values()]
-    acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in zip(names, params)}
     with eval_mode(model), grads_on(params):
+        acc = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in zip(names, params)}  # normal tensors
         for ids in tokens:
-            loss = window_loss(model, ids[None].to(device_of(model)))
+            # a clone made here is a normal tensor even when the caller's tokens are inference tensors
+            loss = window_loss(model, ids[None].to(device_of(model)).clone())
             for n, g in zip(names, torch.autograd.grad(loss, params)):
                 acc[n].add_(g.float().pow(2))
     scale = (tokens.shape[1] - 1) / tokens.shape[0]

@@ -23,6 +23,7 @@ from ...quant.methods.gptq import gptq_options
 from ...quant.methods.gptq_core import gptq_quantize
 from ...quant.methods.hessian import XtX
 from ...quant.pipelines.in_memory import select_linears
+from ...quant.pipelines.staged import StopForward
 from .base import PredictorContext, register_predictor
 from .shared import BATCH, device_of, eval_mode, need, need_spec, quant_key, rtn_weights, variant_linears
 
@@ -43,7 +44,8 @@ class LayerHessians:
 def collect_hessians(model: nn.Module, tokens: torch.Tensor, batch_size: int = BATCH) -> LayerHessians:
     """Forward the FP model over ``tokens`` (eval mode, no grad) with pre-hooks on every linear but the LM
     head. Grouping is found on the first batch: a linear whose input *is* the previous hooked linear's
-    input (same object) joins its group; later batches only feed the leaders."""
+    input (same object) joins its group; later batches only feed the leaders. The forward stops at the LM
+    head (its logits are not needed)."""
     layers = select_linears(model)
     acc: dict[str, XtX] = {}
     leader: dict[str, str] = {}
@@ -61,16 +63,26 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, batch_size: int = B
             last["x"], last["lead"] = x, leader[name]
         return pre
     handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in layers.items()]
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:  # its logits are not needed: stop there
+        handles.append(head.register_forward_pre_hook(lambda m, a: stop()))
     try:
         with torch.no_grad(), eval_mode(model), ieee_fp32():
             for b in torch.split(tokens, batch_size):
-                model(input_ids=b.to(device_of(model)), use_cache=False)
+                try:
+                    model(input_ids=b.to(device_of(model)), use_cache=False)
+                except StopForward:
+                    pass
                 last["x"] = last["lead"] = None
     finally:
         for h in handles:
             h.remove()
     n = next(iter(acc.values())).n if acc else 0
     return LayerHessians({k: a.full() / a.n for k, a in acc.items()}, leader, n)
+
+
+def stop() -> None:
+    raise StopForward
 
 
 @contextmanager
