@@ -266,3 +266,20 @@ def test_cli_skips_gone_checkpoints_and_refuses_when_none_left(gptq_store, test_
     move_checkpoints(store, tmp_path, None)
     rc, _, err = cli(capsys, "predictors", str(store), "--predictors", "t_sq", "--out", str(tmp_path / "b"))
     assert rc == 2 and err.count("\n") == 1 and "no checkpoint folder of the gptq records exists" in err
+
+
+def test_each_predictor_is_timed_alone(gptq_store, test_predictors, tmp_path):
+    """Shared work (ctx.cached) is redone for every predictor, so each one's seconds and cost ratio are what it
+    costs when run by itself."""
+    done: list[str] = []
+
+    def shared(ctx):
+        return ctx.cached("shared", lambda: done.append("x") or 1.0)
+    for name in ("t_share_a", "t_share_b"):
+        register_predictor(name, "weights", False)(shared)
+    try:
+        s = run(gptq_store, out=tmp_path / "p", predictors=["t_share_a", "t_share_b"], n_boot=10)
+    finally:
+        for name in ("t_share_a", "t_share_b"):
+            PREDICTORS.pop(name, None)
+    assert len(done) == 8 and [r["n"] for r in s["table"]] == [4, 4]  # 2 predictors x 4 checkpoints

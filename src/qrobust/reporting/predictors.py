@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from ..errors import QrobustWarning
 from .markup import esc
@@ -49,6 +50,9 @@ def _panel(ax: Any, pts: list[dict[str, Any]], row: dict[str, Any], colours: dic
                  fontsize=8.5)
     ax.set_xlabel(row["predictor"].split("/")[0], fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4), useOffset=False)
+    ax.xaxis.get_offset_text().set_fontsize(7)
     ax.grid(True, alpha=0.3, linewidth=0.6)
 
 
@@ -58,7 +62,8 @@ def draw_target(pts: list[dict[str, Any]], table: list[dict[str, Any]], target: 
     colours = {r: BRANCH_COLOURS[i % len(BRANCH_COLOURS)] for i, r in enumerate(sorted({run_key(p) for p in pts}))}
     ncols = min(3, len(rows))
     nrows = math.ceil(len(rows) / ncols)
-    fig = Figure(figsize=(3.3 * ncols, 2.9 * nrows))
+    height = 2.9 * nrows + 0.4
+    fig = Figure(figsize=(3.3 * ncols, height))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, r in zip(axes.flat, rows):
         _panel(ax, [p for p in pts if p["target"] == target and p["predictor"] == r["predictor"]], r, colours)
@@ -66,7 +71,7 @@ def draw_target(pts: list[dict[str, Any]], table: list[dict[str, Any]], target: 
     for ax in list(axes.flat)[len(rows):]:
         ax.set_visible(False)
     fig.suptitle(f"Predictors vs measured {target} ΔQ L ({rows[0]['n'] if rows else 0} checkpoints)", fontsize=10)
-    fig.subplots_adjust(hspace=0.65, wspace=0.35)
+    fig.subplots_adjust(hspace=0.75, wspace=0.35, top=1 - 0.85 / height, bottom=0.5 / height)
     legend_under_figure(fig, [Line2D([], [], color=c, marker=MARKERS[i % len(MARKERS)], linestyle="", label=run)
                               for i, (run, c) in enumerate(colours.items())])
     title = f"Predictors vs measured {target} ΔQ L"

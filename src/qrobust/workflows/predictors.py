@@ -176,18 +176,13 @@ def read_cache(path: Path, ident: dict[str, Any]) -> dict[str, dict[str, float]]
     return {"values": dict(d.get("values") or {}), "seconds": dict(d.get("seconds") or {})}
 
 
-def missing_work(targets: list[Target], names: list[str], have: dict[str, float]) -> list[tuple[list[str], list[QuantSpec]]]:
-    """The compute_predictors calls a checkpoint still needs: per-weight predictors in one call, per-variant
-    ones per RTN spec, each only for keys not cached."""
-    calls: list[tuple[list[str], list[QuantSpec]]] = []
-    plain = [n for n in names if not PREDICTORS[n].per_variant and n not in have]
-    if plain:
-        calls.append((plain, []))
-    specs = {t.rtn.label: t.rtn for t in targets}
-    for label, spec in specs.items():
-        per = [n for n in names if PREDICTORS[n].per_variant and f"{n}/{label}" not in have]
-        if per:
-            calls.append((per, [spec]))
+def missing_work(targets: list[Target], names: list[str], have: dict[str, float]) -> list[tuple[str, list[QuantSpec]]]:
+    """The compute_predictors calls a checkpoint still needs, one per predictor (and RTN spec for per-variant
+    ones), each only for a key not cached."""
+    calls: list[tuple[str, list[QuantSpec]]] = [(n, []) for n in names
+                                                if not PREDICTORS[n].per_variant and n not in have]
+    for label, spec in {t.rtn.label: t.rtn for t in targets}.items():
+        calls += [(n, [spec]) for n in names if PREDICTORS[n].per_variant and f"{n}/{label}" not in have]
     return calls
 
 
@@ -213,17 +208,18 @@ def checkpoint_blocks(folder: Path, costs: set[str], opts: ValidationOptions,
             memo.get(("eval", src)) if "eval" in costs else None)
 
 
-def compute_checkpoint(folder: Path, calls: list[tuple[list[str], list[QuantSpec]]], opts: ValidationOptions,
+def compute_checkpoint(folder: Path, calls: list[tuple[str, list[QuantSpec]]], opts: ValidationOptions,
                        memo: dict[tuple[str, str], torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Run the missing predictor calls on one checkpoint."""
-    costs = {PREDICTORS[n].cost for names, _ in calls for n in names}
+    """Run the missing predictor calls on one checkpoint, each alone with a fresh cache: its seconds are
+    what it costs by itself (work predictors share, such as the calibration Hessians, is charged to each),
+    so its cost ratio holds when it is the only one run."""
+    costs = {PREDICTORS[n].cost for n, _ in calls}
     calib, blocks = checkpoint_blocks(folder, costs, opts, memo)
     model = load_checkpoint(folder)
     model.eval()
-    shared: dict[Any, Any] = {}
     got: dict[str, dict[str, float]] = {"values": {}, "seconds": {}}
-    for names, specs in calls:
-        pv = compute_predictors(model, names, specs, calib, blocks, shared)
+    for name, specs in calls:
+        pv = compute_predictors(model, [name], specs, calib, blocks, {})
         got["values"].update(pv.values)
         got["seconds"].update(pv.seconds)
     return got
