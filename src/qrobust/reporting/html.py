@@ -82,7 +82,7 @@ def render_page(records: Iterable[Any], trajs: dict[str, dict[str, Any]], figs: 
                 source: str, generated: datetime, configs: list[dict[str, Any]] | None = None,
                 sections: list[str] | None = None) -> str:
     """The whole page as a string (pure: no I/O), so tests can check it without touching disk; ``sections``:
-    extra HTML sections shown before the provenance (e.g. the predictors of GPTQ ΔQ L)."""
+    extra HTML sections shown after the figures (e.g. the predictors of GPTQ ΔQ L)."""
     recs = variant_records(records)
     body = [f"<h1>qrobust report</h1><p class=\"meta\">Generated {esc(generated.strftime('%Y-%m-%d %H:%M:%S %Z'))}"
             f" from <code>{esc(source)}</code>.</p>", "<h2>Summary</h2>"]
@@ -92,9 +92,9 @@ def render_page(records: Iterable[Any], trajs: dict[str, dict[str, Any]], figs: 
     else:
         body.append(_summary_html(recs, trajs, figs))
         body.append("<h2>Figures</h2>" + (figures_html(figs) or "<p>No plottable records.</p>"))
+        body.extend(sections or [])
         body.append("<h2>All records</h2><p class=\"meta\">Sorted by trajectory, run, step, variant. "
                     "ΔQ L = L_q / L_fp − 1.</p>" + _table_html(recs))
-    body.extend(sections or [])
     body.append("<h2>Provenance</h2>" + provenance_html(recs, trajs, configs))
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
