@@ -283,3 +283,22 @@ def test_each_predictor_is_timed_alone(gptq_store, test_predictors, tmp_path):
         for name in ("t_share_a", "t_share_b"):
             PREDICTORS.pop(name, None)
     assert len(done) == 8 and [r["n"] for r in s["table"]] == [4, 4]  # 2 predictors x 4 checkpoints
+
+
+def test_cache_recomputes_a_predictor_whose_code_changed(gptq_store, tmp_path, monkeypatch):
+    import importlib
+    src = tmp_path / "mod" / "t_code_pred.py"
+    src.parent.mkdir()
+    src.write_text("N = [0]\n\n\ndef f(ctx):\n    N[0] += 1\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(src.parent))
+    mod = importlib.import_module("t_code_pred")
+    register_predictor("t_code", "weights", False)(mod.f)
+    try:
+        run(gptq_store, out=tmp_path / "p", predictors=["t_code"], n_boot=10)
+        run(gptq_store, out=tmp_path / "p", predictors=["t_code"], n_boot=10)
+        assert mod.N[0] == 4  # cached
+        src.write_text(src.read_text() + "# changed\n")  # same function, other code: its values are stale
+        assert run(gptq_store, out=tmp_path / "p", predictors=["t_code"], n_boot=10)["computed"] == 4
+        assert mod.N[0] == 8
+    finally:
+        PREDICTORS.pop("t_code", None)

@@ -10,6 +10,7 @@ correlations, the table, ``summary.json``, the CSV and the figure.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import warnings
@@ -21,7 +22,7 @@ import torch
 
 from ..data.checkpoint_blocks import calib_blocks, eval_blocks
 from ..data.evalset import checkpoint_data_config
-from ..data.tokenizer import tokenizer_fingerprint
+from ..data.tokenizer import file_fingerprint, tokenizer_fingerprint
 from ..errors import ConfigError, QrobustError, QrobustWarning
 from ..io.atomic import write_text
 from ..io.keys import record_key
@@ -164,16 +165,31 @@ def cache_file(out: Path, folder: Path, opts: ValidationOptions) -> tuple[Path, 
     return out / "cache" / f"{record_key(ident)}.json", ident
 
 
-def read_cache(path: Path, ident: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """{"values": ..., "seconds": ...} cached under ``path``; empty when absent, damaged or for another identity."""
-    empty: dict[str, dict[str, float]] = {"values": {}, "seconds": {}}
+def code_fingerprint(name: str) -> str:
+    """The code a predictor's value comes from (its function's file and the predictors package), so a value
+    cached by an older implementation is recomputed rather than reused."""
+    from ..monitor.predictors import base
+    own = inspect.getsourcefile(PREDICTORS[name].fn)
+    files = {*Path(base.__file__).parent.glob("*.py"), *([Path(own)] if own else [])}
+    return file_fingerprint([p for p in files if p.is_file()])
+
+
+def read_cache(path: Path, ident: dict[str, Any], codes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """{"values", "seconds", "code"} cached under ``path``, less the values of predictors whose code is not
+    ``codes[name]`` now; empty when absent, damaged or for another identity."""
+    empty: dict[str, dict[str, Any]] = {"values": {}, "seconds": {}, "code": {}}
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError):
         return empty
     if not isinstance(d, dict) or d.get("schema") != CACHE_SCHEMA or d.get("identity") != json.loads(json.dumps(ident)):
         return empty
-    return {"values": dict(d.get("values") or {}), "seconds": dict(d.get("seconds") or {})}
+    got = {part: dict(d.get(part) or {}) for part in ("values", "seconds", "code")}
+    for key in list(got["values"]):
+        name = key.split("/")[0]
+        if name in codes and got["code"].get(key) != codes[name]:
+            del got["values"][key]
+    return got
 
 
 def missing_work(targets: list[Target], names: list[str], have: dict[str, float]) -> list[tuple[str, list[QuantSpec]]]:
@@ -233,15 +249,17 @@ def fill_values(targets: list[Target], names: list[str], out: Path, opts: Valida
     for t in targets:
         by_folder.setdefault(t.record.checkpoint.path, []).append(t)
     computed, memo = 0, {}
+    codes = {n: code_fingerprint(n) for n in names}
     for i, (path, ts) in enumerate(by_folder.items(), 1):
         folder = Path(path)
         cfile, ident = cache_file(out, folder, opts)
-        have = read_cache(cfile, ident)
+        have = read_cache(cfile, ident, codes)
         calls = missing_work(ts, names, have["values"])
         if calls:
             got = compute_checkpoint(folder, calls, opts, memo)
             have["values"].update(got["values"])
             have["seconds"].update(got["seconds"])
+            have["code"].update({k: codes[k.split("/")[0]] for k in got["values"]})
             write_text(cfile, json.dumps({"schema": CACHE_SCHEMA, "identity": ident, **have}, indent=1),
                        "predictor cache")
             computed += 1
