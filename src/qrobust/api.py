@@ -182,6 +182,19 @@ def results_text(results: str | Path, format: str = "table", out: str | Path | N
     return text(results, format, out)
 
 
+def validate_predictors(stores: str | Path | list[str | Path], out: str | Path | None = None,
+                        threads: int | None = None, progress: bool = True, **settings: Any) -> dict[str, Any]:
+    """How well each cheap predictor ranks the stores' checkpoints like their measured GPTQ ΔQ L
+    (``qrobust predictors``): Spearman ρ and Kendall τ with bootstrap intervals, pooled and per run, and
+    the cost ratio. ``settings``: ``bits`` (3), ``method`` ("gptq"), ``predictors`` (names; default all
+    registered), ``n_blocks`` (32), ``calib_samples`` (16), ``n_boot`` (2000), ``seed``, ``confidence``.
+    Writes ``summary.json``, ``values.csv`` and the figure to ``out`` (default ``<first store>/predictors``,
+    which ``report`` shows); values are cached there, so a re-run computes only what is missing."""
+    from .workflows.predictors import ValidationOptions, run_validation
+    roots = [stores] if isinstance(stores, (str, Path)) else list(stores)
+    return run_validation(roots, out, ValidationOptions.of(settings), threads=threads, progress=progress)
+
+
 def trajectory_text(source: str, step_pattern: str | None = None, as_json: bool = False) -> str:
     """The checkpoints a trajectory source resolves to, as a table (or JSON); nothing is downloaded."""
     from .workflows.tables import trajectory_text as text
@@ -199,5 +212,5 @@ __all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "
            "degradation", "eval_blocks", "load_checkpoint", "load_trajectory", "LossResult", "QuantResult",
            "QuantSpec", "SweepSummary", "Trajectory", "quantize_checkpoint", "evaluate_checkpoint", "quant_spec",
            "prepare_shards", "open_shards", "TokenShards",
-           "results_text", "trajectory_text", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
+           "results_text", "trajectory_text", "validate_predictors", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
            "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions"]

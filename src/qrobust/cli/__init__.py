@@ -14,6 +14,7 @@ from ..errors import QrobustError, QrobustWarning
 from . import commands as c
 from . import parsers
 from .args import EXAMPLES, Parser, version
+from .predictors import add_predictors, cmd_predictors
 from .sweep import add_sweep, cmd_sweep
 
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
     for add in (parsers.add_demo, parsers.add_reproduce, parsers.add_train, parsers.add_quantize, parsers.add_export,
                 parsers.add_eval, parsers.add_sharpness, parsers.add_landscape, add_sweep, parsers.add_report,
-                parsers.add_results, parsers.add_average, parsers.add_trajectory, parsers.add_data):
+                parsers.add_results, parsers.add_average, parsers.add_trajectory, parsers.add_data, add_predictors):
         add(sub)
     return ap
 
@@ -35,7 +36,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sharpness": c.cmd_sharpness, "landscape": c.cmd_landscape, "demo": c.cmd_demo, "train": c.cmd_train,
     "quantize": c.cmd_quantize, "eval": c.cmd_eval, "sweep": cmd_sweep, "report": c.cmd_report,
     "results": c.cmd_results, "trajectory": c.cmd_trajectory, "average": c.cmd_average,
-    "reproduce": c.cmd_reproduce, "export": c.cmd_export, "data": c.cmd_data}
+    "reproduce": c.cmd_reproduce, "export": c.cmd_export, "data": c.cmd_data,
+    "predictors": cmd_predictors}
 
 
 class WarningsAsLines(warnings.catch_warnings):

@@ -19,6 +19,7 @@ from ..results.store import Store
 from .figures import make_figures
 from ..results.records import variant_records
 from .markup import CSS, esc, fmt, pre
+from .predictors import predictors_section
 from .provenance import provenance_html
 from .style import FigureOut, num
 
@@ -78,8 +79,10 @@ def _summary_html(records: list[VariantRecord], trajs: dict[str, dict[str, Any]]
 
 
 def render_page(records: Iterable[Any], trajs: dict[str, dict[str, Any]], figs: list[FigureOut],
-                source: str, generated: datetime, configs: list[dict[str, Any]] | None = None) -> str:
-    """The whole page as a string (pure: no I/O), so tests can check it without touching disk."""
+                source: str, generated: datetime, configs: list[dict[str, Any]] | None = None,
+                sections: list[str] | None = None) -> str:
+    """The whole page as a string (pure: no I/O), so tests can check it without touching disk; ``sections``:
+    extra HTML sections shown after the figures (e.g. the predictors of GPTQ ΔQ L)."""
     recs = variant_records(records)
     body = [f"<h1>qrobust report</h1><p class=\"meta\">Generated {esc(generated.strftime('%Y-%m-%d %H:%M:%S %Z'))}"
             f" from <code>{esc(source)}</code>.</p>", "<h2>Summary</h2>"]
@@ -89,6 +92,7 @@ def render_page(records: Iterable[Any], trajs: dict[str, dict[str, Any]], figs: 
     else:
         body.append(_summary_html(recs, trajs, figs))
         body.append("<h2>Figures</h2>" + (figures_html(figs) or "<p>No plottable records.</p>"))
+        body.extend(sections or [])
         body.append("<h2>All records</h2><p class=\"meta\">Sorted by trajectory, run, step, variant. "
                     "ΔQ L = L_q / L_fp − 1.</p>" + _table_html(recs))
     body.append("<h2>Provenance</h2>" + provenance_html(recs, trajs, configs))
@@ -105,7 +109,9 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(records, trajs, out, store.geometry(), store.side_records("tasks"))
-    page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs())
+    extra = predictors_section(Path(results_dir) / "predictors")  # written by `qrobust predictors`
+    page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs(),
+                       [extra] if extra else None)
     index = out / "index.html"
     write_text(index, page)
     os.chmod(index, 0o644)  # the temp file behind it was created 0600
