@@ -29,6 +29,8 @@ def has_real_monitor() -> bool:
 
 
 needs_monitor = pytest.mark.skipif(not has_real_monitor(), reason="needs qrobust.monitor.Monitor (monitor core)")
+needs_lightning = pytest.mark.skipif(importlib.util.find_spec("lightning") is None,
+                                     reason="needs lightning: pip install 'qrobust[monitor]'")
 
 
 def fp_loss(model: torch.nn.Module, blocks: torch.Tensor) -> float:
@@ -189,9 +191,32 @@ def test_hf_callback_evaluates_on_the_main_process_only(tmp_path, blocks):
     assert not (tmp_path / "logs").exists() and not (tmp_path / "unused").exists()
 
 
+def test_sink_writes_the_step_log_and_tensorboard_under_the_folder(tmp_path):
+    from qrobust.monitor.integrations.sinks import monitor_lines, open_sink
+    pytest.importorskip("tensorboard")
+    folder = tmp_path / "logs"
+    with open_sink(folder, ["jsonl", "tensorboard"], resume_step=0) as sink:
+        for s in (1, 2, 3):
+            sink.log(s, {"lr": 0.1 * s})
+            sink.log(s, {"monitor/loss_fp": float(s), "monitor/missing": None})
+    assert read_log(folder / "monitor.jsonl")[-1] == {"step": 3, "monitor/loss_fp": 3.0}
+    assert list((folder / "tensorboard" / "monitor").glob("events.out.tfevents.*"))
+    assert monitor_lines(folder / "monitor.jsonl", 2) == [{"step": 1, "monitor/loss_fp": 1.0},
+                                                         {"step": 2, "monitor/loss_fp": 2.0}]
+    with open_sink(folder, ["jsonl"], resume_step=2):  # a resume from step 2 drops what was logged after it
+        pass
+    assert [ln["step"] for ln in read_log(folder / "monitor.jsonl")] == [1, 1, 2, 2]
+    with pytest.raises(ConfigError, match="unknown tracker 'mlflow'"):
+        open_sink(folder, ["mlflow"], resume_step=0)
+
+
 def test_callbacks_refuse_an_object_that_is_not_a_monitor():
-    from qrobust.monitor.integrations import QrobustLightningCallback, QrobustTrainerCallback
-    for cls in (QrobustTrainerCallback, QrobustLightningCallback):
+    from qrobust.monitor.integrations import QrobustTrainerCallback
+    classes = [QrobustTrainerCallback]
+    if importlib.util.find_spec("lightning") is not None:
+        from qrobust.monitor.integrations import QrobustLightningCallback
+        classes.append(QrobustLightningCallback)
+    for cls in classes:
         with pytest.raises(ConfigError, match="without check, due, evaluate, restore"):
             cls({"every": 10})
 
@@ -242,6 +267,7 @@ def pl_fit(out: Path, blocks, callback=None, steps: int = STEPS, accumulate: int
     return trainer, model
 
 
+@needs_lightning
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_lightning_weights_bit_identical_and_log(tmp_path, blocks, accumulate):
     from qrobust.monitor.integrations import QrobustLightningCallback
@@ -261,6 +287,7 @@ def test_lightning_weights_bit_identical_and_log(tmp_path, blocks, accumulate):
     assert float(t1.callback_metrics["monitor/loss_fp"]) == pytest.approx(final["monitor/loss_fp"], rel=1e-6)
 
 
+@needs_lightning
 def test_lightning_model_attr_and_missing_model(tmp_path, blocks):
     from qrobust.monitor.integrations.lightning_callback import inner_model
     hf = micro(blocks[0])
@@ -280,7 +307,8 @@ def load_example(name: str):
     return mod
 
 
-@pytest.mark.parametrize("name", ["monitor_hf_trainer", "monitor_lightning"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["monitor_hf_trainer", pytest.param("monitor_lightning", marks=needs_lightning)])
 def test_examples_run_with_a_stand_in(tmp_path, name, capsys):
     ex = load_example(name)
     made = []
@@ -300,7 +328,7 @@ def test_examples_run_with_a_stand_in(tmp_path, name, capsys):
 
 @needs_monitor
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["monitor_hf_trainer", "monitor_lightning"])
+@pytest.mark.parametrize("name", ["monitor_hf_trainer", pytest.param("monitor_lightning", marks=needs_lightning)])
 def test_examples_run_with_the_real_monitor(tmp_path, name, capsys):
     ex = load_example(name)
     ex.main(["--out", str(tmp_path), "--steps", "40"])
@@ -330,6 +358,7 @@ def test_hf_trainer_real_monitor_bit_identical(tmp_path, blocks):
 
 
 @needs_monitor
+@needs_lightning
 def test_lightning_real_monitor_bit_identical(tmp_path, blocks):
     from qrobust.monitor.integrations import QrobustLightningCallback, make_monitor
     _, m0 = pl_fit(tmp_path / "a", blocks)
