@@ -64,7 +64,9 @@ class StandIn:
         torch.set_rng_state(rng)
         m = {"monitor/loss_fp": loss, "monitor/loss_q/rtn-w3g16": 1.1 * loss, "monitor/dq/rtn-w3g16": 0.1,
              "monitor/dq_low/rtn-w3g16": 0.08, "monitor/dq_high/rtn-w3g16": 0.12, "monitor/seconds": 0.01}
-        alerts = ["dq/rtn-w3g16 rose 12.0% over 1 evaluations"] if step == 2 * self.every else []
+        alerts = ["dq/rtn-w3g16"] if step == 2 * self.every else []
+        if alerts:
+            m["monitor/alert/dq/rtn-w3g16"] = 0.125
         res = SimpleNamespace(step=step, metrics=m, alerts=alerts, seconds=0.01)
         self.history.append(res)
         return res
@@ -143,7 +145,7 @@ def test_hf_trainer_weights_bit_identical_and_log(tmp_path, blocks, arch, capsys
     assert [(e["step"], e["epoch"]) for e in hist] == [(s, pytest.approx(s * 4 / 64)) for s in (2, 4, 6)]
     out = capsys.readouterr().out
     assert "monitor step 4: loss_fp" in out and "rtn-w3g16 ΔQ L +10.00% [+8.00, +12.00]" in out
-    assert "monitor ALERT at step 4: dq/rtn-w3g16 rose 12.0%" in out
+    assert "monitor ALERT at step 4: dq/rtn-w3g16 rose by 12.5%\n" in out
 
 
 def test_hf_trainer_refusal_stops_before_a_step(tmp_path, blocks):
@@ -225,6 +227,7 @@ def test_text_blocks_and_summary_line(blocks):
     from qrobust.data.prepare import prepare_data
     from qrobust.config import DataConfig
     from qrobust.monitor.integrations import summary_line, text_blocks
+    from qrobust.monitor.integrations.sinks import alert_line
     tok = prepare_data(DataConfig(max_chars=200_000, seq_len=SEQ, vocab_size=300)).tokenizer
     texts = ["alpha beta gamma " * 20, "delta epsilon " * 30]
     ids = tok(texts, add_special_tokens=False)["input_ids"]
@@ -235,6 +238,9 @@ def test_text_blocks_and_summary_line(blocks):
         text_blocks(tok, texts, 8, 999)
     line = summary_line(7, {"monitor/loss_fp": 2.5, "monitor/dq/gptq-w4g128": -0.00125, "monitor/seconds": 1.5})
     assert line == "monitor step 7: loss_fp 2.5000 | gptq-w4g128 ΔQ L -0.12% | 1.50 s"
+    assert alert_line(9, "dq/rtn-w3g128", {"monitor/alert/dq/rtn-w3g128": 0.0625}) == \
+        "monitor ALERT at step 9: dq/rtn-w3g128 rose by 6.2%"
+    assert alert_line(9, "loss_fp", {}) == "monitor ALERT at step 9: loss_fp"
 
 
 # ---------------------------------------------------------------- Lightning

@@ -110,12 +110,19 @@ def summary_line(step: int, metrics: Mapping[str, float]) -> str:
     return " ".join(parts)
 
 
+def alert_line(step: int, metric: str, metrics: Mapping[str, float]) -> str:
+    """The line of one fired alert: its metric and the relative rise the monitor logged for it."""
+    rise = metrics.get(f"{PREFIX}alert/{metric}")
+    return f"monitor ALERT at step {step}: {metric}" + (f" rose by {100 * rise:.1f}%" if rise is not None else "")
+
+
 def echo(step: int, metrics: Mapping[str, float], alerts: Iterable[str], stream: TextIO | None = None) -> None:
-    """Print the evaluation's line, then one ``monitor ALERT`` line per alert that fired."""
+    """Print the evaluation's line, then one ``monitor ALERT`` line per alert that fired (``alerts``: the
+    metrics whose rule fired, as ``MonitorResult.alerts`` lists them)."""
     out = stream or sys.stdout
     print(summary_line(step, metrics), file=out, flush=True)
-    for a in alerts:
-        print(f"monitor ALERT at step {step}: {a}", file=out, flush=True)
+    for metric in alerts:
+        print(alert_line(step, metric, metrics), file=out, flush=True)
 
 
 def make_monitor(cfg: Any, eval_blocks: Any, calibration: Any = None) -> MonitorLike:
