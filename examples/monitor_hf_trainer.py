@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, make: Callable[..., Any] | None = None) 
     p.add_argument("--out", default="hf-monitor-out")
     p.add_argument("--steps", type=int, default=60)
     a = p.parse_args(argv)
-    torch.set_num_threads(min(4, torch.get_num_threads()))
+    torch.set_num_threads(1)  # a micro model: one thread is fastest, and kind to a shared machine
     model, train_blocks, eval_blocks = tiny_setup()
     monitor = (make or make_monitor)(MONITOR, eval_blocks)
     args = TrainingArguments(output_dir=a.out, max_steps=a.steps, per_device_train_batch_size=8, learning_rate=3e-3,

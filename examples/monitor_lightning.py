@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None, make: Callable[..., Any] | None = None) 
     p.add_argument("--out", default="pl-monitor-out")
     p.add_argument("--steps", type=int, default=60)
     a = p.parse_args(argv)
-    torch.set_num_threads(min(4, torch.get_num_threads()))
+    torch.set_num_threads(1)  # a micro model: one thread is fastest, and kind to a shared machine
     pl.seed_everything(0, verbose=False)
     model, train_blocks, eval_blocks = tiny_setup()
     monitor = (make or make_monitor)(MONITOR, eval_blocks)

@@ -76,6 +76,15 @@ class StandIn:
         self.history = [SimpleNamespace(step=ln["step"], metrics=ln, alerts=[], seconds=0.0) for ln in lines]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Micro models train fastest on one thread (and the examples set one): restored for the other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def blocks():
     """(tokenizer vocab size, training blocks, 4 held-out blocks) of the built-in corpus."""
