@@ -2,6 +2,7 @@
 steps 4/8/12 and a cooldown branch from step 8 monitored at 12 (where an alert fired)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -99,10 +100,36 @@ def test_section_has_the_figures_and_the_last_values(out, tmp_path):
     assert ">main<" in rows[0] and ">24.00%<" in rows[0] and ">23.00%<" in rows[0] and ">4.9600<" in rows[0]
     assert rows[0].endswith("<td>0</td></tr>")
     assert ">decay8<" in rows[2] and ">30.00%<" in rows[2] and rows[2].endswith("<td>1</td></tr>")
-    assert ">12.00%<" in rows[3] and ">4.4800<" in rows[3]
+    assert ">12.00%<" in rows[3] and ">4.4800<" in rows[3] and rows[3].endswith("<td>0</td></tr>")  # alert was on w3
 
 
 def test_no_monitor_lines_no_section(tmp_path):
     write(tmp_path, "main", [{"step": 1, "loss": 3.0, "lr": 1e-3}])
     assert monitor_section(tmp_path, tmp_path / "figs") == "" and monitor_figures(tmp_path, tmp_path / "f") == []
     assert monitor_section(tmp_path / "nothing", tmp_path / "figs") == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("qrobust.monitor.core") is None, reason="needs qrobust.monitor (core)")
+def test_a_real_monitored_run_is_drawn_from_its_logs(tmp_path):
+    """qrobust's own loop with a monitor block (main + a cooldown branch from step 8): the figure reads its logs."""
+    import torch
+    from conftest import tiny_config
+    from qrobust.config import TrainConfig, parse_config
+    from qrobust.training.loop import train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        monitor = {"every": 4, "n_blocks": 4, "batch_size": 2, "bits": [3], "group_size": 16}
+        train(parse_config(TrainConfig, tiny_config(tmp_path / "run", monitor=monitor)), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    logs = read_run_logs(tmp_path / "run")
+    assert [(lg.run, [ln["step"] for ln in lg.lines]) for lg in logs] == [("main", [4, 8, 12]), ("decay8", [12])]
+    main, branch = logs
+    logged = [json.loads(x) for x in (tmp_path / "run" / "logs" / "decay8.jsonl").read_text().splitlines()]
+    assert branch.lr == [(ln["step"], ln["lr"]) for ln in logged if "lr" in ln] and len(branch.lr) == 4
+    w3 = "rtn-w3g16"
+    assert [p[:2] for p in dq_points(logs, branch, w3)] == [
+        (8, main.lines[1][f"monitor/dq/{w3}"]), (12, logged[-1][f"monitor/dq/{w3}"])]
+    figs = monitor_figures(tmp_path / "run", tmp_path / "figs")
+    assert [f.path.name for f in figs] == [f"monitor_run_{w3}.png"]

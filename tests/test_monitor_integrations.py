@@ -322,7 +322,6 @@ def load_example(name: str):
     return mod
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["monitor_hf_trainer", pytest.param("monitor_lightning", marks=needs_lightning)])
 def test_examples_run_with_a_stand_in(tmp_path, name, capsys):
     ex = load_example(name)
@@ -342,7 +341,6 @@ def test_examples_run_with_a_stand_in(tmp_path, name, capsys):
 
 
 @needs_monitor
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["monitor_hf_trainer", pytest.param("monitor_lightning", marks=needs_lightning)])
 def test_examples_run_with_the_real_monitor(tmp_path, name, capsys):
     ex = load_example(name)

@@ -177,14 +177,15 @@ TABLE = [("ΔQ L", "dq", "pct"), ("low", "dq_low", "pct"), ("high", "dq_high", "
 
 
 def last_values_table(logs: list[RunLog]) -> str:
-    """Each run's last evaluation, one row per variant, and how many alerts fired along the run."""
+    """Each run's last evaluation, one row per variant, and how many alerts on that variant's metrics
+    (``monitor/alert/<...>/<label>``) fired along the run."""
     head = ("<tr><th class=\"l\">run</th><th>step</th><th class=\"l\">variant</th><th>loss_fp</th>"
             + "".join(f"<th>{esc(h)}</th>" for h, _, _ in TABLE) + "<th>alerts</th></tr>")
     rows = []
     for lg in logs:
         last = lg.lines[-1]
-        n_alerts = sum(1 for ln in lg.lines for k in ln if k.startswith(PREFIX + "alert/"))
         for label in labels_of([RunLog(lg.run, lines=[last])]):
+            n_alerts = len(alert_points(lg, label))
             cells = "".join(f"<td>{esc(fmt(last.get(f'{PREFIX}{key}/{label}'), kind))}</td>" for _, key, kind in TABLE)
             rows.append(f"<tr><td class=\"l\">{esc(lg.run)}</td><td>{esc(fmt(last['step'], 'int'))}</td>"
                         f"<td class=\"l\">{esc(label)}</td><td>{esc(fmt(last.get(PREFIX + 'loss_fp'), 'loss'))}</td>"
