@@ -31,7 +31,7 @@ def lm_module(model: torch.nn.Module, lr: float, steps: int) -> Any:
     class CausalLM(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            self.model = model.train()  # qrobust builds models in eval mode; Lightning leaves modes as found
 
         def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
             loss = self.model(input_ids=batch, labels=batch).loss

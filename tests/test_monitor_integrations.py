@@ -221,6 +221,29 @@ def test_sink_writes_the_step_log_and_tensorboard_under_the_folder(tmp_path):
         open_sink(folder, ["mlflow"], resume_step=0)
 
 
+def test_sharded_weights_are_refused_before_a_step(tmp_path, blocks):
+    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.monitor.integrations.hf_trainer import check_unsharded
+    mon = StandIn(blocks[2])
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, epoch=0.0, log_history=[])
+    with pytest.raises(ConfigError, match="holds only a shard of the weights under the HF Trainer's FSDP"):
+        QrobustTrainerCallback(mon).on_train_begin(SimpleNamespace(fsdp="full_shard", output_dir=str(tmp_path)),
+                                                   state, None, model=micro(blocks[0]))
+    assert mon.checked == [] and not (tmp_path / "logs").exists()
+    check_unsharded(SimpleNamespace(fsdp=None))  # DDP or one process: fine
+    if importlib.util.find_spec("lightning") is not None:
+        from qrobust.monitor.integrations.lightning_callback import check_unsharded as pl_check
+
+        class FSDPStrategy:
+            pass
+
+        with pytest.raises(ConfigError, match="under Lightning's FSDPStrategy"):
+            pl_check(FSDPStrategy())
+        with pytest.raises(ConfigError, match=r"DeepSpeedStrategy \(ZeRO stage 3\)"):
+            pl_check(type("DeepSpeedStrategy", (), {"zero_stage_3": True})())
+        pl_check(type("DDPStrategy", (), {})())
+
+
 def test_callbacks_refuse_an_object_that_is_not_a_monitor():
     from qrobust.monitor.integrations import QrobustTrainerCallback
     classes = [QrobustTrainerCallback]
@@ -263,7 +286,7 @@ def pl_fit(out: Path, blocks, callback=None, steps: int = STEPS, accumulate: int
     class Wrapped(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            self.model = model
+            self.model = model.train()
 
         def training_step(self, batch, batch_idx):
             return self.model(input_ids=batch, labels=batch).loss
@@ -354,6 +377,17 @@ def test_examples_run_with_the_real_monitor(tmp_path, name, capsys):
             assert ln[f"monitor/dq/{key}"] == pytest.approx(q / fp - 1, rel=1e-6)
             assert ln[f"monitor/dq_low/{key}"] <= ln[f"monitor/dq/{key}"] <= ln[f"monitor/dq_high/{key}"]
     assert "monitor step 40: loss_fp" in capsys.readouterr().out
+
+
+@needs_monitor
+def test_make_monitor_refuses_a_bad_config_in_one_line(blocks):
+    from qrobust.monitor.integrations import make_monitor
+    with pytest.raises(ConfigError, match="monitor config") as e:
+        make_monitor({"every": 0}, blocks[2])
+    assert "every" in str(e.value) and "\n" not in str(e.value)
+    mon = make_monitor({"every": 2, "bits": [3], "group_size": 128}, blocks[2])
+    with pytest.raises(ConfigError):  # a group wider than the micro model's 32-wide layers, before training
+        mon.check(micro(blocks[0]))
 
 
 @needs_monitor

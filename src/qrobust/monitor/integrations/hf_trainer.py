@@ -17,7 +17,19 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ...training.trackers import FanOut
-from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor
+from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor, sharded_error
+
+
+def check_unsharded(args: Any) -> None:
+    """Refuse FSDP and DeepSpeed ZeRO-3 (sharded weights) at start-up, before any step."""
+    if getattr(args, "fsdp", None):
+        raise sharded_error("the HF Trainer's", "FSDP")
+    try:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    except ImportError:  # an older transformers without the helper: no ZeRO-3 through it either
+        return
+    if is_deepspeed_zero3_enabled():
+        raise sharded_error("the HF Trainer's", "DeepSpeed ZeRO-3")
 
 
 def optimizer_lr(optimizer: Any) -> float | None:
@@ -45,6 +57,7 @@ class QrobustTrainerCallback(TrainerCallback):
         return self.log_dir if self.log_dir is not None else Path(args.output_dir) / "logs"
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        check_unsharded(args)
         self.monitor.check(model)
         if not state.is_world_process_zero:
             return

@@ -19,7 +19,7 @@ from lightning.pytorch import Callback
 from ...errors import ConfigError
 from ...training.trackers import FanOut
 from .hf_trainer import optimizer_lr
-from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor
+from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor, sharded_error
 
 
 def inner_model(pl_module: Any, attr: str | None) -> Any:
@@ -33,6 +33,15 @@ def inner_model(pl_module: Any, attr: str | None) -> Any:
         raise ConfigError(f"{type(pl_module).__name__} has no attribute '{attr}' holding the model to monitor; "
                           "pass model_attr=<the attribute name> to QrobustLightningCallback")
     return model
+
+
+def check_unsharded(strategy: Any) -> None:
+    """Refuse Lightning's FSDP and DeepSpeed ZeRO-3 strategies (sharded weights) before any step."""
+    name = type(strategy).__name__
+    if "FSDP" in name:
+        raise sharded_error("Lightning's", name)
+    if getattr(strategy, "zero_stage_3", False):
+        raise sharded_error("Lightning's", f"{name} (ZeRO stage 3)")
 
 
 class QrobustLightningCallback(Callback):
@@ -53,6 +62,7 @@ class QrobustLightningCallback(Callback):
         self.last_step = -1  # the last global step handled (micro-batches of one step share it)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        check_unsharded(trainer.strategy)
         self.monitor.check(inner_model(pl_module, self.model_attr))
         self.last_step = int(trainer.global_step)
         if not trainer.is_global_zero:

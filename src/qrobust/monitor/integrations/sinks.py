@@ -49,6 +49,14 @@ def require_monitor(monitor: Any) -> MonitorLike:
     return monitor
 
 
+def sharded_error(trainer: str, scheme: str) -> ConfigError:
+    """The refusal for sharded weights: the callbacks evaluate on the main process alone, which holds only a
+    shard of them (qrobust's own loop gathers them: use it, or DDP, for a monitored run)."""
+    return ConfigError(f"the qrobust monitor callback evaluates on the main process alone, which holds only a "
+                       f"shard of the weights under {trainer} {scheme}; train with DDP (or one process), or use "
+                       "qrobust's own training loop with a monitor: block, which gathers them")
+
+
 @dataclass(frozen=True)
 class FolderContext(TrackerContext):
     """A tracker context whose logs go to ``folder`` itself (a trainer's ``<output_dir>/logs`` or the user's
