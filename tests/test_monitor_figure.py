@@ -133,3 +133,18 @@ def test_a_real_monitored_run_is_drawn_from_its_logs(tmp_path):
         (8, main.lines[1][f"monitor/dq/{w3}"]), (12, logged[-1][f"monitor/dq/{w3}"])]
     figs = monitor_figures(tmp_path / "run", tmp_path / "figs")
     assert [f.path.name for f in figs] == [f"monitor_run_{w3}.png"]
+
+    # the report of a sweep of this run shows the live monitor beside the store's figures; one without, nothing
+    from qrobust.reporting.html import write_report
+    from qrobust.sweeps import sweep
+    sweep({"trajectory": str(tmp_path / "run"), "out": str(tmp_path / "res"), "bits": [3], "group_sizes": [16],
+           "eval": {"n_blocks": 4, "batch_size": 2}}, progress=False)
+    page = write_report(tmp_path / "res").read_text()
+    assert "<h2>Live monitor</h2>" in page and f'id="monitor_t_{w3}"' in page
+    assert (tmp_path / "res" / "report" / f"monitor_t_{w3}.png").is_file()
+
+
+def test_a_report_without_a_monitor_has_no_monitor_section(tiny_results, tmp_path):
+    from qrobust.reporting.html import write_report
+    page = write_report(tiny_results, tmp_path / "rep").read_text()
+    assert "Live monitor" not in page and "<h2>Figures</h2>" in page

@@ -18,7 +18,8 @@ from ..results.records import VariantRecord
 from ..results.store import Store
 from .figures import make_figures
 from ..results.records import variant_records
-from .markup import CSS, esc, fmt, pre
+from .markup import CSS, esc, figures_html, fmt, pre
+from .monitor_curves import monitor_section, training_folders
 from .predictors import predictors_section
 from .provenance import provenance_html
 from .style import FigureOut, num
@@ -39,21 +40,6 @@ COLUMNS: list[tuple[str, Callable[[VariantRecord], Any], str, bool]] = [
     ("ΔQ L 95% CI low", lambda r: r.metrics.dq_ci.low if r.metrics.dq_ci else None, "pct", False),
     ("ΔQ L 95% CI high", lambda r: r.metrics.dq_ci.high if r.metrics.dq_ci else None, "pct", False),
 ]
-
-
-def figures_html(figs: list[FigureOut]) -> str:
-    """The figures as embedded PNGs with captions, under a heading per trajectory."""
-    parts: list[str] = []
-    current = None
-    for f in figs:
-        if f.trajectory != current:
-            current = f.trajectory
-            parts.append(f"<h3>Trajectory: {esc(current)}</h3>")
-        data = base64.b64encode(f.png).decode("ascii")
-        parts.append(f'<figure id="{esc(f.path.stem)}"><img src="data:image/png;base64,{data}" '
-                     f'alt="{esc(f.title)}"><figcaption>{esc(f.caption)} '
-                     f"<code>{esc(f.path.name)}</code></figcaption></figure>")
-    return "\n".join(parts)
 
 
 def _table_html(records: list[VariantRecord]) -> str:
@@ -109,9 +95,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(records, trajs, out, store.geometry(), store.side_records("tasks"))
-    extra = predictors_section(Path(results_dir) / "predictors")  # written by `qrobust predictors`
+    extra = [monitor_section(folder, out, name) for name, folder in sorted(training_folders(records).items())]
+    extra.append(predictors_section(Path(results_dir) / "predictors"))  # written by `qrobust predictors`
     page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs(),
-                       [extra] if extra else None)
+                       [x for x in extra if x])
     index = out / "index.html"
     write_text(index, page)
     os.chmod(index, 0o644)  # the temp file behind it was created 0600

@@ -2,11 +2,12 @@
 Used by the report page and by other pages built from records (e.g. a reproduction's)."""
 from __future__ import annotations
 
+import base64
 import html as _html
 import json
 from typing import Any
 
-from .style import num
+from .style import FigureOut, num
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;max-width:1200px;
@@ -51,3 +52,18 @@ def fmt(v: Any, kind: str) -> str:
 def pre(obj: Any) -> str:
     """``obj`` as indented, key-sorted JSON in a ``<pre>`` block."""
     return f"<pre>{esc(json.dumps(obj, indent=1, sort_keys=True, default=str))}</pre>"
+
+
+def figures_html(figs: list[FigureOut]) -> str:
+    """The figures as embedded PNGs with captions, under a heading per trajectory."""
+    parts: list[str] = []
+    current = None
+    for f in figs:
+        if f.trajectory != current:
+            current = f.trajectory
+            parts.append(f"<h3>Trajectory: {esc(current)}</h3>")
+        data = base64.b64encode(f.png).decode("ascii")
+        parts.append(f'<figure id="{esc(f.path.stem)}"><img src="data:image/png;base64,{data}" '
+                     f'alt="{esc(f.title)}"><figcaption>{esc(f.caption)} '
+                     f"<code>{esc(f.path.name)}</code></figcaption></figure>")
+    return "\n".join(parts)

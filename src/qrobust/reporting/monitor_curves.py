@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from .markup import esc, fmt
+from .markup import esc, figures_html, fmt
 from .style import BRANCH_COLOURS, DQ_LABEL, ROOT_COLOUR, FigureOut, legend_under_figure, num, save_figure, slug
 
 PREFIX = "monitor/"
@@ -196,8 +196,6 @@ def last_values_table(logs: list[RunLog]) -> str:
 def monitor_section(out: str | Path, fig_dir: str | Path, name: str | None = None) -> str:
     """The report's "Live monitor" section for the training folder ``out`` (figures written to ``fig_dir``);
     an empty string when the folder has no monitor lines, so a report without a monitor shows nothing."""
-    from .html import figures_html  # the page's figure markup; imported here as html draws the record figures
-
     logs = read_run_logs(out)
     if not logs:
         return ""
@@ -207,3 +205,17 @@ def monitor_section(out: str | Path, fig_dir: str | Path, name: str | None = Non
     return ("<h2>Live monitor</h2><p class=\"meta\">ΔQ L measured while training, from the step logs of "
             f"<code>{esc(Path(out))}</code>.{esc(cost)}</p>" + figures_html(figs)
             + "<h3>Last evaluation of each run</h3>" + last_values_table(logs))
+
+
+def training_folders(records: list[Any]) -> dict[str, Path]:
+    """The training folder of each trajectory a store's records come from (``<out>/checkpoints/<run>/<step>``
+    with ``<out>/logs`` beside it): where its monitor lines are. Averaged and Hub checkpoints have none."""
+    found: dict[str, Path] = {}
+    for r in records:
+        path = getattr(r.checkpoint, "path", None)
+        if r.trajectory in found or not path:
+            continue
+        p = Path(path)
+        if len(p.parents) > 2 and p.parents[1].name == "checkpoints" and (p.parents[2] / "logs").is_dir():
+            found[r.trajectory] = p.parents[2]
+    return found
