@@ -302,3 +302,17 @@ def test_cache_recomputes_a_predictor_whose_code_changed(gptq_store, tmp_path, m
         assert mod.N[0] == 8
     finally:
         PREDICTORS.pop("t_code", None)
+
+
+def test_noise_ceiling_is_one_without_noise_and_equals_a_scipy_loop():
+    import numpy as np
+    from scipy.stats import spearmanr
+    from qrobust.workflows.predictor_stats import noise_ceiling
+    y = [0.1, 0.4, 0.2, 0.9, 0.5]
+    assert noise_ceiling(y, [0.0] * 5) == 1.0
+    se = [0.05, 0.2, 0.1, 0.3, 0.02]
+    draws = np.random.default_rng(3).standard_normal((50, 5)) * np.asarray(se)
+    loop = [spearmanr(y, np.asarray(y) + d).statistic for d in draws]
+    assert abs(noise_ceiling(y, se, n_sim=50, seed=3) - float(np.median(loop))) < 1e-12
+    assert noise_ceiling(y, [1e6] * 5, n_sim=400) < 0.3  # noise swamps the spread: no ranking survives
+    assert noise_ceiling([1.0, 1.0], [0.1, 0.1]) is None and noise_ceiling(y, [float("nan")] * 5) is None

@@ -96,11 +96,12 @@ def _coef(v: Any, ci: Any) -> str:
 def table_html(table: list[dict[str, Any]]) -> str:
     left = ' class="l"'
     head = "".join(f"<th{left if i < 3 else ''}>{esc(h)}</th>" for i, h in enumerate(
-        ("target", "predictor", "reads", "Spearman ρ [95% CI]", "Kendall τ [95% CI]", "cost ratio", "n")))
+        ("target", "predictor", "reads", "Spearman ρ [95% CI]", "Kendall τ [95% CI]", "cost ratio", "n", "ρ ceiling")))
     body = []
     for r in table:
         cells = [r.get("target"), r.get("predictor"), r.get("cost") or "—", _coef(r.get("rho"), r.get("rho_ci")),
-                 _coef(r.get("tau"), r.get("tau_ci")), ratio_text(r.get("cost_ratio")), r.get("n")]
+                 _coef(r.get("tau"), r.get("tau_ci")), ratio_text(r.get("cost_ratio")), r.get("n"),
+                 _coef(r.get("ceiling"), None)]
         body.append("<tr class=\"pred\">" + "".join(f"<td{left if i < 3 else ''}>{esc(c)}</td>"
                                                    for i, c in enumerate(cells)) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
@@ -134,6 +135,7 @@ def predictors_section(folder: Path) -> str | None:
     st = s.get("settings") or {}
     meta = (f"{esc(s.get('n_checkpoints'))} checkpoints of {esc(', '.join(map(str, st.get('stores') or [])))}; "
             f"truth: {esc(st.get('method'))} at {esc(st.get('bits'))} bits; {esc(st.get('n_boot'))} bootstrap "
-            "resamples of checkpoints; cost ratio: median of (quantize + eval seconds) / predictor seconds.")
+            "resamples of checkpoints; cost ratio: median of (quantize + eval seconds) / predictor seconds; ρ ceiling: the median ρ "
+            "a perfect predictor reaches against the measured values given their bootstrap noise.")
     return (f"<h2>{esc(SECTION_TITLE)}</h2><p class=\"meta\">{meta}</p>" + table_html(table)
             + _figures_html(Path(folder), list(s.get("figures") or [])))

@@ -1,7 +1,8 @@
 """The outputs of ``qrobust predictors``: per predictor, ρ and τ against the measured ΔQ L pooled over every
 checkpoint and per run (trajectory + run), with bootstrap intervals, and the measured cost ratio; written as
 ``summary.json`` (everything), ``values.csv`` (one row per checkpoint and predictor) and a predictor-vs-truth
-figure, and printed as a table. The report shows the same folder as its "Predictors" section."""
+figure, and printed as a table. Each row also carries the noise ceiling (the ρ a perfect predictor can expect
+against measured values with their bootstrap noise: `predictor_stats.noise_ceiling`). The report shows the same folder as its "Predictors" section."""
 from __future__ import annotations
 
 import csv
@@ -15,20 +16,26 @@ from typing import Any, Sequence
 from ..io.atomic import write_text
 from ..monitor.predictors import PREDICTORS
 from ..reporting.predictors import FIGURE_STEM, draw_predictors, ratio_text
-from .predictor_stats import agreement, cost_ratio
+from .predictor_stats import agreement, cost_ratio, noise_ceiling
 
 Target = Any  # a workflows.predictors.Target (not imported: that module imports this one)
 
 SCHEMA = "qrobust.predictors/1"
 CSV_NAME = "values.csv"
-CSV_COLUMNS = ["store", "trajectory", "run", "checkpoint", "step", "path", "target", "truth", "truth_seconds",
-               "predictor", "value", "seconds"]
+CSV_COLUMNS = ["store", "trajectory", "run", "checkpoint", "step", "path", "target", "truth", "truth_se",
+               "truth_seconds", "predictor", "value", "seconds"]
 
 
 def truth_seconds(t: Target) -> float | None:
     """Seconds the measured value cost: the record's quantization + evaluation."""
     q, e = t.record.timings.get("quantize_s"), t.record.timings.get("eval_s")
     return float(q) + float(e) if q is not None and e is not None else None
+
+
+def truth_se(t: Target) -> float | None:
+    """The record's paired-bootstrap standard error of ΔQ L (its evaluation noise), when stored."""
+    ci = t.record.metrics.dq_ci
+    return float(ci.se) if ci is not None and ci.se is not None else None
 
 
 def points(targets: Sequence[Target]) -> list[dict[str, Any]]:
@@ -41,7 +48,7 @@ def points(targets: Sequence[Target]) -> list[dict[str, Any]]:
                 continue
             rows.append({"store": t.store, "trajectory": t.record.trajectory, "run": ck.run, "checkpoint": ck.name,
                          "step": ck.step, "path": ck.path, "target": t.label, "truth": t.record.metrics.dq_rel,
-                         "truth_seconds": truth_seconds(t), "predictor": key, "value": v,
+                         "truth_se": truth_se(t), "truth_seconds": truth_seconds(t), "predictor": key, "value": v,
                          "seconds": t.seconds.get(key)})
     return rows
 
@@ -55,8 +62,11 @@ def row(pts: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
     a = agreement([p["value"] for p in pts], [p["truth"] for p in pts], settings["n_boot"], settings["seed"],
                   settings["confidence"])
     secs = [p["seconds"] for p in pts if p["seconds"] is not None and math.isfinite(p["seconds"])]
+    ses = [p["truth_se"] for p in pts]
+    ceiling = (noise_ceiling([p["truth"] for p in pts], ses, settings["n_boot"], settings["seed"])
+               if all(s is not None for s in ses) else None)
     return {**a.to_dict(), "cost_ratio": cost_ratio([p["truth_seconds"] for p in pts], [p["seconds"] for p in pts]),
-            "seconds_median": statistics.median(secs) if secs else None}
+            "seconds_median": statistics.median(secs) if secs else None, "ceiling": ceiling}
 
 
 def analyse(pts: list[dict[str, Any]], settings: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -84,9 +94,9 @@ def coef_text(v: float | None, ci: Sequence[float] | None) -> str:
 
 def table_text(table: list[dict[str, Any]]) -> str:
     """The printed table: predictor, ρ [low, high], τ [low, high], cost ratio, n."""
-    head = ("target", "predictor", "ρ [95% CI]", "τ [95% CI]", "cost ratio", "n")
+    head = ("target", "predictor", "ρ [95% CI]", "τ [95% CI]", "cost ratio", "n", "ρ ceiling")
     lines = [(r["target"], r["predictor"], coef_text(r["rho"], r["rho_ci"]), coef_text(r["tau"], r["tau_ci"]),
-              ratio_text(r["cost_ratio"]), str(r["n"])) for r in table]
+              ratio_text(r["cost_ratio"]), str(r["n"]), coef_text(r.get("ceiling"), None)) for r in table]
     widths = [max(len(c) for c in col) for col in zip(head, *lines)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [head, *lines])
 

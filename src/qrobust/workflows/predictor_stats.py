@@ -113,3 +113,17 @@ def cost_ratio(truth_seconds: Sequence[float], predictor_seconds: Sequence[float
     r = [t / p for t, p in zip(truth_seconds, predictor_seconds)
          if t is not None and p is not None and t > 0 and p > 0 and math.isfinite(t) and math.isfinite(p)]
     return float(np.median(r)) if r else None
+
+
+def noise_ceiling(truth: Sequence[float], se: Sequence[float], n_sim: int = N_BOOT, seed: int = 0) -> float | None:
+    """The Spearman ρ a perfect predictor can expect against measured values that carry evaluation noise: the
+    median over ``n_sim`` seeded draws of ρ(truth, truth + N(0, se²)), with ``se`` each record's bootstrap
+    standard error. A predictor near this value is as good as the measurement lets anyone tell; None when
+    there is no ranking (fewer than 2 values, constant truth) or no standard error."""
+    y, s = np.asarray(truth, dtype=float), np.asarray(se, dtype=float)
+    if y.size < 2 or np.ptp(y) == 0 or y.shape != s.shape or not np.all(np.isfinite(s)):
+        return None
+    noisy = y + np.random.default_rng(seed).standard_normal((n_sim, y.size)) * s
+    rho = spearman_rows(np.broadcast_to(y, noisy.shape).copy(), noisy)
+    ok = rho[np.isfinite(rho)]
+    return float(np.median(ok)) if ok.size else None
