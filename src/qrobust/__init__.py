@@ -2,7 +2,8 @@
 
 Python API (see README): ``train``, ``quantize``, ``quantized``, ``evaluate_loss``, ``eval_blocks``,
 ``sweep``, ``stream_checkpoint``, ``average``, ``sharpness``, ``landscape``, ``compare_dq``, ``report``, ``load_checkpoint``,
-``load_trajectory``, ``prepare_shards``, ``open_shards``, ``quantize_checkpoint``, ``evaluate_checkpoint`` (and the typed options of the wide
+``load_trajectory``, ``prepare_shards``, ``open_shards``, ``Monitor`` (live ΔQ L while training), ``compute_predictors``,
+``validate_predictors``, ``quantize_checkpoint``, ``evaluate_checkpoint`` (and the typed options of the wide
 calls: ``ExportOptions``, ``LandscapeOptions``, ...). Names load lazily so the CLI starts fast.
 """
 from __future__ import annotations
@@ -14,7 +15,8 @@ from .version import __version__
 
 __all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "landscape", "compare_dq", "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss", "degradation", "eval_blocks",
            "load_checkpoint", "load_trajectory", "LossResult", "QuantResult", "QuantSpec", "SweepSummary", "Trajectory",
-           "prepare_shards", "open_shards",
+           "prepare_shards", "open_shards", "Monitor", "MonitorConfig", "MonitorResult", "PREDICTORS", "compute_predictors",
+           "validate_predictors",
            "quantize_checkpoint", "evaluate_checkpoint", "quant_spec", "CalibrationOptions", "EvalOptions",
            "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions",
            "__version__"]

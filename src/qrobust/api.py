@@ -12,6 +12,9 @@ from .data.checkpoint_blocks import calib_blocks, eval_blocks
 from .data.shards import TokenShards, open_shards
 from .evaluate import LossResult, degradation, evaluate_loss
 from .models import load_checkpoint
+from .config import MonitorConfig
+from .monitor import Monitor, MonitorResult
+from .monitor.predictors import PREDICTORS, compute_predictors
 from .quant import QuantResult, QuantSpec, quantize, quantized
 from .quant.pipelines.streamed import stream_checkpoint
 from .sources import load_source as load_trajectory
@@ -211,6 +214,7 @@ __all__ = ["export", "stream_checkpoint", "reproduce", "average", "sharpness", "
            "dq_interval", "calib_blocks", "train", "sweep", "report", "quantize", "quantized", "evaluate_loss",
            "degradation", "eval_blocks", "load_checkpoint", "load_trajectory", "LossResult", "QuantResult",
            "QuantSpec", "SweepSummary", "Trajectory", "quantize_checkpoint", "evaluate_checkpoint", "quant_spec",
-           "prepare_shards", "open_shards", "TokenShards",
+           "prepare_shards", "open_shards", "TokenShards", "Monitor", "MonitorConfig", "MonitorResult", "PREDICTORS",
+           "compute_predictors",
            "results_text", "trajectory_text", "validate_predictors", "presets_text", "sweep_config", "CalibrationOptions", "EvalOptions",
            "ExecutorOptions", "ExportOptions", "LandscapeOptions", "LoadOptions", "StreamOptions", "TaskOptions"]
