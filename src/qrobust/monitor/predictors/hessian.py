@@ -11,15 +11,13 @@ and no extra forward pass; ``hessian_err_gptq`` is the objective GPTQ minimizes,
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from ...errors import QrobustError
-from ...quant.methods.gptq import gptq_options
+from ...quant.methods.gptq import gptq_options, ieee_fp32
 from ...quant.methods.gptq_core import gptq_quantize
 from ...quant.methods.hessian import XtX
 from ...quant.pipelines.in_memory import select_linears
@@ -83,17 +81,6 @@ def collect_hessians(model: nn.Module, tokens: torch.Tensor, batch_size: int = B
 
 def stop() -> None:
     raise StopForward
-
-
-@contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """TF32 off for the duration (Hessians and GPTQ updates on CUDA in real fp32); restored after."""
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
 
 
 def hessians(ctx: PredictorContext) -> LayerHessians:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -106,7 +106,7 @@ class _Hessians:
 
 
 @contextmanager
-def _ieee_fp32():
+def ieee_fp32() -> Iterator[None]:
     """TF32 off for the duration (Hessians and GPTQ updates on CUDA must be real fp32); restored after."""
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -178,7 +178,7 @@ class GPTQ(Quantizer):
         """One block from its calibration inputs (the quantized earlier blocks' outputs); the pipeline
         moves the calibration stream on through the quantized block."""
         info: dict[str, dict[str, Any]] = {}
-        with _ieee_fp32():
+        with ieee_fp32():
             gptq_block(job.module, job.linears, job.inputs, spec, gptq_options(dict(spec.options)), info,
                        propagate=False)
         return BlockDone(info)
@@ -192,7 +192,7 @@ class GPTQ(Quantizer):
     @torch.no_grad()
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
-        with _ieee_fp32():
+        with ieee_fp32():
             return self._quantize(model, layers, spec, calibration)
 
     def _quantize(self, model, layers, spec, calibration) -> dict[str, dict[str, float]]:
