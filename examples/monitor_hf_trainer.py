@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None, make: Callable[..., Any] | None = None) 
     """Train and return the ``Trainer``; ``make(cfg, eval_blocks)`` builds the monitor (default: qrobust's)."""
     from transformers import Trainer, TrainingArguments
 
-    from qrobust.monitor.integrations import QrobustTrainerCallback, make_monitor
+    from qrobust.integrations import QrobustTrainerCallback, make_monitor
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="hf-monitor-out")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None, make: Callable[..., Any] | None = None) 
     """Train and return the ``Trainer``; ``make(cfg, eval_blocks)`` builds the monitor (default: qrobust's)."""
     import lightning.pytorch as pl
 
-    from qrobust.monitor.integrations import QrobustLightningCallback, make_monitor
+    from qrobust.integrations import QrobustLightningCallback, make_monitor
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="pl-monitor-out")

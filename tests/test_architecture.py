@@ -16,7 +16,7 @@ FLOORS: dict[str, int] = {
     "errors": 1, "registries": 1, "names": 1, "leftovers": 1, "stats": 1, "io": 1, "version": 1,
     "checks": 2, "config": 2, "schedules": 2,
     "models": 3, "trajectory": 3, "data": 3, "sources": 3, "presets": 3,
-    "evaluate": 4, "training": 4, "quant": 4, "monitor": 4,
+    "evaluate": 4, "training": 4, "quant": 4, "monitor": 4, "integrations": 5,
     "geometry": 5, "averaging": 5, "downstream": 5,
     "results": 6,
     "sweeps": 7,

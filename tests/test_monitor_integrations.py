@@ -132,7 +132,7 @@ def hf_train(out: Path, blocks, callback=None, arch: str = "gpt_neox", steps: in
 
 @pytest.mark.parametrize("arch", ["gpt_neox", "llama"])
 def test_hf_trainer_weights_bit_identical_and_log(tmp_path, blocks, arch, capsys):
-    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.integrations import QrobustTrainerCallback
     t0, m0 = hf_train(tmp_path / "a", blocks, arch=arch)
     t0.train()
     mon = StandIn(blocks[2])
@@ -158,7 +158,7 @@ def test_hf_trainer_weights_bit_identical_and_log(tmp_path, blocks, arch, capsys
 
 
 def test_hf_trainer_refusal_stops_before_a_step(tmp_path, blocks):
-    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.integrations import QrobustTrainerCallback
     mon = StandIn(blocks[2], refuse="bits 3 with group 128 do not fit layer 'x' (32 inputs)")
     t, m = hf_train(tmp_path, blocks, QrobustTrainerCallback(mon))
     before = {k: v.clone() for k, v in m.state_dict().items()}
@@ -169,7 +169,7 @@ def test_hf_trainer_refusal_stops_before_a_step(tmp_path, blocks):
 
 def test_hf_trainer_resume_restores_history_and_cuts_the_log(tmp_path, blocks):
     """A run saved at step 4, killed after 6, resumed from checkpoint-4: the log and history equal one run's."""
-    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.integrations import QrobustTrainerCallback
     whole = StandIn(blocks[2])
     hf_train(tmp_path / "whole", blocks, QrobustTrainerCallback(whole, verbose=False), steps=8)[0].train()
     first = StandIn(blocks[2])
@@ -188,7 +188,7 @@ def test_hf_trainer_resume_restores_history_and_cuts_the_log(tmp_path, blocks):
 
 
 def test_hf_callback_evaluates_on_the_main_process_only(tmp_path, blocks):
-    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.integrations import QrobustTrainerCallback
     mon = StandIn(blocks[2])
     cb = QrobustTrainerCallback(mon, log_dir=tmp_path / "logs")
     args = SimpleNamespace(output_dir=str(tmp_path / "unused"))
@@ -203,7 +203,7 @@ def test_hf_callback_evaluates_on_the_main_process_only(tmp_path, blocks):
 
 
 def test_sink_writes_the_step_log_and_tensorboard_under_the_folder(tmp_path):
-    from qrobust.monitor.integrations.sinks import monitor_lines, open_sink
+    from qrobust.integrations.sinks import monitor_lines, open_sink
     pytest.importorskip("tensorboard")
     folder = tmp_path / "logs"
     with open_sink(folder, ["jsonl", "tensorboard"], resume_step=0) as sink:
@@ -222,8 +222,8 @@ def test_sink_writes_the_step_log_and_tensorboard_under_the_folder(tmp_path):
 
 
 def test_sharded_weights_are_refused_before_a_step(tmp_path, blocks):
-    from qrobust.monitor.integrations import QrobustTrainerCallback
-    from qrobust.monitor.integrations.hf_trainer import check_unsharded
+    from qrobust.integrations import QrobustTrainerCallback
+    from qrobust.integrations.hf_trainer import check_unsharded
     mon = StandIn(blocks[2])
     state = SimpleNamespace(is_world_process_zero=True, global_step=0, epoch=0.0, log_history=[])
     with pytest.raises(ConfigError, match="holds only a shard of the weights under the HF Trainer's FSDP"):
@@ -232,7 +232,7 @@ def test_sharded_weights_are_refused_before_a_step(tmp_path, blocks):
     assert mon.checked == [] and not (tmp_path / "logs").exists()
     check_unsharded(SimpleNamespace(fsdp=None))  # DDP or one process: fine
     if importlib.util.find_spec("lightning") is not None:
-        from qrobust.monitor.integrations.lightning_callback import check_unsharded as pl_check
+        from qrobust.integrations.lightning_callback import check_unsharded as pl_check
 
         class FSDPStrategy:
             pass
@@ -245,10 +245,10 @@ def test_sharded_weights_are_refused_before_a_step(tmp_path, blocks):
 
 
 def test_callbacks_refuse_an_object_that_is_not_a_monitor():
-    from qrobust.monitor.integrations import QrobustTrainerCallback
+    from qrobust.integrations import QrobustTrainerCallback
     classes = [QrobustTrainerCallback]
     if importlib.util.find_spec("lightning") is not None:
-        from qrobust.monitor.integrations import QrobustLightningCallback
+        from qrobust.integrations import QrobustLightningCallback
         classes.append(QrobustLightningCallback)
     for cls in classes:
         with pytest.raises(ConfigError, match="without check, due, evaluate, restore"):
@@ -258,8 +258,8 @@ def test_callbacks_refuse_an_object_that_is_not_a_monitor():
 def test_text_blocks_and_summary_line(blocks):
     from qrobust.data.prepare import prepare_data
     from qrobust.config import DataConfig
-    from qrobust.monitor.integrations import summary_line, text_blocks
-    from qrobust.monitor.integrations.sinks import alert_line
+    from qrobust.integrations import summary_line, text_blocks
+    from qrobust.integrations.sinks import alert_line
     tok = prepare_data(DataConfig(max_chars=200_000, seq_len=SEQ, vocab_size=300)).tokenizer
     texts = ["alpha beta gamma " * 20, "delta epsilon " * 30]
     ids = tok(texts, add_special_tokens=False)["input_ids"]
@@ -308,7 +308,7 @@ def pl_fit(out: Path, blocks, callback=None, steps: int = STEPS, accumulate: int
 @needs_lightning
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_lightning_weights_bit_identical_and_log(tmp_path, blocks, accumulate):
-    from qrobust.monitor.integrations import QrobustLightningCallback
+    from qrobust.integrations import QrobustLightningCallback
     _, m0 = pl_fit(tmp_path / "a", blocks, accumulate=accumulate)
     mon = StandIn(blocks[2])
     t1, m1 = pl_fit(tmp_path / "b", blocks, QrobustLightningCallback(mon, verbose=False), accumulate=accumulate)
@@ -327,7 +327,7 @@ def test_lightning_weights_bit_identical_and_log(tmp_path, blocks, accumulate):
 
 @needs_lightning
 def test_lightning_model_attr_and_missing_model(tmp_path, blocks):
-    from qrobust.monitor.integrations.lightning_callback import inner_model
+    from qrobust.integrations.lightning_callback import inner_model
     hf = micro(blocks[0])
     assert inner_model(hf, None) is hf  # an HF model (has .config) is monitored itself
     holder = SimpleNamespace(model=hf, backbone=hf)
@@ -381,7 +381,7 @@ def test_examples_run_with_the_real_monitor(tmp_path, name, capsys):
 
 @needs_monitor
 def test_make_monitor_refuses_a_bad_config_in_one_line(blocks):
-    from qrobust.monitor.integrations import make_monitor
+    from qrobust.integrations import make_monitor
     with pytest.raises(ConfigError, match="monitor config") as e:
         make_monitor({"every": 0}, blocks[2])
     assert "every" in str(e.value) and "\n" not in str(e.value)
@@ -392,7 +392,7 @@ def test_make_monitor_refuses_a_bad_config_in_one_line(blocks):
 
 @needs_monitor
 def test_hf_trainer_real_monitor_bit_identical(tmp_path, blocks):
-    from qrobust.monitor.integrations import QrobustTrainerCallback, make_monitor
+    from qrobust.integrations import QrobustTrainerCallback, make_monitor
     t0, m0 = hf_train(tmp_path / "a", blocks)
     t0.train()
     mon = make_monitor({"every": 2, "n_blocks": 4, "batch_size": 2, "bits": [3], "group_size": 16}, blocks[2])
@@ -407,7 +407,7 @@ def test_hf_trainer_real_monitor_bit_identical(tmp_path, blocks):
 @needs_monitor
 @needs_lightning
 def test_lightning_real_monitor_bit_identical(tmp_path, blocks):
-    from qrobust.monitor.integrations import QrobustLightningCallback, make_monitor
+    from qrobust.integrations import QrobustLightningCallback, make_monitor
     _, m0 = pl_fit(tmp_path / "a", blocks)
     mon = make_monitor({"every": 2, "n_blocks": 4, "batch_size": 2, "bits": [3], "group_size": 16}, blocks[2])
     _, m1 = pl_fit(tmp_path / "b", blocks, QrobustLightningCallback(mon, verbose=False))

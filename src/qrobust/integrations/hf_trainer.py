@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ...training.trackers import FanOut
+from ..training.trackers import FanOut
 from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor, sharded_error
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from lightning.pytorch import Callback
 
-from ...errors import ConfigError
-from ...training.trackers import FanOut
+from ..errors import ConfigError
+from ..training.trackers import FanOut
 from .hf_trainer import optimizer_lr
 from .sinks import echo, log_file, monitor_lines, open_sink, require_monitor, sharded_error
 

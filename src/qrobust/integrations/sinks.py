@@ -16,10 +16,10 @@ from typing import Any, Protocol, TextIO, runtime_checkable
 
 import torch
 
-from ...data.blocks import pack_blocks, take_blocks
-from ...data.tokenizer import encode_documents
-from ...errors import ConfigError, DataError
-from ...training.trackers import FanOut, TrackerContext, check_trackers, open_trackers
+from ..data.blocks import pack_blocks, take_blocks
+from ..data.tokenizer import encode_documents
+from ..errors import ConfigError, DataError
+from ..training.trackers import FanOut, TrackerContext, check_trackers, open_trackers
 
 RUN = "monitor"  # the step log is <log_dir>/monitor.jsonl, TensorBoard events <log_dir>/tensorboard/monitor
 PREFIX = "monitor/"
@@ -136,11 +136,11 @@ def echo(step: int, metrics: Mapping[str, float], alerts: Iterable[str], stream:
 def make_monitor(cfg: Any, eval_blocks: Any, calibration: Any = None) -> MonitorLike:
     """A :class:`qrobust.monitor.Monitor` from a ``MonitorConfig`` or its dict (``{"every": 50, "bits": [3]}``)
     and a tensor of held-out token blocks [n, T]; imported here so the callbacks work with any monitor."""
-    from ...config import MonitorConfig  # the monitor's own modules, imported only when one is made here
-    from .. import Monitor
+    from ..config import MonitorConfig  # the monitor's own modules, imported only when one is made here
+    from ..monitor import Monitor
 
     if not isinstance(cfg, MonitorConfig):
-        from ...config import parse_config
+        from ..config import parse_config
         cfg = parse_config(MonitorConfig, dict(cfg or {}), "monitor config")
     return Monitor(cfg, eval_blocks, calibration)
 

@@ -1,6 +1,6 @@
 """The monitor in other trainers: a Hugging Face ``TrainerCallback`` and a Lightning ``Callback``.
 
-Each is imported only when asked for (``from qrobust.monitor.integrations import QrobustLightningCallback``),
+Each is imported only when asked for (``from qrobust.integrations import QrobustLightningCallback``),
 so qrobust never needs Lightning, nor ``accelerate`` (which HF's ``Trainer`` needs), unless they are used:
 ``pip install 'qrobust[monitor]'`` installs both.
 """
@@ -24,6 +24,6 @@ def __getattr__(name: str) -> Any:
     try:
         module = import_module(_LAZY[name], __name__)
     except ImportError as e:
-        from ...errors import QrobustError
+        from ..errors import QrobustError
         raise QrobustError(f"{name} needs the {e.name or 'missing'} package: {EXTRA}") from None
     return getattr(module, name)
