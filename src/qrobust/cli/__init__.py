@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -64,7 +65,14 @@ class WarningsAsLines(warnings.catch_warnings):
         return self
 
 
+# optional libraries that log import-time noise to stderr (torchao: its CUDA kernels on a CPU machine;
+# torch's pytree: torchao's enum registrations), which would break the one-line error contract
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     a = parser.parse_args(argv)
     if not a.cmd:

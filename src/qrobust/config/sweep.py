@@ -127,6 +127,9 @@ class SweepConfig(Strict):
     methods: list[str | dict[str, Any]] = Field(default_factory=lambda: ["rtn"])
     bits: list[int] = Field(default_factory=lambda: [3, 4])
     group_sizes: list[int] = Field(default_factory=lambda: [128])
+    # named number formats (nvfp4, mxfp4, fp8-e4m3-channel, int4-g128, w8a8-int8, WEIGHT+a-ACT+kv-KV …):
+    # when given, the variants are methods × formats and bits / group_sizes are not used
+    formats: list[str] = Field(default_factory=list)
     sym: bool = True
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)

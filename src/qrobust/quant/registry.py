@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .formats.number_format import NumberFormat
+from .formats.presets import COMBOS, parse_format
 
 # name -> quantizer class (a ``base.Quantizer`` subclass; typed loosely so the contract can name QuantSpec)
 QUANTIZERS: dict[str, type] = {}
@@ -37,7 +39,13 @@ def quantizer_names(**traits: Any) -> list[str]:
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One quantization variant. ``options`` holds method-specific settings (e.g. GPTQ damping)."""
+    """One quantization variant. ``options`` holds method-specific settings (e.g. GPTQ damping).
+
+    ``format`` names a number format (``formats/presets.py``: ``nvfp4``, ``mxfp4``, ``fp8-e4m3-channel``,
+    or a weight+activation combination such as ``w8a8-int8``); it sets ``bits`` and ``group_size`` (and
+    ``act``). Integer formats become the plain (bits, group size, sym) variant, so ``int4-g128`` is the
+    same variant, with the same record key, as bits=4, group_size=128. ``act``: the format of linear
+    inputs (``int8-token``, ``fp8-e4m3-tensor`` …); ``kv``: of the KV cache (``fp8-e4m3-head`` …)."""
 
     method: str = "rtn"
     bits: int = 4
@@ -46,8 +54,17 @@ class QuantSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()
+    format: str = ""
+    act: str = ""
+    kv: str = ""
 
     def __post_init__(self) -> None:
+        if self.format:
+            self._take_format()
+        for role, name in (("act", self.act), ("kv", self.kv)):
+            if name and parse_format(name).block_size > 0:
+                raise ConfigError(f"{role} format '{name}' has blocks along the input; activations take token, "
+                                  "tensor or head scales (e.g. int8-token, fp8-e4m3-tensor, fp8-e4m3-head)")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
         if not isinstance(self.group_size, int) or self.group_size == 0 or self.group_size < -1:
@@ -55,19 +72,61 @@ class QuantSpec:
         if self.method not in QUANTIZERS:
             raise _unknown(self.method)
 
+    def _take_format(self) -> None:
+        name, _, kv = self.format.partition("+kv-")
+        name, _, act_named = name.partition("+a-")  # the label's own spelling: WEIGHT[+a-ACT][+kv-KV]
+        for role, given, own in (("act", act_named, self.act), ("kv", kv, self.kv)):
+            if given and own and given != own:
+                raise ConfigError(f"format '{self.format}' sets {role}={given}; drop {role}={own}")
+        if kv:
+            object.__setattr__(self, "kv", kv)
+        if act_named:
+            object.__setattr__(self, "act", act_named)
+        weight, act = COMBOS.get(name, (name, ""))
+        if act and self.act and self.act != act:
+            raise ConfigError(f"format '{self.format}' sets act={act}; drop act={self.act} or name the weight format")
+        fmt = parse_format(weight)
+        if fmt.block_size in (0, -2):
+            raise ConfigError(f"'{weight}' is an activation / KV-cache format; weights need a block size or channel")
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen: normalise once, here)
+        set_("act", act or self.act)
+        set_("bits", fmt.bits)
+        set_("group_size", fmt.block_size)
+        set_("sym", fmt.sym)
+        set_("format", "" if fmt.is_int else weight)
+
+    def number_format(self, grid: str = "reference") -> NumberFormat:
+        """The weight format: the named one, or the integer format of (bits, group size, sym) on ``grid``
+        (the method's integer grid)."""
+        if self.format:
+            return parse_format(self.format)
+        from .formats.grid import int_format
+        return int_format(self.bits, self.group_size, self.sym, grid)
+
     def to_dict(self) -> dict[str, Any]:
         """What defines the variant (records and their keys): the fields, plus what the method's profile
         implies that changed since keys were first written (absent otherwise, so old keys stay valid)."""
         d = asdict(self)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         d["options"] = dict(self.options)
+        for k in ("format", "act", "kv"):  # absent unless set: keys written before formats stay valid
+            if not d[k]:
+                del d[k]
         d.update(QUANTIZERS[self.method]().implied(dict(self.options)))
         return d
 
     @property
     def label(self) -> str:
         opts = "".join(f"-{k}={v}" if k != "profile" else f"-{v}" for k, v in self.options)
-        return base_label(self.method, self.bits, self.group_size, self.sym) + opts
+        return variant_label(self.method, self.bits, self.group_size, self.sym, self.format, self.act, self.kv) + opts
+
+
+def variant_label(method: Any, bits: Any, group_size: Any, sym: Any = True, format: str | None = "",
+                  act: str | None = "", kv: str | None = "") -> str:
+    """``rtn-w4g128``, ``gptq-nvfp4``, ``rtn-w8ch+a-int8-token``: the base label with the named weight
+    format in place of bits and groups, and the activation / KV-cache formats appended."""
+    head = f"{method}-{format}" if format else base_label(method, bits, group_size, sym)
+    return head + (f"+a-{act}" if act else "") + (f"+kv-{kv}" if kv else "")
 
 
 def base_label(method: Any, bits: Any, group_size: Any, sym: Any = True) -> str:

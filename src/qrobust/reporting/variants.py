@@ -1,4 +1,4 @@
-"""Which quantization variant a record belongs to, in the one spelling of :func:`qrobust.quant.registry.base_label`.
+"""Which quantization variant a record belongs to, in the one spelling of :func:`qrobust.quant.registry.variant_label`.
 
 A group's records split into :class:`Variant` s: the file-name part is the base label (``rtn-w4g128``), with a
 short hash of everything else that defines the variant (calibration, include/exclude, options) appended only
@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from ..quant.registry import base_label
+from ..quant.registry import variant_label
 from ..results.records import VariantRecord
 from .style import num, slug
 
@@ -26,7 +26,7 @@ class Variant:
 
 def variant_slug(rec: VariantRecord) -> str:
     v = rec.variant
-    return slug(base_label(v.method, v.bits, v.group_size, v.sym))
+    return slug(variant_label(v.method, v.bits, v.group_size, v.sym, v.format, v.act, v.kv))
 
 
 def variant_id(rec: VariantRecord) -> tuple[str, str]:

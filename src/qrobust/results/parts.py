@@ -173,6 +173,9 @@ class VariantInfo:
     options: Mapping[str, Any] = field(default_factory=dict)
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    format: str | None = None  # a named number format (float formats); None: the integer (bits, group_size, sym)
+    act: str | None = None  # activation format, if any
+    kv: str | None = None  # KV-cache format, if any
 
     @classmethod
     def parse(cls, d: Any) -> "VariantInfo":
@@ -180,7 +183,9 @@ class VariantInfo:
         return cls(method=as_str(d.get("method"), "variant.method"), bits=as_int(d.get("bits"), "variant.bits"),
                    group_size=as_int(d.get("group_size"), "variant.group_size"), sym=d.get("sym") is not False,
                    label=as_str(d.get("label"), "variant.label"), options=as_object(d.get("options"), "variant.options"),
-                   include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()))
+                   include=tuple(d.get("include") or ()), exclude=tuple(d.get("exclude") or ()),
+                   format=as_str(d.get("format"), "variant.format"), act=as_str(d.get("act"), "variant.act"),
+                   kv=as_str(d.get("kv"), "variant.kv"))
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,15 @@ from ..trajectory import Checkpoint, Trajectory
 
 
 def variants(cfg: SweepConfig) -> list[QuantSpec]:
-    """Every (method, bits, group size) of the config, each method's options checked."""
-    specs = [QuantSpec(method=m, bits=b, group_size=g, sym=cfg.sym, include=tuple(cfg.include),
-                       exclude=tuple(cfg.exclude), options=tuple(sorted(opts.items())))
-             for m, opts in cfg.method_specs() for b in cfg.bits for g in cfg.group_sizes]
+    """Every (method, bits, group size) of the config, or every (method, format) when it names formats;
+    each method's options checked."""
+    common = dict(sym=cfg.sym, include=tuple(cfg.include), exclude=tuple(cfg.exclude))
+    if cfg.formats:
+        specs = [QuantSpec(method=m, format=f, options=tuple(sorted(opts.items())), **common)  # type: ignore[arg-type]
+                 for m, opts in cfg.method_specs() for f in cfg.formats]
+    else:
+        specs = [QuantSpec(method=m, bits=b, group_size=g, options=tuple(sorted(opts.items())), **common)  # type: ignore[arg-type]
+                 for m, opts in cfg.method_specs() for b in cfg.bits for g in cfg.group_sizes]
     for s in specs:
         get_quantizer(s.method).check_options(dict(s.options))
     return specs

@@ -18,10 +18,11 @@ from ...config import group_size_problem
 from ...errors import QrobustError
 from . import reference  # noqa: F401  (registers "reference", the default: first in the known list)
 from . import compressed_tensors  # noqa: F401  (registers "compressed-tensors")
+from .number_format import NumberFormat
 from .registry import GRIDS, get_grid, maxq_for
 
-__all__ = ["GRIDS", "GroupSizeError", "LayerGrid", "fake_quantize", "fake_quantize_grid", "find_params",
-           "group_bounds", "maxq_for", "quantize_dequantize"]
+__all__ = ["GRIDS", "GroupSizeError", "LayerGrid", "fake_quantize", "fake_quantize_format", "fake_quantize_grid",
+           "find_params", "group_bounds", "int_format", "maxq_for", "quantize_dequantize"]
 
 
 class GroupSizeError(QrobustError, ValueError):
@@ -49,11 +50,17 @@ def group_bounds(in_features: int, group_size: int) -> list[tuple[int, int]]:
     return [(i, min(i + g, in_features)) for i in range(0, in_features, g)]
 
 
+def int_format(bits: int, group_size: int, sym: bool, grid: str = "reference") -> NumberFormat:
+    """The integer format of a plain (bits, group size, sym) variant on one of the integer grids."""
+    return NumberFormat(f"int{bits}", group_size, "fp32", sym, grid)
+
+
 @dataclass
 class LayerGrid:
     """The grid a quantizer put one linear on: ``scale`` and ``zero`` per (output row, group), and each
-    input column's group (``g_idx``). Dequantized weight = scale · (q − zero), q in [0, 2^bits − 1].
-    Kept so a quantized model can be exported as integers plus scales (``quant/export.py``)."""
+    input column's group (``g_idx``). Integers: dequantized weight = scale · (q − zero), q in
+    [0, 2^bits − 1]; float formats: ``format``'s element values times scale / ``tensor_scale``. Kept so a
+    quantized model can be exported as codes plus scales (``quant/export.py``)."""
     scale: torch.Tensor  # [out, n_groups]
     zero: torch.Tensor  # [out, n_groups]
     g_idx: torch.Tensor  # [in]
@@ -61,26 +68,59 @@ class LayerGrid:
     group_size: int
     sym: bool
     grid: str = "reference"
+    format: NumberFormat | None = None  # None: the integer format of (bits, group_size, sym, grid)
+    tensor_scale: torch.Tensor | None = None  # two-level formats (NVFP4)
+
+    @property
+    def number_format(self) -> NumberFormat:
+        return self.format or int_format(self.bits, self.group_size, self.sym, self.grid)
 
     def codes(self, w: torch.Tensor) -> torch.Tensor:
-        """The integer codes of the dequantized weight ``w`` on this grid ([out, in], int32)."""
-        return get_grid(self.grid).codes(w, self.scale[:, self.g_idx], self.zero[:, self.g_idx], self.bits)
+        """The codes of the dequantized weight ``w`` on this grid ([out, in]): int32 integer codes, or
+        the float elements' values."""
+        return self.number_format.codes(w, self.scale[:, self.g_idx], self.zero[:, self.g_idx], self.tensor_scale)
+
+
+def fake_quantize_format(w: torch.Tensor, fmt: NumberFormat, generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, LayerGrid]:
+    """Round-to-nearest quantize + dequantize a [out, in] weight onto ``fmt`` (fp32 math), and the grid
+    it used. Whole blocks are done at once (a [out·n_blocks, block] view); only an integer layout with a
+    shorter last group loops over groups."""
+    problem = fmt.problem(w.shape[1])
+    if problem:
+        raise GroupSizeError(problem)
+    rows, cols = w.shape
+    bounds = group_bounds(cols, fmt.block_size)
+    ts = fmt.tensor_scale(w)
+    g_idx = torch.empty(cols, dtype=torch.long)
+    for k, (a, b) in enumerate(bounds):
+        g_idx[a:b] = k
+    g = bounds[0][1]
+    if cols % g == 0:
+        blocks = w.float().reshape(rows * (cols // g), g)
+        scale, zero = fmt.params(blocks, ts)
+        out = fmt.qdq(blocks, scale, zero, ts, generator).reshape(rows, cols)
+        scale, zero = scale.reshape(rows, -1), zero.reshape(rows, -1)
+    else:
+        out = torch.empty_like(w, dtype=torch.float32)
+        scales, zeros = [], []
+        for a, b in bounds:
+            chunk = w[:, a:b].float()
+            s, z = fmt.params(chunk, ts)
+            out[:, a:b] = fmt.qdq(chunk, s, z, ts, generator)
+            scales.append(s)
+            zeros.append(z)
+        scale, zero = torch.cat(scales, 1), torch.cat(zeros, 1)
+    grid = LayerGrid(scale, zero, g_idx, fmt.bits, fmt.block_size, fmt.sym, fmt.grid,
+                     None if fmt.is_int else fmt, ts)
+    return out.to(w.dtype), grid
 
 
 def fake_quantize_grid(w: torch.Tensor, bits: int, group_size: int, sym: bool,
                        grid: str = "reference") -> tuple[torch.Tensor, LayerGrid]:
     """Round-to-nearest quantize + dequantize a [out, in] weight with per-group parameters (fp32 math),
     and the grid it used."""
-    out = torch.empty_like(w, dtype=torch.float32)
-    scales, zeros, g_idx = [], [], torch.empty(w.shape[1], dtype=torch.long)
-    for k, (a, b) in enumerate(group_bounds(w.shape[1], group_size)):
-        chunk = w[:, a:b].float()
-        scale, zero = find_params(chunk, bits, sym, grid)
-        out[:, a:b] = quantize_dequantize(chunk, scale, zero, bits, grid)
-        scales.append(scale)
-        zeros.append(zero)
-        g_idx[a:b] = k
-    return out.to(w.dtype), LayerGrid(torch.cat(scales, 1), torch.cat(zeros, 1), g_idx, bits, group_size, sym, grid)
+    return fake_quantize_format(w, int_format(bits, group_size, sym, grid))
 
 
 def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool, grid: str = "reference") -> torch.Tensor:

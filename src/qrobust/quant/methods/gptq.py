@@ -28,6 +28,7 @@ from torch import nn
 from ...errors import ConfigError, QrobustError
 from .gptq_core import gptq_quantize
 from ..formats.grid import GRIDS, LayerGrid
+from ..formats.number_format import NumberFormat
 from .hessian import XtX
 from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
@@ -132,10 +133,11 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
     H, S, N = hessians.get(names[0])
     weights = [linears[n].weight for n in names]
     stacked = torch.cat([w.detach().float() for w in weights]) if len(names) > 1 else weights[0]
+    fmt = spec.number_format(opts.quant_grid)
     res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
                         damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True,
-                        grid=opts.quant_grid)
+                        grid=opts.quant_grid, fmt=fmt, tensor_scale=layer_tensor_scales(fmt, weights))
     del H
     seconds = time.perf_counter() - t0
     row = 0
@@ -148,8 +150,19 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
         info[name] = {"recon_loss": recon, "damp": res.damp, "gptq_loss": float(res.row_loss[row: row + rows].sum()),
                       "seconds": seconds * rows / stacked.shape[0],
                       "grid": LayerGrid(res.scale[row: row + rows].clone(), res.zero[row: row + rows].clone(),
-                                        res.g_idx.clone(), spec.bits, spec.group_size, spec.sym, opts.quant_grid)}
+                                        res.g_idx.clone(), spec.bits, spec.group_size, spec.sym, opts.quant_grid,
+                                        None if fmt.is_int else fmt,
+                                        None if res.tensor_scale is None else res.tensor_scale[row:row + 1].reshape(1))}
         row += rows
+
+
+def layer_tensor_scales(fmt: NumberFormat, weights: list[torch.Tensor]) -> torch.Tensor | None:
+    """Two-level formats: each stacked layer's own tensor scale, one per row ([Σ out, 1]), so stacking
+    the linears that share a Hessian leaves every layer's numbers as if it were quantized alone."""
+    scales = [fmt.tensor_scale(w) for w in weights]
+    if scales[0] is None:
+        return None
+    return torch.cat([ts.float().expand(w.shape[0]).reshape(-1, 1) for ts, w in zip(scales, weights)])
 
 
 @register_quantizer

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import torch
 
 from ...errors import QrobustError
-from ..formats.grid import find_params, maxq_for, quantize_dequantize
+from ..formats.grid import int_format, maxq_for
+from ..formats.number_format import NumberFormat
 
 
 @dataclass
@@ -30,6 +31,7 @@ class GPTQResult:
     row_loss: torch.Tensor  # the same objective per output row (rows are independent in GPTQ)
     scale: torch.Tensor | None = None  # grid scale per (row, group id): [out, n_groups] (for export)
     zero: torch.Tensor | None = None  # grid zero point per (row, group id), same shape
+    tensor_scale: torch.Tensor | None = None  # two-level formats: the tensor scale (per row: [out, 1])
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float, damp_step: float, damp_max: float, name: str
@@ -69,6 +71,8 @@ class GPTQSettings:
     dtype: torch.dtype = torch.float32
     own_h: bool = False
     grid: str = "reference"
+    fmt: NumberFormat | None = None  # any elementwise format; None: the integer format of (bits, group, sym, grid)
+    tensor_scale: torch.Tensor | None = None  # two-level formats: given (e.g. per stacked layer), else from W
 
 
 class _Groups:
@@ -76,14 +80,17 @@ class _Groups:
     dynamic ones from the fully updated weights when a group starts, one per row for ``group_size=-1``;
     and what export needs (scale and zero per row and group id, each column's group id)."""
 
-    def __init__(self, W: torch.Tensor, bits: int, sym: bool, group_size: int, s: GPTQSettings):
+    def __init__(self, W: torch.Tensor, fmt: NumberFormat, s: GPTQSettings):
         rows, cols = W.shape
-        self.bits, self.sym, self.grid, self.group_size = bits, sym, s.grid, group_size
+        self.fmt, self.group_size = fmt, fmt.block_size
+        group_size = fmt.block_size
+        ts = s.tensor_scale if s.tensor_scale is not None else fmt.tensor_scale(W)
+        self.tensor_scale = ts.to(W.dtype) if ts is not None else None
         self.g = g = cols if group_size == -1 else group_size
         self.static = None
         if s.static_groups and group_size != -1:
-            self.static = [find_params(W[:, a: a + g], bits, sym, s.grid) for a in range(0, cols, g)]
-        whole = find_params(W, bits, sym, s.grid) if group_size == -1 else None
+            self.static = [self.params(W[:, a: a + g]) for a in range(0, cols, g)]
+        whole = self.params(W) if group_size == -1 else None
         self.perm: torch.Tensor | None = None
         self.g_pos = torch.zeros(cols, dtype=torch.long)  # group id by position (permuted order)
         n_groups = 1 if group_size == -1 else -(-cols // g)
@@ -92,6 +99,12 @@ class _Groups:
         self.scale, self.zero = whole if whole is not None else (None, None)
         if whole is not None:
             self.scales[:, 0:1], self.zeros[:, 0:1] = whole
+
+    def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fmt.params(x, self.tensor_scale)
+
+    def qdq(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        return self.fmt.qdq(w, scale, zero, self.tensor_scale)
 
     def column(self, col: int, fresh: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero) for the column at (permuted) position ``col``; ``fresh(end)``: the fully updated
@@ -106,7 +119,7 @@ class _Groups:
                 self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
             else:
                 if col % g == 0:
-                    self.scale, self.zero = find_params(fresh(col + g), self.bits, self.sym, self.grid)
+                    self.scale, self.zero = self.params(fresh(col + g))
                     k = col // g
                     self.scales[:, k: k + 1], self.zeros[:, k: k + 1] = self.scale, self.zero
                 self.g_pos[col] = col // g
@@ -140,7 +153,7 @@ def _quantize_columns(W: torch.Tensor, Hinv: torch.Tensor, groups: _Groups, bloc
             scale, zero = groups.column(col, fresh)
             w = W1[:, i]
             d = Hinv1[i, i]
-            q = quantize_dequantize(w.unsqueeze(1), scale, zero, groups.bits, groups.grid).flatten()
+            q = groups.qdq(w.unsqueeze(1), scale, zero).flatten()
             Q1[:, i] = q
             losses += (w - q) ** 2 / d ** 2 / 2
             err = (w - q) / d
@@ -156,23 +169,25 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
 
     ``settings``: the fields of ``GPTQSettings`` (damp, block_size, act_order, static_groups, damp_step,
-    damp_max, name, dtype, own_h, grid). All math runs in ``dtype`` (fp32 by default; float64 for
-    reference checks), never in TF32/half. ``own_h``: the caller hands ``H`` over (it is overwritten
-    instead of copied, saving one [in, in]). ``grid``: the quantizer grid (``formats/grid.py``):
-    "reference" or "compressed-tensors".
+    damp_max, name, dtype, own_h, grid, fmt, tensor_scale). All math runs in ``dtype`` (fp32 by default;
+    float64 for reference checks), never in TF32/half. ``own_h``: the caller hands ``H`` over (it is
+    overwritten instead of copied, saving one [in, in]). ``grid``: the integer grid (``formats/grid.py``):
+    "reference" or "compressed-tensors". ``fmt``: any elementwise number format instead (its block size
+    is the group size; the error feedback does not care how a column is rounded).
     """
     s = GPTQSettings(**settings)
+    fmt = s.fmt or int_format(bits, group_size, sym, s.grid)
     W = W.detach().clone().to(s.dtype)
     H = H.detach().to(s.dtype) if s.own_h else H.detach().clone().to(s.dtype)
     cols = W.shape[1]
-    maxq_for(bits)  # validates bits
-    if group_size != -1 and group_size > cols:
-        raise QrobustError(f"GPTQ: group size {group_size} is larger than in_features={cols} of layer '{s.name}'; "
-                           "use -1 (per output channel) or a smaller group size")
+    maxq_for(fmt.bits)  # validates bits
+    problem = fmt.problem(cols)
+    if problem:
+        raise QrobustError(f"GPTQ: layer '{s.name}': {problem}")
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    groups = _Groups(W, bits, sym, group_size, s)
+    groups = _Groups(W, fmt, s)
     if s.act_order:
         groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
@@ -185,4 +200,4 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
         Q = Q[:, inv]
         g_idx = groups.g_pos[inv]
     return GPTQResult(weight=Q, damp=used, loss=float(losses.sum()), g_idx=g_idx, row_loss=losses, scale=groups.scales,
-                      zero=groups.zeros)
+                      zero=groups.zeros, tensor_scale=groups.tensor_scale)

@@ -1,12 +1,23 @@
 """Round-to-nearest (RTN): each weight group rounded on the shared grid; no calibration data."""
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import nn
 
-from ..formats.grid import GroupSizeError, fake_quantize_grid
+from ..formats.number_format import NumberFormat
+from ..formats.grid import GroupSizeError, fake_quantize_format
 from ..base import Quantizer
 from ..registry import QuantSpec, register_quantizer
+
+
+def rounding_generator(fmt: NumberFormat, layer: str) -> torch.Generator | None:
+    """Stochastic rounding's random stream for one layer: seeded by the layer name, so the same variant
+    gives the same numbers on every run."""
+    if not fmt.stochastic:
+        return None
+    return torch.Generator().manual_seed(zlib.crc32(layer.encode()))
 
 
 @register_quantizer
@@ -20,9 +31,10 @@ class RTN(Quantizer):
     def quantize_layers(self, model: nn.Module, layers: dict[str, nn.Linear], spec: QuantSpec,
                         calibration: torch.Tensor | None) -> dict[str, dict[str, float]]:
         info: dict[str, dict] = {}
+        fmt = spec.number_format()
         for name, lin in layers.items():
             try:
-                w, grid = fake_quantize_grid(lin.weight, spec.bits, spec.group_size, spec.sym)
+                w, grid = fake_quantize_format(lin.weight, fmt, rounding_generator(fmt, name))
             except GroupSizeError as e:
                 raise GroupSizeError(f"RTN: layer '{name}': {e}") from None
             lin.weight.copy_(w)
