@@ -41,7 +41,7 @@ def test_general_spelling_and_refusals():
     with pytest.raises(ConfigError, match="unknown number format 'fp5'"):
         parse_format("fp5")
     with pytest.raises(ConfigError, match="activation"):
-        QuantSpec("rtn", format="int8-token")
+        QuantSpec("rtn", format="int8-tensor")
     with pytest.raises(QrobustError, match="does not divide"):
         from qrobust.quant.formats.grid import fake_quantize_format
         fake_quantize_format(torch.randn(4, 48), parse_format("mxfp4"))
