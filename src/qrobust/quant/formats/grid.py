@@ -18,7 +18,7 @@ from ...config import group_size_problem
 from ...errors import QrobustError
 from . import reference  # noqa: F401  (registers "reference", the default: first in the known list)
 from . import compressed_tensors  # noqa: F401  (registers "compressed-tensors")
-from .number_format import NumberFormat
+from .number_format import NonFiniteWeightError, NumberFormat, nonfinite_problem
 from .registry import GRIDS, get_grid, maxq_for
 
 __all__ = ["GRIDS", "GroupSizeError", "LayerGrid", "fake_quantize", "fake_quantize_format", "fake_quantize_grid",
@@ -84,11 +84,14 @@ class LayerGrid:
 def fake_quantize_format(w: torch.Tensor, fmt: NumberFormat, generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, LayerGrid]:
     """Round-to-nearest quantize + dequantize a [out, in] weight onto ``fmt`` (fp32 math), and the grid
-    it used. Whole blocks are done at once (a [out·n_blocks, block] view); only an integer layout with a
-    shorter last group loops over groups."""
+    it used; NaN / inf in ``w`` are refused (``NonFiniteWeightError``). Whole blocks are done at once (a
+    [out·n_blocks, block] view); only an integer layout with a shorter last group loops over groups."""
     problem = fmt.problem(w.shape[1])
     if problem:
         raise GroupSizeError(problem)
+    problem = nonfinite_problem(w)
+    if problem:
+        raise NonFiniteWeightError(problem)
     rows, cols = w.shape
     bounds = group_bounds(cols, fmt.block_size)
     ts = fmt.tensor_scale(w)

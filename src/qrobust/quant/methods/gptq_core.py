@@ -19,7 +19,7 @@ import torch
 
 from ...errors import QrobustError
 from ..formats.grid import int_format, maxq_for
-from ..formats.number_format import NumberFormat
+from ..formats.number_format import NumberFormat, nonfinite_problem
 
 
 @dataclass
@@ -181,7 +181,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     H = H.detach().to(s.dtype) if s.own_h else H.detach().clone().to(s.dtype)
     cols = W.shape[1]
     maxq_for(fmt.bits)  # validates bits
-    problem = fmt.problem(cols)
+    problem = fmt.problem(cols) or nonfinite_problem(W)
     if problem:
         raise QrobustError(f"GPTQ: layer '{s.name}': {problem}")
     dead = torch.diag(H) == 0
