@@ -215,3 +215,48 @@ def test_streamed_refuses_like_in_memory(tiny_run):
     awq = QuantSpec(method="awq", bits=8, group_size=-1, act="int8-token")
     with pytest.raises(ConfigError, match="does not support activation"):
         stream_checkpoint(ck, [awq], blocks, calibration={awq: blocks})
+
+
+def test_which_variants_calibrate_and_keys():
+    from qrobust.config import SweepConfig, parse_config
+    from qrobust.quant import needs_calibration
+    from qrobust.sweeps.plan import calibration_identity
+    dynamic = QuantSpec(method="rtn", format="w8a8-int8")
+    static = QuantSpec(method="rtn", format="int8-channel+a-int8-tensor")
+    kv_static = QuantSpec(method="rtn", format="int8-channel", kv="fp8-e4m3-head")
+    kv_dynamic = QuantSpec(method="rtn", format="int8-channel", kv="fp8-e4m3-token")
+    smooth = QuantSpec(method="rtn", format="w8a8-int8", options=(("smoothquant", 0.5),))
+    plain = QuantSpec(method="rtn", bits=8, group_size=-1)
+    assert [needs_calibration(s) for s in (dynamic, static, kv_static, kv_dynamic, smooth, plain)] == \
+        [False, True, True, False, True, False]
+    cfg = parse_config(SweepConfig, {"trajectory": "x", "out": "y"})
+    assert calibration_identity(cfg, dynamic) is None and calibration_identity(cfg, static) is not None
+    # the option enters the key (and label) only when set
+    assert "options" in smooth.to_dict() and smooth.to_dict()["options"] == {"smoothquant": 0.5}
+    assert dynamic.to_dict()["options"] == {} and smooth.label == "rtn-w8ch+a-int8-token-smoothquant=0.5"
+
+
+def test_paths_that_cannot_do_it_refuse(tmp_path):
+    from qrobust.workflows.checkpoint import quantize_checkpoint
+    with pytest.raises(ConfigError, match="stochastic rounding"):
+        QuantSpec(method="rtn", bits=8, group_size=-1, act="int8-token-sr")
+    _neox().save_pretrained(tmp_path / "ck")
+    with pytest.raises(QrobustError, match="holds weights only"):
+        quantize_checkpoint(tmp_path / "ck", tmp_path / "out", QuantSpec(method="rtn", format="w8a8-fp8"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_smoothquant_shares_no_fp_memo_with_other_variants():
+    from qrobust.quant import CalibrationSet
+    model, calib, batch = _neox(), _tokens(8, 1), _tokens(4, 2)
+    plain = QuantSpec(method="gptq", format="w8a8-int8")
+    smooth = QuantSpec(method="gptq", format="w8a8-int8", options=(("smoothquant", 0.5),))
+    alone = {}
+    for spec in (plain, smooth):
+        with quantized(model, spec, calib):
+            alone[spec] = evaluate_loss(model, batch, 2).block_sums
+    shared = CalibrationSet(calib)
+    for spec in (plain, smooth, plain):  # the FP block-0 Hessians are memoised for the plain variant
+        with quantized(model, spec, shared):
+            assert evaluate_loss(model, batch, 2).block_sums == alone[spec], spec.label
+    assert shared.hits == 1 and alone[plain] != alone[smooth]

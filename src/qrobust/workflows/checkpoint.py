@@ -67,6 +67,9 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, spec: QuantSpec
     out, load = Path(out), load or LoadOptions()
     check_quant_out(out, Path(checkpoint))
     spec = as_spec(spec)
+    if spec.act or spec.kv:
+        raise QrobustError(f"{spec.label}: a saved checkpoint holds weights only; activation / KV-cache quantization "
+                           "happens at run time: evaluate the variant instead, or drop act / kv")
     model = load_checkpoint(checkpoint, allow_pickle=load.allow_pickle, trust_remote_code=load.trust_remote_code,
                             dtype=load.dtype, device=load.device)
     tok = load_tokenizer(checkpoint, load.trust_remote_code)

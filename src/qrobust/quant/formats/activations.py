@@ -41,6 +41,9 @@ def act_format(name: str, role: str = "act") -> NumberFormat:
         allowed = "token or tensor" if role == "act" else "token, tensor or head"
         raise ConfigError(f"{role} format '{name}': activations of this role take {allowed} scales "
                           "(e.g. int8-token, fp8-e4m3-tensor, fp8-e4m3-head for the KV cache)")
+    if fmt.stochastic:
+        raise ConfigError(f"{role} format '{name}': stochastic rounding (-sr) is for weights; activations are "
+                          "rounded to nearest-even as the hardware casts them: drop -sr")
     return replace(fmt, grid=ACT_GRID) if fmt.is_int else fmt
 
 

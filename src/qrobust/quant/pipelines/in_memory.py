@@ -107,7 +107,8 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
                 assert tokens is not None
                 smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
             before = {n: lin.weight.detach().clone() for n, lin in layers.items()} if alpha else originals
-            info = quantizer.quantize_layers(model, layers, spec, calibration)
+            # a smoothed model is not the FP model a CalibrationSet's memo belongs to: share nothing
+            info = quantizer.quantize_layers(model, layers, spec, tokens if alpha else calibration)
     except BaseException:
         _restore(layers, originals, touched, others)
         raise

@@ -52,6 +52,12 @@ class ActStream:
             out.fp_calib = m.stream_of(tokens, batch, tier, states_dir)
         return out
 
+    @staticmethod
+    def streams(spec: QuantSpec) -> int:
+        """How many calibration streams ``start`` opens for ``spec`` (for the memory estimate)."""
+        plan = act_plan(spec)
+        return int(plan is not None and plan.static) + int(smooth_alpha(spec) > 0)
+
     def before_quantize(self, block: nn.Module, prefix: str, linears: dict[str, nn.Linear]
                         ) -> dict[str, torch.Tensor] | None:
         """SmoothQuant on the FP block: amax over the FP stream, then the fold; the smoothed weights (what

@@ -271,7 +271,8 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
     lasts = _last_blocks(m, specs)
     hidden = m.model.get_input_embeddings().weight.shape[1]
     need = state_bytes(blocks.numel(), hidden, m.dt) * (int(fp) + len(specs)) + sum(
-        state_bytes(calibration[c].numel(), hidden, m.dt) for c in calib_batch)
+        state_bytes(calibration[c].numel(), hidden, m.dt) * (int(c in calib_batch) + ActStream.streams(c))
+        for c in specs if needs_calibration(c))
     tier = resolve_tier(s.states, need, m.dev)
     fp_states: HiddenStates | None = None
     variants: list[_Variant] = []
