@@ -3,8 +3,10 @@
 from .base import BlockDone, BlockJob, Quantizer
 from .calibration import CalibrationSet
 from .pipelines.in_memory import QuantResult, quantize, quantized, select_linears
+from .pipelines.act_hooks import needs_calibration
 from .registry import QUANTIZERS, QuantSpec, base_label, get_quantizer, register_quantizer
 from .methods import awq, gptq, rtn  # noqa: F401  (registers "awq", "gptq", "rtn")
 
 __all__ = ["BlockDone", "BlockJob", "CalibrationSet", "QuantResult", "quantize", "quantized", "select_linears",
-           "QUANTIZERS", "QuantSpec", "Quantizer", "base_label", "get_quantizer", "register_quantizer"]
+           "QUANTIZERS", "QuantSpec", "Quantizer", "base_label", "get_quantizer", "needs_calibration",
+           "register_quantizer"]

@@ -53,6 +53,7 @@ class Quantizer:
     needs_calibration: ClassVar[bool] = False  # calibration tokens are required
     records_grid: ClassVar[bool] = False  # per-layer info carries the LayerGrid used ("grid"): exportable
     streamable: ClassVar[bool] = False  # ``quantize_block`` works (layer streaming)
+    activation_quant: ClassVar[bool] = False  # act / kv formats may be fake-quantized on top (hooks)
     options_type: ClassVar[type | None] = None  # frozen dataclass of option defaults; None: no options
 
     def parse_options(self, options: dict[str, Any]) -> Any:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from .formats.number_format import NumberFormat
+from .formats.activations import act_format
 from .formats.presets import COMBOS, parse_format
 
 # name -> quantizer class (a ``base.Quantizer`` subclass; typed loosely so the contract can name QuantSpec)
@@ -62,9 +63,11 @@ class QuantSpec:
         if self.format:
             self._take_format()
         for role, name in (("act", self.act), ("kv", self.kv)):
-            if name and parse_format(name).block_size > 0:
-                raise ConfigError(f"{role} format '{name}' has blocks along the input; activations take token, "
-                                  "tensor or head scales (e.g. int8-token, fp8-e4m3-tensor, fp8-e4m3-head)")
+            if name:
+                act_format(name, role)  # one line for a block the role cannot take
+        if dict(self.options).get("smoothquant") and not self.act:
+            raise ConfigError("smoothquant migrates activation outliers into the weights: it needs an activation "
+                              "format (act=int8-token, format=w8a8-int8 …); drop smoothquant for weight-only")
         if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
             raise ConfigError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
         if not isinstance(self.group_size, int) or self.group_size == 0 or self.group_size < -1:

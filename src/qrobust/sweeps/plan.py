@@ -23,7 +23,7 @@ from ..data.evalset import file_fingerprint, tokenizer_fingerprint
 from ..data.tokenizer import load_tokenizer
 from ..io.keys import record_key
 from ..models import weight_safetensors
-from ..quant import QuantSpec, get_quantizer
+from ..quant import QuantSpec, needs_calibration
 from ..results.records import Subject
 from ..results.store import Store
 from ..sources import resolve_checkpoint
@@ -43,7 +43,7 @@ def checkpoint_identity(ck: Checkpoint, dtype: str = "float32") -> dict[str, Any
 
 def calibration_identity(cfg: SweepConfig, spec: QuantSpec) -> dict[str, Any] | None:
     """The calibration settings a variant's numbers depend on (None for a method that does not calibrate)."""
-    if not get_quantizer(spec.method).needs_calibration:
+    if not needs_calibration(spec):
         return None
     return cfg.calibration.model_dump()
 

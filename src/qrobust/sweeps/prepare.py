@@ -12,7 +12,7 @@ from ..checks import check_seq_len
 from ..config import DataConfig, SweepConfig, parse_config
 from ..data.evalset import EvalSet, checkpoint_data_config, default_calibration_length, has_training_data
 from ..errors import CheckpointError, ConfigError
-from ..quant import QuantSpec, get_quantizer
+from ..quant import QuantSpec, get_quantizer, needs_calibration
 from ..quant.pipelines.streamed import check_streamable
 from ..sources import load_source, missing_line, not_cached
 from ..trajectory import Checkpoint, Trajectory
@@ -57,7 +57,7 @@ def sweep_trajectory(cfg: SweepConfig) -> tuple[Trajectory, dict[str, AverageJob
 
 def missing_corpora(cfg: SweepConfig) -> list[str]:
     """The corpus keys a checkpoint without training data needs and the sweep config leaves unset."""
-    calibrated = sorted({m for m, _ in cfg.method_specs() if get_quantizer(m).needs_calibration})
+    calibrated = sorted({s.method for s in variants(cfg) if needs_calibration(s)})
     out = [] if cfg.eval.corpus else ["eval.corpus"]
     if calibrated and not cfg.calibration.corpus:
         out.append(f"calibration.corpus ({', '.join(calibrated)} calibrate{'s' if len(calibrated) == 1 else ''})")
@@ -108,6 +108,6 @@ def check_lengths(cfg: SweepConfig, model_config: Any, ck: Checkpoint, es: EvalS
                   data_cfg: DataConfig | None) -> None:
     """eval.seq_len and the calibration length must fit the model's positions: refused before any work."""
     check_seq_len(model_config, es.blocks.shape[1], ck.path, "eval.seq_len", "eval.seq_len")
-    if any(get_quantizer(s.method).needs_calibration for s in todo):
+    if any(needs_calibration(s) for s in todo):
         n = cfg.calibration.seq_len or default_calibration_length(data_cfg, model_config)
         check_seq_len(model_config, n, ck.path, "calibration.seq_len", "calibration.seq_len")

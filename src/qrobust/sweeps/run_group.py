@@ -10,7 +10,7 @@ from typing import Any
 from ..evaluate import LossResult, degradation, evaluate_loss
 from ..geometry.measure import measure
 from ..models import check_vocab, load_checkpoint, read_model_config, resolve_device
-from ..quant import CalibrationSet, QuantSpec, get_quantizer, quantized
+from ..quant import CalibrationSet, QuantSpec, needs_calibration, quantized
 from ..quant.pipelines.streamed import stream_checkpoint
 from ..data.evalset import EvalSet, default_calibration_length
 from ..results.records import FPRecord, GeometryRecord, Outcome, RunInfo, VariantRecord
@@ -102,7 +102,7 @@ class InMemoryGroup:
 
     def calibration(self, spec: QuantSpec) -> tuple[CalibrationSet | None, dict[str, Any] | None]:
         """The calibration set ``spec`` needs (built once per tokenizer, shared by the group's variants)."""
-        if not get_quantizer(spec.method).needs_calibration:
+        if not needs_calibration(spec):
             return None, None
         job = self.job
         tokens, info = self.ctx.sets.calibration(job.data_cfg, self.tok, job.tok_fp,
@@ -152,7 +152,7 @@ def run_streamed(job: Job, ctx: Context, tok: Any, todo: list[QuantSpec]) -> Non
     check_lengths(cfg, config, ck, es, todo, job.data_cfg)
     calibs, infos = {}, {}
     for spec in todo:
-        if get_quantizer(spec.method).needs_calibration:
+        if needs_calibration(spec):
             calibs[spec], infos[spec] = ctx.sets.calibration(job.data_cfg, tok, job.tok_fp,
                                                              default_calibration_length(job.data_cfg, config))
     run = stream_checkpoint(ck.path, todo, es.blocks, cfg.eval.batch_size, calibs, fp=fp is None, device=cfg.device,

@@ -14,7 +14,7 @@ from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError, QrobustError
 from ..evaluate import evaluate_loss
 from ..models import check_vocab, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint
-from ..quant import QuantSpec, get_quantizer, quantized
+from ..quant import QuantSpec, get_quantizer, needs_calibration, quantized
 from .options import CalibrationOptions, ExportOptions, LoadOptions
 
 
@@ -34,10 +34,10 @@ def as_spec(spec: QuantSpec | Mapping[str, Any]) -> QuantSpec:
     return spec if isinstance(spec, QuantSpec) else quant_spec(**spec)
 
 
-def calibration_for(method: str, checkpoint: str | Path, calibration: CalibrationOptions | None = None,
+def calibration_for(spec: QuantSpec, checkpoint: str | Path, calibration: CalibrationOptions | None = None,
                     trust_remote_code: bool = False) -> torch.Tensor | None:
-    """The checkpoint's calibration windows when ``method`` needs them, else None."""
-    if not get_quantizer(method).needs_calibration:
+    """The checkpoint's calibration windows when ``spec`` needs them (its method, static activation scales, smoothquant), else None."""
+    if not needs_calibration(spec):
         return None
     c = calibration or CalibrationOptions()
     return calib_blocks(checkpoint, c.n_samples, c.seq_len, c.corpus, c.seed, c.field,
@@ -67,10 +67,13 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, spec: QuantSpec
     out, load = Path(out), load or LoadOptions()
     check_quant_out(out, Path(checkpoint))
     spec = as_spec(spec)
+    if spec.act or spec.kv:
+        raise QrobustError(f"{spec.label}: a saved checkpoint holds weights only; activation / KV-cache quantization "
+                           "happens at run time: evaluate the variant instead, or drop act / kv")
     model = load_checkpoint(checkpoint, allow_pickle=load.allow_pickle, trust_remote_code=load.trust_remote_code,
                             dtype=load.dtype, device=load.device)
     tok = load_tokenizer(checkpoint, load.trust_remote_code)
-    calib = calibration_for(spec.method, checkpoint, calibration, load.trust_remote_code)
+    calib = calibration_for(spec, checkpoint, calibration, load.trust_remote_code)
     with quantized(model, spec, calib) as res:
         report = {"source": str(Path(checkpoint).resolve()), "spec": spec.to_dict(), "label": spec.label,
                   "summary": res.summary(), "layers": res.layers, "seconds": res.seconds}
@@ -118,13 +121,13 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opts: ExportOptio
     spec = _export_spec(opts, method_options)
     calibration = opts.calibration
     if isinstance(calibration, CalibrationOptions):  # the CLI's --calib-* settings: drawn before loading
-        calibration = calibration_for(spec.method, checkpoint, calibration, opts.trust_remote_code)
+        calibration = calibration_for(spec, checkpoint, calibration, opts.trust_remote_code)
     model = load_checkpoint(checkpoint, allow_pickle=opts.allow_pickle, trust_remote_code=opts.trust_remote_code,
                             dtype=opts.dtype, device=opts.device)
     tok = load_tokenizer(checkpoint, opts.trust_remote_code)
     check_vocab(model, tok, checkpoint)  # the export carries this tokenizer: it must be the model's
     if isinstance(calibration, str):
-        calibration = calibration_for(spec.method, checkpoint, None, opts.trust_remote_code)
+        calibration = calibration_for(spec, checkpoint, None, opts.trust_remote_code)
     result = quantize_inplace(model, spec, calibration)
     check_exportable(result)
     report: dict[str, Any] = {"source": str(Path(checkpoint).resolve()), "label": spec.label}

@@ -45,7 +45,7 @@ def _streamed(checkpoint: str | Path, spec: QuantSpec, ev: EvalOptions, calibrat
     config = read_model_config(checkpoint)
     check_vocab(config, load_tokenizer(checkpoint, load.trust_remote_code), checkpoint)  # as in memory, before any work
     blocks = eval_blocks(checkpoint, ev.corpus, ev.split, ev.n_blocks, ev.seq_len, ev.field, load.trust_remote_code)
-    calib = calibration_for(spec.method, checkpoint, calibration, load.trust_remote_code)
+    calib = calibration_for(spec, checkpoint, calibration, load.trust_remote_code)
     check_lengths(config, checkpoint, blocks, calib)
     res = streamed_losses(checkpoint, spec, blocks, ev.batch_size, device=load.device, dtype=load.dtype,
                           trust_remote_code=load.trust_remote_code, progress=progress,
@@ -77,7 +77,7 @@ def _in_memory(checkpoint: str | Path, spec: QuantSpec | None, ev: EvalOptions, 
     tok = load_tokenizer(checkpoint, load.trust_remote_code)
     check_vocab(model, tok, checkpoint)
     blocks = eval_blocks(checkpoint, ev.corpus, ev.split, ev.n_blocks, ev.seq_len, ev.field, load.trust_remote_code)
-    calib = calibration_for(spec.method, checkpoint, calibration, load.trust_remote_code) if spec is not None else None
+    calib = calibration_for(spec, checkpoint, calibration, load.trust_remote_code) if spec is not None else None
     check_lengths(model.config, checkpoint, blocks, calib)
     fp = evaluate_loss(model, blocks, ev.batch_size, progress, desc="FP", name=f"checkpoint '{checkpoint}'")
     out: dict[str, Any] = {"checkpoint": str(checkpoint), "n_blocks": int(blocks.shape[0]),

@@ -30,6 +30,7 @@ from .gptq_core import gptq_quantize
 from ..formats.grid import GRIDS, LayerGrid
 from ..formats.number_format import NumberFormat
 from .hessian import XtX
+from .rtn import check_smoothquant
 from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
@@ -52,6 +53,7 @@ class GPTQOptions:
     calib_batch_size: int = 8
     replay: bool = True
     quant_grid: str = "reference"  # reference | compressed-tensors (quant/formats/)
+    smoothquant: float = 0.0  # SmoothQuant's α for W8A8 (pipelines/smoothquant.py); 0: off
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -76,6 +78,8 @@ def gptq_options(options: dict[str, Any]) -> GPTQOptions:
     opts = typed_options(replace(GPTQOptions(), profile=profile, **PROFILES[profile]), options, "GPTQ")
     if not 0 <= opts.damp < 1 or opts.block_size < 1 or opts.calib_batch_size < 1:
         raise ConfigError("GPTQ options out of range: need 0 <= damp < 1, block_size >= 1, calib_batch_size >= 1")
+    if "smoothquant" in options:
+        check_smoothquant(opts.smoothquant, "GPTQ")
     if opts.quant_grid not in GRIDS:
         raise ConfigError(f"unknown GPTQ quant_grid '{opts.quant_grid}'; known: {', '.join(GRIDS)}")
     return opts
@@ -171,6 +175,7 @@ class GPTQ(Quantizer):
     needs_calibration = True
     records_grid = True
     streamable = True
+    activation_quant = True
     options_type = GPTQOptions
 
     def parse_options(self, options: dict[str, Any]) -> GPTQOptions:

@@ -20,6 +20,8 @@ from ...errors import QrobustError
 from ..calibration import CalibrationSet, tokens_of
 from ..formats.grid import LayerGrid
 from ..registry import QuantSpec, get_quantizer
+from .act_hooks import act_calibration_batch, activations_quantized, check_act, needs_calibration, smooth_alpha
+from .smoothquant import smooth_model, touched as smoothing_params
 
 
 @dataclass
@@ -68,26 +70,45 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
     return out
 
 
-def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
-           ) -> tuple[QuantResult, tuple[dict, dict, dict], dict[str, nn.Linear]]:
-    """Quantize the selected linears in place; return the result and what restores the FP model."""
-    quantizer = get_quantizer(spec.method)
-    if quantizer.needs_calibration and calibration is None:
-        raise QrobustError(f"method '{spec.method}' needs calibration data; pass calibration blocks")
-    tokens = tokens_of(calibration) if quantizer.needs_calibration else None
+def _calibration_tokens(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
+                        ) -> torch.Tensor | None:
+    """The calibration tokens ``spec`` needs (its method's, static activation scales', SmoothQuant's),
+    refused (one line) when missing or longer than the model's positions; None when it needs none."""
+    if not needs_calibration(spec):
+        return None
+    if calibration is None:
+        raise QrobustError(f"{spec.label} needs calibration data (method '{spec.method}', static activation / KV "
+                           "scales or smoothquant); pass calibration blocks")
+    tokens = tokens_of(calibration)
     if tokens is not None and tokens.ndim == 2:  # beyond the model's positions its activations are not its own
         from ...checks import check_seq_len
         config = getattr(model, "config", None)
         check_seq_len(config, tokens.shape[1], getattr(config, "_name_or_path", "") or spec.label,
                       "calibration sample length", "--calib-seq-len (calibration.seq_len)")
+    return tokens
+
+
+def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
+           ) -> tuple[QuantResult, tuple[dict, dict, dict], dict[str, nn.Linear]]:
+    """Quantize the selected linears in place (SmoothQuant-folded first, when asked); return the result
+    and what restores the FP model."""
+    quantizer = get_quantizer(spec.method)
+    tokens = _calibration_tokens(model, spec, calibration)
+    check_act(spec, tokens)
+    alpha = smooth_alpha(spec)
     layers = select_linears(model, spec.include, spec.exclude)
     originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
-    touched = quantizer.touched_params(model, layers, spec)
+    touched = {**quantizer.touched_params(model, layers, spec), **(smoothing_params(model, layers) if alpha else {})}
     others = {n: t.detach().clone() for n, t in touched.items()}
     t0 = time.perf_counter()
     try:
         with torch.no_grad():
-            info = quantizer.quantize_layers(model, layers, spec, calibration)
+            if alpha:
+                assert tokens is not None
+                smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
+            before = {n: lin.weight.detach().clone() for n, lin in layers.items()} if alpha else originals
+            # a smoothed model is not the FP model a CalibrationSet's memo belongs to: share nothing
+            info = quantizer.quantize_layers(model, layers, spec, tokens if alpha else calibration)
     except BaseException:
         _restore(layers, originals, touched, others)
         raise
@@ -96,7 +117,8 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         grid = info.get(n, {}).pop("grid", None)
         if grid is not None:
             result.grids[n] = grid
-        result.layers[n] = {**weight_error(originals[n], lin.weight), **info.get(n, {})}
+        # against the weights the method quantized (after SmoothQuant's fold, when there is one)
+        result.layers[n] = {**weight_error(before[n], lin.weight), **info.get(n, {})}
     return result, (originals, touched, others), layers
 
 
@@ -128,12 +150,15 @@ def quantize_inplace(model: nn.Module, spec: QuantSpec, calibration: torch.Tenso
 def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None = None
               ) -> Iterator[QuantResult]:
     """Quantize ``model`` in place for the duration of the block; the FP weights come back on exit.
+    With ``spec.act`` / ``spec.kv``, linear inputs and the KV cache are fake-quantized for the duration
+    too (hooks, removed on exit; static scales calibrated first on ``calibration``).
 
     ``calibration``: token ids [n, seq_len], or a CalibrationSet to share FP-only work between the
     variants of this model."""
     result, saved, layers = _apply(model, spec, calibration)
     try:
-        yield result
+        with activations_quantized(model, layers, spec, tokens_of(calibration)):
+            yield result
     finally:
         _restore(layers, *saved)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +33,9 @@ from ....errors import QrobustError
 from ....evaluate import LossResult, evaluate_loss
 from ...base import BlockDone, BlockJob, Flow, Quantizer
 from ...registry import QuantSpec, get_quantizer, quantizer_names
+from ..act_hooks import check_act, needs_calibration
 from ..in_memory import select_linears, weight_error
+from .act_stream import ActStream
 from .hidden_states import HiddenStates, Tier, resolve_tier, state_bytes
 from .block_weights import StreamedModel, WeightSource, check_tokens, load_outside_blocks, open_checkpoint
 
@@ -133,6 +136,7 @@ class _Variant:
     quantize_seconds: float = 0.0
     eval_seconds: float = 0.0
     as_tuple: bool = False
+    act: ActStream | None = None  # activation / KV quantization and SmoothQuant (act_stream.py)
 
 
 def _carry_calibration(v: _Variant, block: nn.Module, done: BlockDone) -> None:
@@ -154,14 +158,18 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
     spec = v.spec
     layers = _selected(block, prefix, spec)
     dtypes = {n: lin.weight.dtype for n, lin in layers.items()}
-    job = BlockJob(block, layers, prefix + ".", v.calib,
-                   original=lambda n: source.get(f"{n}.weight").to(dtypes[n]))
+    with torch.no_grad():
+        smoothed = v.act.before_quantize(block, prefix, layers) if v.act is not None else None
+    original = smoothed.__getitem__ if smoothed else lambda n: source.get(f"{n}.weight").to(dtypes[n])
+    job = BlockJob(block, layers, prefix + ".", v.calib, original=original)
     with torch.no_grad():
         done = v.quantizer.quantize_block(job, spec)
         if i < v.last and v.flow != "none":
             _carry_calibration(v, block, done)
+        if v.act is not None:
+            v.act.after_quantize(block, prefix, layers)
     for n, m in layers.items():
-        w0 = source.get(f"{n}.weight").to(m.weight.dtype)  # as the in-memory path saw it
+        w0 = original(n)  # as the in-memory path saw it (after SmoothQuant's fold, when there is one)
         v.layers[n] = {**weight_error(w0, m.weight), **{k: x for k, x in done.info.get(n, {}).items() if k != "grid"}}
 
 
@@ -190,7 +198,7 @@ def _last_blocks(m: StreamedModel, specs: list[QuantSpec]) -> dict[QuantSpec, in
         if not with_linears:
             raise QrobustError(f"{spec.label}: no linear layers selected for quantization; check the include/exclude "
                                "patterns")
-        lasts[spec] = max(with_linears)
+        lasts[spec] = len(m.layers) - 1 if spec.kv else max(with_linears)  # the KV cache of every block
     return lasts
 
 
@@ -204,8 +212,11 @@ def _variant_step(m: StreamedModel, i: int, v: _Variant, dirty: bool) -> None:
         _quantize_block(block, m.prefixes[i], v, i, m.source)
         v.quantize_seconds += time.perf_counter() - tq
     te = time.perf_counter()
-    v.as_tuple = v.states.advance(block)
+    with v.act.live(block, m.prefixes[i], _selected(block, m.prefixes[i], v.spec)) if v.act else nullcontext():
+        v.as_tuple = v.states.advance(block)
     v.eval_seconds += time.perf_counter() - te
+    if v.act is not None and i >= v.last:
+        v.act.close()
     if v.calib is not None and i >= v.last:
         v.calib.close()
         v.calib = None
@@ -249,14 +260,19 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
     for spec in calib_batch:
         if calibration.get(spec) is None:
             raise QrobustError(f"{spec.method.upper()} needs calibration token blocks; pass calibration")
+    for spec in specs:
+        check_act(spec, calibration.get(spec))
+        if needs_calibration(spec) and calibration.get(spec) is None:
+            raise QrobustError(f"{spec.label} needs calibration token blocks (smoothquant); pass calibration")
     t_all = time.perf_counter()
     m = open_checkpoint(checkpoint, s.device, s.dtype, s.trust_remote_code)
-    check_tokens(m, blocks, calibration, calib_batch)
+    check_tokens(m, blocks, calibration, [s for s in specs if needs_calibration(s)])
     load_outside_blocks(m)
     lasts = _last_blocks(m, specs)
     hidden = m.model.get_input_embeddings().weight.shape[1]
     need = state_bytes(blocks.numel(), hidden, m.dt) * (int(fp) + len(specs)) + sum(
-        state_bytes(calibration[c].numel(), hidden, m.dt) for c in calib_batch)
+        state_bytes(calibration[c].numel(), hidden, m.dt) * (int(c in calib_batch) + ActStream.streams(c))
+        for c in specs if needs_calibration(c))
     tier = resolve_tier(s.states, need, m.dev)
     fp_states: HiddenStates | None = None
     variants: list[_Variant] = []
@@ -271,10 +287,11 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
                 quantizer = get_quantizer(spec.method)
                 variants.append(_Variant(spec, quantizer, quantizer.calibration_flow(dict(spec.options)), states_k,
                                          calib, lasts[spec]))
+                variants[-1].act = ActStream.start(m, spec, calibration.get(spec), tier, s.states_dir)
             block_seconds, fp_tuple = _run_blocks(m, fp_states, variants, s.progress)
             fp_loss, out = _losses(m, fp_states, fp_tuple, variants, blocks, batch_size)
     finally:
-        for st in [fp_states] + [v.states for v in variants] + [v.calib for v in variants]:
+        for st in [fp_states] + [v.states for v in variants] + [v.calib for v in variants] + [v.act for v in variants]:
             if st is not None:
                 st.close()
     return StreamedRun(fp=fp_loss, variants=out, tier=tier, block_seconds=block_seconds,
