@@ -30,6 +30,7 @@ from .gptq_core import gptq_quantize
 from ..formats.grid import GRIDS, LayerGrid
 from ..formats.number_format import NumberFormat
 from .hessian import XtX
+from .rtn import rounding_generator
 from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
@@ -137,7 +138,8 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
     res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
                         damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True,
-                        grid=opts.quant_grid, fmt=fmt, tensor_scale=layer_tensor_scales(fmt, weights))
+                        grid=opts.quant_grid, fmt=fmt, tensor_scale=layer_tensor_scales(fmt, weights),
+                        generator=rounding_generator(fmt, ", ".join(names)))
     del H
     seconds = time.perf_counter() - t0
     row = 0
