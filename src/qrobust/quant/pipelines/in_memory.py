@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import QrobustError
 from ..calibration import CalibrationSet, tokens_of
-from ..formats.grid import LayerGrid
+from ..formats.grid import GroupSizeError, LayerGrid
 from ..registry import QuantSpec, get_quantizer
 
 
@@ -68,6 +68,16 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
     return out
 
 
+def check_layers(spec: QuantSpec, layers: dict[str, nn.Linear]) -> None:
+    """Refuse a variant whose weight format cannot quantize one of ``layers`` (a block that does not divide
+    the layer's width, a group wider than it), naming the first such layer, before any weight changes."""
+    fmt = spec.number_format()
+    for name, lin in layers.items():
+        problem = fmt.problem(lin.in_features)
+        if problem:
+            raise GroupSizeError(f"{spec.label}: layer '{name}': {problem}")
+
+
 def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
            ) -> tuple[QuantResult, tuple[dict, dict, dict], dict[str, nn.Linear]]:
     """Quantize the selected linears in place; return the result and what restores the FP model."""
@@ -81,6 +91,7 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         check_seq_len(config, tokens.shape[1], getattr(config, "_name_or_path", "") or spec.label,
                       "calibration sample length", "--calib-seq-len (calibration.seq_len)")
     layers = select_linears(model, spec.include, spec.exclude)
+    check_layers(spec, layers)
     originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
     touched = quantizer.touched_params(model, layers, spec)
     others = {n: t.detach().clone() for n, t in touched.items()}
