@@ -110,3 +110,22 @@ def test_stochastic_format_is_reproducible_from_the_generator():
     assert not torch.equal(a, nearest)
     with pytest.raises(QrobustError, match="layer 'L'.*stochastic.*generator"):
         gptq_quantize(W, H, 4, 16, fmt=fmt, name="L")
+
+
+def test_fp16_scale_overflow_names_the_layer():
+    from torch import nn
+
+    from qrobust.quant import QuantSpec, quantized
+    from qrobust.quant.formats.number_format import FormatScaleError
+    fmt = parse_format("fp4-e2m1-g16-fp16")
+    W, H = problem(4)
+    W[2, 5] = 1e6  # amax / 6 > 65504: the fp16 block scale overflows
+    with pytest.raises(FormatScaleError, match="GPTQ: layer 'L': an fp16 block scale overflows"):
+        gptq_quantize(W, H, 4, 16, fmt=fmt, name="L")
+    model = nn.Sequential(nn.Linear(64, 16))
+    with torch.no_grad():
+        model[0].weight.copy_(W)
+    with pytest.raises(FormatScaleError, match="RTN: layer '0': an fp16 block scale overflows"):
+        with quantized(model, QuantSpec("rtn", format="fp4-e2m1-g16-fp16")):
+            pass
+    assert torch.equal(model[0].weight, W.float())  # restored

@@ -123,3 +123,23 @@ def test_cli_help_lists_the_registered_presets(capsys):
         build_parser().parse_args(["quantize", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in [*FORMATS, *COMBOS])
+
+
+def test_stochastic_gptq_is_seeded_per_layer(tiny_run):
+    """GPTQ with stochastic rounding: a generator seeded by each layer's name, so the in-memory and the
+    layer-streamed paths (and any rerun) give the same numbers; nearest-even NVFP4 differs."""
+    import qrobust
+    from qrobust.evaluate import evaluate_loss
+    from qrobust.models import load_checkpoint
+    from qrobust.quant import QuantSpec, quantized
+    from qrobust.quant.pipelines.streamed import streamed_losses
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    blocks, calib = qrobust.eval_blocks(ck, n_blocks=3), qrobust.calib_blocks(ck, n_samples=4)
+    spec = QuantSpec("gptq", format="fp4-e2m1-g16-e4m3-sr")
+    model = load_checkpoint(ck)
+    runs = []
+    for s in (spec, spec, QuantSpec("gptq", format="nvfp4")):
+        with quantized(model, s, calib):
+            runs.append(evaluate_loss(model, blocks, 3).block_sums)
+    assert runs[0] == runs[1] != runs[2]
+    assert streamed_losses(ck, spec, blocks, batch_size=3, calibration=calib).q.block_sums == runs[0]

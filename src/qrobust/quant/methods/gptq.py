@@ -5,6 +5,9 @@
 input (e.g. q/k/v, then o, then gate/up, then down), each group's Hessian taken after the previous
 groups were quantized. Groups are found by watching one forward pass, so any architecture works.
 Hessians H = 2/N · Σ xᵀx are accumulated in fp32 (one per input group, shared by its linears).
+Any weight format (``spec.format``: NVFP4, MXFP4/6/8, FP8, integers) is rounded column by column by the
+format itself; stochastic ones (``-sr``) draw from a generator seeded by the layer group's names
+(``rtn.rounding_generator``), so in-memory, streamed and repeated runs give the same numbers.
 
 Profiles reproduce the defaults of the libraries users compare against (see README):
 - ``reference``      IST-DASLab GPTQ: damp 0.01, dynamic groups, no act-order, block-sequential.

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import QrobustError
 from ..formats.grid import int_format, maxq_for
-from ..formats.number_format import NumberFormat
+from ..formats.number_format import FormatScaleError, NumberFormat
 
 
 @dataclass
@@ -192,13 +192,16 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    groups = _Groups(W, fmt, s)
-    if s.act_order:
-        groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    Hinv, used = _inverse_cholesky(H, s.damp, s.damp_step, s.damp_max, s.name)
-    del H  # only the inverse factor is needed from here on
-    Q, losses = _quantize_columns(W, Hinv, groups, s.block_size)
+    try:
+        groups = _Groups(W, fmt, s)
+        if s.act_order:
+            groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        Hinv, used = _inverse_cholesky(H, s.damp, s.damp_step, s.damp_max, s.name)
+        del H  # only the inverse factor is needed from here on
+        Q, losses = _quantize_columns(W, Hinv, groups, s.block_size)
+    except FormatScaleError as e:
+        raise FormatScaleError(f"GPTQ: layer '{s.name}': {e}") from None
     g_idx = groups.g_pos
     if groups.perm is not None:
         inv = torch.argsort(groups.perm)

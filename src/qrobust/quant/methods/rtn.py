@@ -6,7 +6,7 @@ import zlib
 import torch
 from torch import nn
 
-from ..formats.number_format import NumberFormat
+from ..formats.number_format import FormatScaleError, NumberFormat
 from ..formats.grid import GroupSizeError, fake_quantize_format
 from ..base import Quantizer
 from ..registry import QuantSpec, register_quantizer
@@ -35,8 +35,8 @@ class RTN(Quantizer):
         for name, lin in layers.items():
             try:
                 w, grid = fake_quantize_format(lin.weight, fmt, rounding_generator(fmt, name))
-            except GroupSizeError as e:
-                raise GroupSizeError(f"RTN: layer '{name}': {e}") from None
+            except (GroupSizeError, FormatScaleError) as e:
+                raise type(e)(f"RTN: layer '{name}': {e}") from None
             lin.weight.copy_(w)
             info[name] = {"grid": grid}
         return info
