@@ -143,3 +143,16 @@ def test_stochastic_gptq_is_seeded_per_layer(tiny_run):
             runs.append(evaluate_loss(model, blocks, 3).block_sums)
     assert runs[0] == runs[1] != runs[2]
     assert streamed_losses(ck, spec, blocks, batch_size=3, calibration=calib).q.block_sums == runs[0]
+
+
+def test_python_quantize_takes_a_format():
+    import torch
+    from torch import nn
+
+    from qrobust.quant import quantize
+    from qrobust.quant.formats.grid import fake_quantize_format
+    from qrobust.quant.formats.presets import FORMATS
+    model = nn.Sequential(nn.Linear(64, 8))
+    q, res = quantize(model, format="mxfp4")
+    assert res.spec.label == "rtn-mxfp4" and res.grids["0"].format == FORMATS["mxfp4"]
+    assert torch.equal(q[0].weight, fake_quantize_format(model[0].weight.detach(), FORMATS["mxfp4"])[0])

@@ -153,11 +153,13 @@ def quantize(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: i
              calibration: torch.Tensor | None = None, **options: Any) -> tuple[nn.Module, QuantResult]:
     """A fake-quantized copy of ``model`` and its per-layer weight errors; ``model`` itself is unchanged.
 
-    Keywords ``include`` / ``exclude`` (glob patterns on linear names) select the layers; every other
-    keyword is an option of the method (e.g. ``damp=0.01`` for GPTQ)."""
+    Keywords ``include`` / ``exclude`` (glob patterns on linear names) select the layers; ``format`` names a
+    number format (``nvfp4``, ``w8a8-fp8`` …) in place of bits / group size / sym; every other keyword is an
+    option of the method (e.g. ``damp=0.01`` for GPTQ)."""
     include, exclude = tuple(options.pop("include", ())), tuple(options.pop("exclude", ()))
+    fmt = options.pop("format", "")
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=include,
-                     exclude=exclude, options=tuple(sorted(options.items())))
+                     exclude=exclude, options=tuple(sorted(options.items())), format=fmt)
     qmodel = copy.deepcopy(model)
     result, _, _ = _apply(qmodel, spec, calibration)
     return qmodel, result
