@@ -127,3 +127,18 @@ def test_what_awq_cannot_use_is_refused_when_the_spec_is_made(kw, match):
     with pytest.raises(ConfigError, match=match):
         QuantSpec("awq", **kw)
     QuantSpec("rtn", **kw)  # other methods take them
+
+
+def test_awq_nvfp4_streamed_equals_in_memory(tiny_run):
+    import qrobust
+    from qrobust.evaluate import evaluate_loss
+    from qrobust.quant.pipelines.streamed import streamed_losses
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    blocks, calib = qrobust.eval_blocks(ck, n_blocks=3), qrobust.calib_blocks(ck, n_samples=4)
+    spec = QuantSpec("awq", format="nvfp4")
+    res = streamed_losses(ck, spec, blocks, batch_size=3, calibration=calib)
+    model = load_checkpoint(ck)
+    with quantized(model, spec, calib) as mem:
+        q = evaluate_loss(model, blocks, 3)
+    assert res.q.block_sums == q.block_sums and res.q.loss != res.fp.loss
+    assert {n: v["rel_err"] for n, v in res.layers.items()} == {n: v["rel_err"] for n, v in mem.layers.items()}
