@@ -7,8 +7,23 @@ import argparse
 from ..config import bits_problem, group_size_problem
 
 
+FORMATS_MARK = "<FORMATS>"  # replaced in --help by the registered presets (imported only then: they need torch)
+
+
+def format_names() -> str:
+    """The named number formats and weight+activation combinations, from their registries."""
+    from ..quant.formats.presets import COMBOS, FORMATS
+    return f"presets {', '.join(FORMATS)}; combinations {', '.join(COMBOS)}"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit status 2."""
+
+    def format_help(self) -> str:
+        for action in self._actions:
+            if action.help and FORMATS_MARK in action.help:
+                action.help = action.help.replace(FORMATS_MARK, format_names())
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -57,7 +72,7 @@ def positive_float(v: str) -> float:
 def add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--method", default="rtn", help="quantization method (registry name; default: rtn)")
     p.add_argument("--bits", type=bits_arg, required=bits_required, default=None, help="weight bits, 2..8")
-    p.add_argument("--group-size", type=group_arg, default=128,
+    p.add_argument("--group-size", type=group_arg, default=None,
                    help="columns per quantization group; -1 = one group per output channel (default 128)")
     p.add_argument("--asym", action="store_true", help="asymmetric grid (default: symmetric, as GPTQModel)")
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +88,14 @@ def add_quant_args(p: argparse.ArgumentParser, bits_required: bool) -> None:
     p.add_argument("--calib-seed", type=int, default=0)
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only quantize matching linears")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching linears")
+
+
+def add_format_arg(p: argparse.ArgumentParser) -> None:
+    """``--format``: a named number format instead of --bits / --group-size / --asym."""
+    p.add_argument("--format", dest="number_format", default="", metavar="FORMAT",
+                   help="number format instead of --bits/--group-size/--asym: " + FORMATS_MARK + "; or "
+                        "<element>-<block>[-<scale>][-asym][-sr] (e.g. fp4-e2m1-g32-e8m0), with activation and "
+                        "KV-cache formats appended as WEIGHT+a-ACT+kv-KV (e.g. int4-g128+a-fp8-e4m3-token)")
 
 
 def add_device_args(p: argparse.ArgumentParser) -> None:

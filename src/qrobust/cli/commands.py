@@ -64,9 +64,24 @@ def method_options(pairs: list[str]) -> dict[str, Any]:
 
 
 def quant_settings(a: argparse.Namespace) -> dict[str, Any]:
-    """The variant's flags as ``quant_spec`` keywords (checked by the API before any work)."""
-    return {"method": a.method, "bits": a.bits, "group_size": a.group_size, "sym": not a.asym,
-            "include": tuple(a.include), "exclude": tuple(a.exclude), "options": method_options(a.opt)}
+    """The variant's flags as ``quant_spec`` keywords (checked by the API before any work): a named
+    ``--format``, or --bits / --group-size / --asym, not both."""
+    common = {"method": a.method, "include": tuple(a.include), "exclude": tuple(a.exclude),
+              "options": method_options(a.opt)}
+    fmt = getattr(a, "number_format", "")
+    if fmt:
+        given = [f for f, v in (("--bits", a.bits), ("--group-size", a.group_size), ("--asym", a.asym or None))
+                 if v is not None]
+        if given:
+            raise QrobustError(f"--format {fmt} sets the bits, groups and grid; drop {', '.join(given)}")
+        return {**common, "format": fmt}
+    group = 128 if a.group_size is None else a.group_size
+    return {**common, "bits": a.bits, "group_size": group, "sym": not a.asym}
+
+
+def quantizes(a: argparse.Namespace) -> bool:
+    """Whether the flags ask for a quantized variant (--bits or --format)."""
+    return a.bits is not None or bool(getattr(a, "number_format", ""))
 
 
 def calibration(a: argparse.Namespace) -> CalibrationOptions:
@@ -94,6 +109,8 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_quantize(a: argparse.Namespace) -> int:
     from .. import api
+    if not quantizes(a):
+        raise QrobustError("give the variant: --bits (with --group-size, --asym) or --format (see --help)")
     report = api.quantize_checkpoint(a.checkpoint, a.out, quant_settings(a), calibration(a), load_options(a))
     if a.json:
         print(json.dumps(report, indent=1))
@@ -111,7 +128,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     tasks = TaskOptions(names=a.tasks, num_fewshot=a.num_fewshot, limit=a.limit, backend=a.tasks_backend) \
         if a.tasks else None
     stream = StreamOptions(states=a.states, states_dir=a.states_dir) if a.stream else None
-    out = api.evaluate_checkpoint(a.checkpoint, quant_settings(a) if a.bits is not None else None, ev,
+    out = api.evaluate_checkpoint(a.checkpoint, quant_settings(a) if quantizes(a) else None, ev,
                                   calibration(a), load_options(a), tasks, stream, progress=not a.json)
     print(json.dumps(out, indent=1) if a.json else "\n".join(eval_lines(out)))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .args import add_device_args, add_load_args, add_quant_args, positive, positive_float
+from .args import add_device_args, add_format_arg, add_load_args, add_quant_args, positive, positive_float
 from .train_tools import add_train_planning_args
 
 
@@ -66,7 +66,8 @@ def add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="fake-quantize one checkpoint and save it (dequantized weights)")
     p.add_argument("checkpoint", help="Hugging Face model folder")
     p.add_argument("--out", required=True, help="folder for the quantized checkpoint")
-    add_quant_args(p, bits_required=True)
+    add_quant_args(p, bits_required=False)
+    add_format_arg(p)
     add_load_args(p)
     add_device_args(p)
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")
@@ -99,6 +100,7 @@ def add_eval(sub) -> None:
     p.add_argument("--seq-len", type=positive, default=None)
     p.add_argument("--batch-size", type=positive, default=8)
     add_quant_args(p, bits_required=False)
+    add_format_arg(p)
     add_load_args(p)
     add_device_args(p)
     p.add_argument("--tasks", action="append", default=None,

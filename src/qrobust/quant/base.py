@@ -82,6 +82,11 @@ class Quantizer:
         """Why this variant of a ``streamable`` method cannot be layer-streamed (one line), or None."""
         return None
 
+    def format_problem(self, spec: QuantSpec) -> str | None:
+        """Why this method cannot quantize ``spec``'s formats (weight, activations, KV cache), one line, or
+        None; asked when the spec is made, before any work."""
+        return None
+
     def implied(self, options: dict[str, Any]) -> dict[str, Any]:
         """Settings a profile implies that change the numbers and must enter the variant's identity
         (``QuantSpec.to_dict``) though the user did not write them; empty for most methods."""

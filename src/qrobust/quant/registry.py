@@ -74,6 +74,9 @@ class QuantSpec:
             raise ConfigError(f"group size must be -1 (per output channel) or a positive integer, got {self.group_size!r}")
         if self.method not in QUANTIZERS:
             raise _unknown(self.method)
+        problem = QUANTIZERS[self.method]().format_problem(self)
+        if problem:
+            raise ConfigError(f"{self.label}: {problem}")
 
     def _take_format(self) -> None:
         name, _, kv = self.format.partition("+kv-")

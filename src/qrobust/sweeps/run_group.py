@@ -10,7 +10,8 @@ from typing import Any
 from ..evaluate import LossResult, degradation, evaluate_loss
 from ..geometry.measure import measure
 from ..models import check_vocab, load_checkpoint, read_model_config, resolve_device
-from ..quant import CalibrationSet, QuantSpec, needs_calibration, quantized
+from ..quant import CalibrationSet, QuantSpec, get_quantizer, needs_calibration, quantized, select_linears
+from ..quant.pipelines.in_memory import check_layers
 from ..quant.pipelines.streamed import stream_checkpoint
 from ..data.evalset import EvalSet, default_calibration_length
 from ..results.records import FPRecord, GeometryRecord, Outcome, RunInfo, VariantRecord
@@ -77,6 +78,8 @@ class InMemoryGroup:
                                      dtype=cfg.dtype, device=cfg.device)
         check_vocab(self.model, self.tok, ck.path)
         check_lengths(cfg, self.model.config, ck, self.es, todo, self.job.data_cfg)
+        for spec in todo:  # a format that does not fit a layer: refused before the FP evaluation
+            check_layers(spec, select_linears(self.model, spec.include, spec.exclude, required=False))
         self.load_s = time.perf_counter() - t0
         self.ctx.summary.model_loads += 1
 

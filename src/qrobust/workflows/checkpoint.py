@@ -20,11 +20,13 @@ from .options import CalibrationOptions, ExportOptions, LoadOptions
 
 def quant_spec(method: str = "rtn", bits: int = 4, group_size: int = 128, sym: bool = True,
                include: tuple[str, ...] | list[str] = (), exclude: tuple[str, ...] | list[str] = (),
-               options: Mapping[str, Any] | None = None) -> QuantSpec:
-    """The variant, with method options its quantizer accepts: a bad option fails here, before any work."""
+               options: Mapping[str, Any] | None = None, format: str = "") -> QuantSpec:
+    """The variant, with method options its quantizer accepts: a bad option fails here, before any work.
+    ``format``: a named number format (``nvfp4``, ``w8a8-int8``, ``int4-g128+a-fp8-e4m3-token`` …) in place
+    of bits, group size and sym."""
     opts = dict(options or {})
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=tuple(include),
-                     exclude=tuple(exclude), options=tuple(sorted(opts.items())))
+                     exclude=tuple(exclude), options=tuple(sorted(opts.items())), format=format)
     get_quantizer(spec.method).check_options(opts)
     return spec
 

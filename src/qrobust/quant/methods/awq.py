@@ -28,6 +28,12 @@ Profiles (``profile=...``) follow the library users compare against:
   scaling: j/(n_grid−1), j = 0 … n_grid−1); w̄ summed in float64 over the balanced linears' rows; non-finite
   scales set to 1; no clip search; compressed-tensors' grid (``formats/compressed_tensors.py``: min/max
   include 0, symmetric step 2·max|w|/(2^b−1) on levels −2^(b−1) … 2^(b−1)−1) in the search and for the final RTN.
+
+Float formats (``format=nvfp4``, ``mxfp4``, ``fp8-e4m3-channel`` …, as llm-compressor runs AWQ with NVFP4):
+the scale search, the clip search and the final RTN round on the format itself (its blocks, scales and,
+for NVFP4, the tensor scale of the scaled weight W·s); integer formats keep the profile's integer grid.
+Refused when the spec is made: activation quantization (the scales are searched against FP activations,
+so the search would optimise the wrong function) and stochastic rounding (noisy losses in the search).
 """
 from __future__ import annotations
 
@@ -89,6 +95,15 @@ class AWQ(Quantizer):
     def calibration_flow(self, options: dict[str, Any]) -> Flow:
         """AutoAWQ calibrates every block on the FP model's activations (FP block outputs propagate)."""
         return "fp"
+
+    def format_problem(self, spec: QuantSpec) -> str | None:
+        if spec.act:
+            return (f"AWQ cannot search its scales under activation quantization (act={spec.act}): it compares "
+                    "outputs with FP activations; use gptq or rtn with act, or drop act")
+        if spec.number_format().stochastic:
+            return (f"AWQ's scale search needs deterministic rounding; {spec.format} rounds stochastically: drop -sr "
+                    "or use rtn / gptq")
+        return None
 
     def touched_params(self, model, layers, spec) -> dict[str, torch.Tensor]:
         """Everything inside the decoder blocks besides the selected weights (norms, biases): folds touch them."""

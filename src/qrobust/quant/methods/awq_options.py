@@ -9,7 +9,7 @@ import torch
 
 from ...errors import ConfigError
 from ..base import typed_options
-from ..formats.grid import fake_quantize, group_bounds
+from ..formats.grid import fake_quantize, fake_quantize_format, group_bounds
 from ..registry import QuantSpec
 
 GRIDS = ("autoawq", "compressed-tensors")
@@ -73,9 +73,19 @@ def awq_fake_quantize(w: torch.Tensor, bits: int, group_size: int, zero_point: b
     return out.to(w.dtype)
 
 
-def grid_quantize(w: torch.Tensor, spec: QuantSpec, opts: AWQOptions, group_size: int | None = None) -> torch.Tensor:
-    """RTN on the profile's grid: AutoAWQ's (zero point when asymmetric) or compressed-tensors'."""
+def grid_quantize(w: torch.Tensor, spec: QuantSpec, opts: AWQOptions, group_size: int | None = None,
+                  tensor_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """RTN on the profile's grid: AutoAWQ's (zero point when asymmetric) or compressed-tensors'; a float
+    format (``spec.format``: nvfp4, mxfp4, fp8 …) on its own blocks and scales, as llm-compressor's AWQ
+    quantizes it. ``group_size=-1``: ``w`` is one group's columns (the clip search), rounded as one block
+    with the whole weight's ``tensor_scale`` (two-level formats)."""
     g = spec.group_size if group_size is None else group_size
+    if spec.format:
+        fmt = spec.number_format()
+        if group_size is None:
+            return fake_quantize_format(w, fmt)[0]
+        scale, zero = fmt.params(w.float(), tensor_scale)
+        return fmt.qdq(w.float(), scale, zero, tensor_scale).to(w.dtype)
     if opts.quant_grid == "autoawq":
         return awq_fake_quantize(w, spec.bits, g, not spec.sym)
     return fake_quantize(w, spec.bits, g, spec.sym, "compressed-tensors")

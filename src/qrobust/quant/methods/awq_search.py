@@ -131,6 +131,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec, opts: AWQOpti
     """Per (row, group) clipping bound with the least output MSE on the sampled tokens x [n, in]."""
     bounds = group_bounds(w.shape[1], spec.group_size)
     best_max = torch.empty(w.shape[0], len(bounds))
+    ts = spec.number_format().tensor_scale(w)  # two-level formats: the whole weight's, for every group
     steps = max(1, int(opts.max_shrink * opts.clip_grid))
     for gi, (a, b) in enumerate(bounds):
         wg, xg = w[:, a:b].float(), x[:, a:b].float()
@@ -140,7 +141,7 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, spec: QuantSpec, opts: AWQOpti
         best = org_max.squeeze(1).clone()
         for i in range(steps):
             mx = org_max * (1 - i / opts.clip_grid)
-            q = grid_quantize(torch.clamp(wg, -mx, mx), spec, opts, group_size=-1)
+            q = grid_quantize(torch.clamp(wg, -mx, mx), spec, opts, group_size=-1, tensor_scale=ts)
             err = (q @ xg.T - org_out).pow(2).mean(dim=1)
             better = err < best_err
             best_err = torch.where(better, err, best_err)

@@ -19,7 +19,7 @@ import torch
 
 from ...errors import QrobustError
 from ..formats.grid import int_format, maxq_for
-from ..formats.number_format import NumberFormat, nonfinite_problem
+from ..formats.number_format import FormatScaleError, NumberFormat, nonfinite_problem
 
 
 @dataclass
@@ -73,6 +73,7 @@ class GPTQSettings:
     grid: str = "reference"
     fmt: NumberFormat | None = None  # any elementwise format; None: the integer format of (bits, group, sym, grid)
     tensor_scale: torch.Tensor | None = None  # two-level formats: given (e.g. per stacked layer), else from W
+    generator: torch.Generator | None = None  # stochastic formats (``-sr``): the layer's seeded random stream
 
 
 class _Groups:
@@ -82,7 +83,7 @@ class _Groups:
 
     def __init__(self, W: torch.Tensor, fmt: NumberFormat, s: GPTQSettings):
         rows, cols = W.shape
-        self.fmt, self.group_size = fmt, fmt.block_size
+        self.fmt, self.group_size, self.generator = fmt, fmt.block_size, s.generator
         group_size = fmt.block_size
         ts = s.tensor_scale if s.tensor_scale is not None else fmt.tensor_scale(W)
         self.tensor_scale = ts.to(W.dtype) if ts is not None else None
@@ -104,7 +105,7 @@ class _Groups:
         return self.fmt.params(x, self.tensor_scale)
 
     def qdq(self, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        return self.fmt.qdq(w, scale, zero, self.tensor_scale)
+        return self.fmt.qdq(w, scale, zero, self.tensor_scale, self.generator)
 
     def column(self, col: int, fresh: Callable[[int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero) for the column at (permuted) position ``col``; ``fresh(end)``: the fully updated
@@ -169,11 +170,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     """Quantize ``W`` ([out, in]) against the Hessian ``H`` ([in, in]) of its layer inputs.
 
     ``settings``: the fields of ``GPTQSettings`` (damp, block_size, act_order, static_groups, damp_step,
-    damp_max, name, dtype, own_h, grid, fmt, tensor_scale). All math runs in ``dtype`` (fp32 by default;
+    damp_max, name, dtype, own_h, grid, fmt, tensor_scale, generator). All math runs in ``dtype`` (fp32 by default;
     float64 for reference checks), never in TF32/half. ``own_h``: the caller hands ``H`` over (it is
     overwritten instead of copied, saving one [in, in]). ``grid``: the integer grid (``formats/grid.py``):
     "reference" or "compressed-tensors". ``fmt``: any elementwise number format instead (its block size
-    is the group size; the error feedback does not care how a column is rounded).
+    is the group size; the error feedback does not care how a column is rounded). A stochastic format
+    (``-sr``) needs ``generator``: its draws, one per weight in column order, make the result reproducible.
     """
     s = GPTQSettings(**settings)
     fmt = s.fmt or int_format(bits, group_size, sym, s.grid)
@@ -181,19 +183,25 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int, group_size: int =
     H = H.detach().to(s.dtype) if s.own_h else H.detach().clone().to(s.dtype)
     cols = W.shape[1]
     maxq_for(fmt.bits)  # validates bits
+    if fmt.stochastic and s.generator is None:
+        raise QrobustError(f"GPTQ: layer '{s.name}': {fmt.label} rounds stochastically; pass a seeded generator "
+                           "(the whole-model GPTQ seeds one per layer)")
     problem = fmt.problem(cols) or nonfinite_problem(W)
     if problem:
         raise QrobustError(f"GPTQ: layer '{s.name}': {problem}")
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    groups = _Groups(W, fmt, s)
-    if s.act_order:
-        groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-    Hinv, used = _inverse_cholesky(H, s.damp, s.damp_step, s.damp_max, s.name)
-    del H  # only the inverse factor is needed from here on
-    Q, losses = _quantize_columns(W, Hinv, groups, s.block_size)
+    try:
+        groups = _Groups(W, fmt, s)
+        if s.act_order:
+            groups.perm = perm = torch.argsort(torch.diag(H), descending=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        Hinv, used = _inverse_cholesky(H, s.damp, s.damp_step, s.damp_max, s.name)
+        del H  # only the inverse factor is needed from here on
+        Q, losses = _quantize_columns(W, Hinv, groups, s.block_size)
+    except FormatScaleError as e:
+        raise FormatScaleError(f"GPTQ: layer '{s.name}': {e}") from None
     g_idx = groups.g_pos
     if groups.perm is not None:
         inv = torch.argsort(groups.perm)

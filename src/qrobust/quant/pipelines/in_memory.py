@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import QrobustError
 from ..calibration import CalibrationSet, tokens_of
-from ..formats.grid import LayerGrid
+from ..formats.grid import GroupSizeError, LayerGrid
 from ..registry import QuantSpec, get_quantizer
 from .act_hooks import act_calibration_batch, activations_quantized, check_act, needs_calibration, smooth_alpha
 from .smoothquant import smooth_model, touched as smoothing_params
@@ -70,6 +70,17 @@ def select_linears(model: nn.Module, include: tuple[str, ...] = (), exclude: tup
     return out
 
 
+def check_layers(spec: QuantSpec, layers: dict[str, nn.Linear]) -> None:
+    """Refuse a variant whose weight format cannot quantize one of ``layers`` (a block that does not divide
+    the layer's width, a group wider than it), naming the first such layer, before any weight changes."""
+    fmt = spec.number_format()
+    for name, lin in layers.items():
+        problem = fmt.problem(lin.in_features)
+        if problem:
+            raise GroupSizeError(f"{spec.label}: layer '{name}': {problem}")
+
+
+
 def _calibration_tokens(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | CalibrationSet | None
                         ) -> torch.Tensor | None:
     """The calibration tokens ``spec`` needs (its method's, static activation scales', SmoothQuant's),
@@ -97,6 +108,7 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
     check_act(spec, tokens)
     alpha = smooth_alpha(spec)
     layers = select_linears(model, spec.include, spec.exclude)
+    check_layers(spec, layers)
     originals = {n: lin.weight.detach().clone() for n, lin in layers.items()}
     touched = {**quantizer.touched_params(model, layers, spec), **(smoothing_params(model, layers) if alpha else {})}
     others = {n: t.detach().clone() for n, t in touched.items()}
@@ -167,11 +179,13 @@ def quantize(model: nn.Module, method: str = "rtn", bits: int = 4, group_size: i
              calibration: torch.Tensor | None = None, **options: Any) -> tuple[nn.Module, QuantResult]:
     """A fake-quantized copy of ``model`` and its per-layer weight errors; ``model`` itself is unchanged.
 
-    Keywords ``include`` / ``exclude`` (glob patterns on linear names) select the layers; every other
-    keyword is an option of the method (e.g. ``damp=0.01`` for GPTQ)."""
+    Keywords ``include`` / ``exclude`` (glob patterns on linear names) select the layers; ``format`` names a
+    number format (``nvfp4``, ``w8a8-fp8`` …) in place of bits / group size / sym; every other keyword is an
+    option of the method (e.g. ``damp=0.01`` for GPTQ)."""
     include, exclude = tuple(options.pop("include", ())), tuple(options.pop("exclude", ()))
+    fmt = options.pop("format", "")
     spec = QuantSpec(method=method, bits=bits, group_size=group_size, sym=sym, include=include,
-                     exclude=exclude, options=tuple(sorted(options.items())))
+                     exclude=exclude, options=tuple(sorted(options.items())), format=fmt)
     qmodel = copy.deepcopy(model)
     result, _, _ = _apply(qmodel, spec, calibration)
     return qmodel, result

@@ -34,7 +34,7 @@ from ....evaluate import LossResult, evaluate_loss
 from ...base import BlockDone, BlockJob, Flow, Quantizer
 from ...registry import QuantSpec, get_quantizer, quantizer_names
 from ..act_hooks import check_act, needs_calibration
-from ..in_memory import select_linears, weight_error
+from ..in_memory import check_layers, select_linears, weight_error
 from .act_stream import ActStream
 from .hidden_states import HiddenStates, Tier, resolve_tier, state_bytes
 from .block_weights import StreamedModel, WeightSource, check_tokens, load_outside_blocks, open_checkpoint
@@ -194,7 +194,10 @@ def _last_blocks(m: StreamedModel, specs: list[QuantSpec]) -> dict[QuantSpec, in
     """Per variant, the last block holding a selected linear (past it the quantized model runs FP blocks)."""
     lasts = {}
     for spec in specs:
-        with_linears = [i for i, p in enumerate(m.prefixes) if _selected(m.layers[i], p, spec)]
+        selected = [_selected(m.layers[i], p, spec) for i, p in enumerate(m.prefixes)]
+        for layers in selected:
+            check_layers(spec, layers)
+        with_linears = [i for i, layers in enumerate(selected) if layers]
         if not with_linears:
             raise QrobustError(f"{spec.label}: no linear layers selected for quantization; check the include/exclude "
                                "patterns")
