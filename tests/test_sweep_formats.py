@@ -97,11 +97,13 @@ def test_cli_format_flag(tiny_run, tmp_path, capsys):
     assert rc == 0 and out.startswith("rtn-nvfp4: 8 linears quantized")
     rep = json.loads((tmp_path / "q" / "quantization.json").read_text())
     assert (rep["spec"]["format"], rep["spec"]["bits"], rep["spec"]["group_size"]) == ("nvfp4", 4, 16)
+    # a saved checkpoint holds weights: activation / KV formats are for eval and sweeps, refused here
     rc, out, err = _cli(capsys, ["quantize", ck, "--out", tmp_path / "q8", "--format", "w8a8-int8"])
-    assert rc == 0 and out.startswith("rtn-w8ch+a-int8-token:")
-    rc, out, err = _cli(capsys, ["quantize", ck, "--out", tmp_path / "q3", "--format",
-                                 "int4-g16+a-fp8-e4m3-token+kv-fp8-e4m3-head"])
-    assert rc == 0 and out.startswith("rtn-w4g16+a-fp8-e4m3-token+kv-fp8-e4m3-head:")
+    assert rc == 2 and err.count("\n") == 1 and "rtn-w8ch+a-int8-token: a saved checkpoint holds weights only" in err
+    assert not (tmp_path / "q8").exists()
+    rc, out, err = _cli(capsys, ["eval", ck, "--format", "int4-g16+a-fp8-e4m3-token+kv-fp8-e4m3-head",
+                                 "--n-blocks", "2", "--calib-samples", "2"])
+    assert rc == 0 and "rtn-w4g16+a-fp8-e4m3-token+kv-fp8-e4m3-head" in out
     for argv, msg in [(["--format", "nvfp4", "--bits", "4"], "--format nvfp4 sets the bits, groups and grid; "
                                                                "drop --bits"),
                       (["--format", "nvfp4", "--group-size", "16", "--asym"], "drop --group-size, --asym"),
