@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("compressed_tensors", reason="export needs compressed-tensors (pip install 'qrobust[export]')")
 
 import qrobust  # noqa: E402
-from qrobust.errors import QrobustError  # noqa: E402
+from qrobust.errors import QrobustError, QrobustWarning  # noqa: E402
 from qrobust.quant import QuantSpec, quantized  # noqa: E402
 
 E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])  # FP4 E2M1 magnitudes, by their 3-bit code
@@ -186,7 +186,8 @@ def test_cli_export_format(tiny_run, tmp_path, capsys):
 def test_gptq_nvfp4_stacked_qkv_keeps_each_layers_global_scale(tmp_path):
     """Llama's q/k/v share one GPTQ problem (stacked rows) but each keeps its own NVFP4 tensor scale,
     448 · 6 / amax of its own weight (compressed-tensors' ``generate_gparam``): the export writes each, and the file
-    and transformers' reload hold our weights."""
+    and transformers' reload hold our weights. vLLM fuses q/k/v and gate/up under one global scale, so the
+    export says, in one warning line and in qrobust_export.json, that those groups' scales differ."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
@@ -203,7 +204,11 @@ def test_gptq_nvfp4_stacked_qkv_keeps_each_layers_global_scale(tmp_path):
     calib = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(0))
     res = quantize_inplace(model, QuantSpec("gptq", format="nvfp4", options=(("true_sequential", False),)), calib)
     ours = {n: model.get_submodule(n).weight.detach().clone() for n in res.grids}
-    export_compressed_tensors(model, res, tmp_path / "x")
+    with pytest.warns(QrobustWarning, match="vLLM takes one global scale per fused linear") as rec:
+        export_compressed_tensors(model, res, tmp_path / "x")
+    assert len(rec) == 1 and "\n" not in str(rec[0].message)
+    flagged = json.loads((tmp_path / "x" / "qrobust_export.json").read_text())["vllm_unshared_global_scales"]
+    assert flagged == [f"model.layers.{i}.{p}" for i in (0, 1) for p in ("mlp.gate_proj", "self_attn.q_proj")]
     f = safe_open(str(tmp_path / "x" / "model.safetensors"), "pt")
     scales = {p: float(f.get_tensor(attn + p + ".weight_global_scale")) for p in want}
     assert scales == want and len(set(scales.values())) == 3
@@ -212,3 +217,17 @@ def test_gptq_nvfp4_stacked_qkv_keeps_each_layers_global_scale(tmp_path):
     for name, w in ours.items():
         assert torch.equal(_decode(f, name, "nvfp4", w.shape[1]), w), name
         assert torch.equal(reloaded.get_submodule(name).weight, w.bfloat16().float()), name
+
+
+def test_bf16_nvfp4_and_integer_formats_by_name(tiny_run, tmp_path):
+    """In bf16 (NVFP4's deployment dtype) compressed-tensors' bf16 decompression loses nothing: the reload
+    is the evaluated model. An integer format named by --format is the plain integer export, byte for byte."""
+    from safetensors.torch import load_file
+    ck = _ckpt(tiny_run)
+    rep = qrobust.export(ck, tmp_path / "b", format="nvfp4", dtype="bfloat16", verify_blocks=4)
+    assert rep["loss_diff"] == 0.0 and rep["loss_reloaded"] == rep["loss_fake_quant"]
+    qrobust.export(ck, tmp_path / "i", format="int4-g16")
+    qrobust.export(ck, tmp_path / "j", bits=4, group_size=16)
+    a, b = load_file(str(tmp_path / "i" / "model.safetensors")), load_file(str(tmp_path / "j" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "i" / "config.json").read_text() == (tmp_path / "j" / "config.json").read_text()

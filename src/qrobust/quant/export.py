@@ -16,15 +16,16 @@ Written with compressed-tensors' own compressor (not by hand), so the files foll
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, QrobustError
+from ..errors import ConfigError, QrobustError, QrobustWarning
 from .pipelines.in_memory import QuantResult
-from .export_schemes import exportable, scheme_for
+from .export_schemes import exportable, scheme_for, unshared_global_scales
 from .formats.grid import LayerGrid
 from .formats.presets import COMBOS, FORMATS as FORMATS_KNOWN, parse_format
 from .registry import QuantSpec, get_quantizer, quantizer_names
@@ -143,9 +144,26 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
         compressor.update_config(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        info = {"format": export_format_name(spec), "spec": spec.to_dict(), "label": spec.label,
-                "layers": names, "summary": result.summary(), **(extra or {})}
-        if scheme.dense_dtype is not None:
-            info["decompresses_to"] = str(scheme.dense_dtype).removeprefix("torch.")
+        info = _provenance(result, extra)
         (tmp / "qrobust_export.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+    unshared = info.get("vllm_unshared_global_scales")
+    if unshared:
+        warnings.warn(f"'{unshared[0]}' and the linears vLLM fuses with it (q/k/v, gate/up) have their own NVFP4 "
+                      f"global scales ({len(unshared)} such groups): transformers loads the export exactly, vLLM "
+                      "takes one global scale per fused linear and would not", QrobustWarning, stacklevel=2)
     return final
+
+
+def _provenance(result: QuantResult, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``qrobust_export.json``: the variant, its layers and error summary, how compressed-tensors
+    decompresses it, and the fused linears whose NVFP4 global scales differ (see ``VLLM_FUSED``)."""
+    spec = result.spec
+    info = {"format": export_format_name(spec), "spec": spec.to_dict(), "label": spec.label,
+            "layers": sorted(result.grids), "summary": result.summary(), **(extra or {})}
+    dense = scheme_for(spec.number_format()).dense_dtype
+    if dense is not None:
+        info["decompresses_to"] = str(dense).removeprefix("torch.")
+    unshared = unshared_global_scales(result.grids)
+    if unshared:
+        info["vllm_unshared_global_scales"] = unshared
+    return info

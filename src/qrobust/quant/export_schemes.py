@@ -92,6 +92,24 @@ def scheme_for(fmt: NumberFormat) -> CTScheme | None:
     return next((s for s in SCHEMES.values() if s.holds(fmt)), None)
 
 
+# linears vLLM loads as one (its packed_modules_mapping: qkv_proj, gate_up_proj), with ONE global scale,
+# the max of theirs; llm-compressor therefore gives them a common NVFP4 global scale before quantizing
+VLLM_FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def unshared_global_scales(grids: dict[str, LayerGrid]) -> list[str]:
+    """The first linear of each group vLLM fuses whose members' tensor scales differ (qrobust's NVFP4
+    takes each linear's own, compressed-tensors' per-tensor rule): vLLM would not load those as evaluated."""
+    found = []
+    for name, grid in sorted(grids.items()):
+        parent, _, leaf = name.rpartition(".")
+        for fused in (f for f in VLLM_FUSED if leaf == f[0] and grid.tensor_scale is not None):
+            members = [grids[m] for m in (f"{parent}.{x}" for x in fused) if m in grids]
+            if len({float(g.tensor_scale) for g in members if g.tensor_scale is not None}) > 1:
+                found.append(name)
+    return found
+
+
 def reload_options(fmt: NumberFormat, dtype: torch.dtype) -> dict[str, Any]:
     """``from_pretrained`` keywords that load an export of ``fmt`` in ``dtype`` with transformers: formats
     whose decompressor yields another dtype are dequantized at load (else the forward mixes dtypes)."""
@@ -102,4 +120,4 @@ def reload_options(fmt: NumberFormat, dtype: torch.dtype) -> dict[str, Any]:
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
-__all__ = ["CTScheme", "SCHEMES", "exportable", "reload_options", "scheme_for"]
+__all__ = ["CTScheme", "SCHEMES", "VLLM_FUSED", "exportable", "reload_options", "scheme_for", "unshared_global_scales"]
