@@ -174,7 +174,8 @@ def test_cli_export_format(tiny_run, tmp_path, capsys):
     assert main(["export", ck, "--format", "nvfp4", "--out", str(tmp_path / "n"), "--verify", "2"]) == 0
     out = capsys.readouterr().out
     assert "rtn-nvfp4: exported as compressed-tensors/nvfp4-pack-quantized" in out and "difference" in out
-    for args, msg in [(("--format", "nvfp4", "--bits", "4"), "sets the bits and block size; drop --bits"),
+    assert "decompresses this format through bfloat16" in out
+    for args, msg in [(("--format", "nvfp4", "--bits", "4", "--asym"), "drop --bits, --asym"),
                       ((), "export needs --bits"), (("--format", "mxfp6-e3m2"), "no compressed-tensors weight format")]:
         assert main(["export", ck, *args, "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
