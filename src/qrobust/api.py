@@ -161,8 +161,9 @@ def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", s
 
 def export(checkpoint: str | Path, out: str | Path, *, options: ExportOptions | None = None,
            **kwargs: Any) -> dict[str, Any]:
-    """Quantize a checkpoint and write it in a standard format (compressed-tensors pack-quantized) that
-    ``transformers`` loads without qrobust. Keywords naming :class:`ExportOptions` fields set those (method,
+    """Quantize a checkpoint and write it in a standard format (compressed-tensors: pack-quantized integers,
+    or with ``format="nvfp4"`` / ``"fp8-e4m3-channel"`` / ``"mxfp4"`` … that number format's compressed-tensors
+    format) that ``transformers`` loads without qrobust. Keywords naming :class:`ExportOptions` fields set those (method,
     bits, group_size, sym, include, exclude, calibration, format, verify_blocks, allow_pickle,
     trust_remote_code, device, dtype); the others are the method's options (e.g. ``damp=0.02``).
     ``calibration="auto"``: the checkpoint's own calibration windows when the method needs them.

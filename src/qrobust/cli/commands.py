@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import QrobustError
+from ..errors import ConfigError, QrobustError
 from ..workflows.options import CalibrationOptions, EvalOptions, LoadOptions, StreamOptions, TaskOptions
 from .show import eval_lines, landscape_lines, sharpness_lines
 from .train_tools import cmd_train_plan, cmd_train_slurm
@@ -96,14 +96,25 @@ def load_options(a: argparse.Namespace) -> LoadOptions:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from .. import api
+    from ..quant.export import weight_format
     q = quant_settings(a)
+    given = [flag for flag, v in (("--bits", a.bits), ("--asym", a.asym or None)) if v is not None]
+    if weight_format(a.format) and given:
+        raise ConfigError(f"--format {a.format} sets the bits, block size and grid; drop {', '.join(given)}")
+    if not weight_format(a.format) and a.bits is None:
+        raise ConfigError("export needs --bits (the integer grid) or --format NAME (a number format, e.g. nvfp4)")
+    drop = ("options", "bits", "group_size") if weight_format(a.format) else ("options",)
     rep = api.export(a.checkpoint, Path(a.out), calibration=calibration(a), format=a.format,
                      verify_blocks=a.verify or 0, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
-                     device=a.device, dtype=a.dtype, **{k: v for k, v in q.items() if k != "options"}, **q["options"])
-    print(f"{rep['label']}: exported as {a.format} (pack-quantized) -> {rep['out']}")
+                     device=a.device, dtype=a.dtype, **{k: v for k, v in q.items() if k not in drop}, **q["options"])
+    written = json.loads((Path(rep["out"]) / "qrobust_export.json").read_text())
+    print(f"{rep['label']}: exported as {written['format']} -> {rep['out']}")
     if "loss_reloaded" in rep:
         print(f"check on {a.verify} eval blocks: fake-quantized loss {rep['loss_fake_quant']:.6f}, reloaded with "
               f"transformers {rep['loss_reloaded']:.6f} (difference {rep['loss_diff']:+.2e})")
+        if rep["loss_diff"] and "decompresses_to" in written:
+            print(f"  compressed-tensors decompresses this format through {written['decompresses_to']}, which "
+                  f"rounds {a.dtype} weights; the files hold them exactly")
     return 0
 
 

@@ -76,15 +76,19 @@ def add_quantize(sub) -> None:
 def add_export(sub) -> None:
     """The ``export`` command's arguments."""
     p = sub.add_parser("export", help="quantize a checkpoint and write it as compressed-tensors (loads in transformers)",
-                       description="Quantize (RTN or GPTQ, symmetric grid) and write integer codes + scales in the "
-                                   "compressed-tensors pack-quantized format, which transformers loads with the "
+                       description="Quantize (RTN or GPTQ, symmetric grid) and write codes + scales in a "
+                                   "compressed-tensors format (pack-quantized integers, float-quantized FP8, "
+                                   "nvfp4-pack-quantized, MX), which transformers loads with the "
                                    "compressed-tensors package installed, without qrobust.")
     p.add_argument("checkpoint", help="Hugging Face model folder")
     p.add_argument("--out", required=True, help="folder for the exported checkpoint")
-    p.add_argument("--format", default="compressed-tensors", choices=["compressed-tensors"])
+    p.add_argument("--format", default="compressed-tensors", metavar="FORMAT",
+                   help="compressed-tensors (the integer grid of --bits / --group-size; default) or a number format "
+                        "written in compressed-tensors instead of --bits: nvfp4, mxfp4, mxfp6-e2m3, mxfp8-e4m3, "
+                        "fp8-e4m3-channel, int4-g128, …")
     p.add_argument("--verify", type=positive, default=None, metavar="N_BLOCKS",
                    help="reload the export with transformers and compare its loss on N eval blocks")
-    add_quant_args(p, bits_required=True)
+    add_quant_args(p, bits_required=False)
     add_load_args(p)
     add_device_args(p)
 

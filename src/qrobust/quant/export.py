@@ -1,26 +1,33 @@
 """Export a quantized model in a standard format that other stacks load without qrobust:
-compressed-tensors ``pack-quantized`` (integer codes packed into int32, per-group scales), which
-``transformers`` loads with the ``compressed-tensors`` package installed, on CPU too.
+compressed-tensors, which ``transformers`` loads with the ``compressed-tensors`` package installed, on
+CPU too. Integer grids are written as ``pack-quantized`` (codes packed into int32, per-group scales),
+float formats as ``float-quantized`` (FP8), ``nvfp4-pack-quantized``, ``mxfp4/6-pack-quantized`` or
+``mxfp8-quantized`` (which one: ``export_schemes.py``); what no compressed-tensors format holds is refused.
 
 The codes come from the grid each quantizer recorded (``QuantResult.grids``), so the exported model
 dequantizes to the very weights qrobust evaluated: in fp32 the reloaded model gives bit-identical
-losses; in bf16/fp16 the scales are stored in that dtype, which moves weights by at most one part
-in 2^8 (bf16) or 2^11 (fp16) of their group's step.
+losses; in bf16/fp16 transformers holds fp32 scales (integer, FP8) in that dtype, which moves weights
+by at most one part in 2^8 (bf16) or 2^11 (fp16) of their group's step. compressed-tensors decompresses
+NVFP4 and MX through bf16: exact for MX (power-of-two scales) and for NVFP4 loaded in bf16; an NVFP4
+export reloaded in fp32 holds our weights rounded to bf16 (the file itself holds them exactly).
 
 Written with compressed-tensors' own compressor (not by hand), so the files follow its current format.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import QrobustError
+from ..errors import ConfigError, QrobustError, QrobustWarning
 from .pipelines.in_memory import QuantResult
+from .export_schemes import exportable, scheme_for, unshared_global_scales
 from .formats.grid import LayerGrid
+from .formats.presets import COMBOS, FORMATS as FORMATS_KNOWN, parse_format
 from .registry import QuantSpec, get_quantizer, quantizer_names
 
 FORMATS = ("compressed-tensors",)
@@ -35,6 +42,26 @@ def require_package() -> Any:
     return compressed_tensors
 
 
+def weight_format(name: str) -> str:
+    """The number format an export's ``format`` names: "" for "compressed-tensors" (the integer grid of
+    bits and group size), else the name itself (a preset, a combo or the general spelling, which
+    ``QuantSpec`` reads); any other name is one line."""
+    if name in FORMATS:
+        return ""
+    weight = name.partition("+")[0]
+    try:
+        COMBOS.get(weight) or parse_format(weight)
+    except ConfigError:
+        raise ConfigError(f"unknown export format '{name}'; known: {', '.join(FORMATS)} (the integer grid of bits "
+                          f"and group size) or a number format ({FORMATS_KNOWN.known()}, …)") from None
+    return name
+
+
+def export_format_name(spec: QuantSpec) -> str:
+    """``compressed-tensors/<its format>`` for an exportable variant."""
+    return f"compressed-tensors/{scheme_for(spec.number_format()).name}"
+
+
 def check_spec(spec: QuantSpec) -> None:
     """What the format cannot hold, decided by the settings alone: checked before anything is loaded."""
     if not get_quantizer(spec.method).records_grid:
@@ -44,6 +71,14 @@ def check_spec(spec: QuantSpec) -> None:
         raise QrobustError("exporting an asymmetric grid is not supported: compressed-tensors writes its packed zero "
                            "points, but transformers does not load them back here; quantize with the symmetric "
                            "grid (the default, no --asym)")
+    fmt = spec.number_format()
+    if scheme_for(fmt) is None:
+        raise QrobustError(f"number format '{fmt.label}' has no compressed-tensors weight format to export to; "
+                           f"exportable: {exportable()}")
+    if spec.act or spec.kv:
+        quantized = " and ".join(f"{k}={v}" for k, v in (("act", spec.act), ("kv", spec.kv)) if v)
+        raise QrobustError(f"export writes quantized weights only, not {quantized}: the activation / KV-cache scheme "
+                           f"would be dropped; export the weight format alone ('{fmt.label}')")
 
 
 def check_exportable(result: QuantResult) -> None:
@@ -68,7 +103,8 @@ def _verify_codes(model: nn.Module, grids: dict[str, LayerGrid]) -> None:
     for name, grid in grids.items():
         weight = model.get_submodule(name).weight.detach()
         w = weight.float()
-        back = grid.scale[:, grid.g_idx] * (grid.codes(w).float() - grid.zero[:, grid.g_idx])
+        step = grid.number_format.effective(grid.scale, grid.tensor_scale)  # float formats: zero is 0
+        back = step[:, grid.g_idx] * (grid.codes(w).float() - grid.zero[:, grid.g_idx])
         # the weights were cast to the model dtype after quantizing: allow that rounding, nothing more
         tol = torch.finfo(weight.dtype).eps * float(w.abs().max()) + 1e-6 * float(grid.scale.abs().max())
         if float((back - w).abs().max()) > tol:
@@ -79,31 +115,28 @@ def _verify_codes(model: nn.Module, grids: dict[str, LayerGrid]) -> None:
 def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | Path, tokenizer=None,
                               extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` (fake-quantized in place by the quantization that produced ``result``) to ``out``
-    as a compressed-tensors pack-quantized checkpoint. The model is compressed in place: discard it after.
-    ``extra`` goes to ``qrobust_export.json`` beside the weights (provenance)."""
+    as a compressed-tensors checkpoint in the format that holds its number format. The model is
+    compressed in place: discard it after. ``extra`` goes to ``qrobust_export.json`` beside the weights
+    (provenance)."""
     require_package()
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationArgs, QuantizationConfig, QuantizationScheme,
-                                                 apply_quantization_config)
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme, apply_quantization_config
 
     from ..io.atomic import atomic_dir
 
     check_exportable(result)
     _verify_codes(model, result.grids)
     spec = result.spec
+    fmt = spec.number_format()
+    scheme = scheme_for(fmt)
     names = sorted(result.grids)
-    group = {"strategy": "channel"} if spec.group_size == -1 else {"strategy": "group", "group_size": spec.group_size}
-    args = QuantizationArgs(num_bits=spec.bits, type="int", symmetric=True, **group)
-    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=names, weights=args)},
-                                format="pack-quantized")
-    apply_quantization_config(model, config, show_progress=False)
-    offset = 2 ** (spec.bits - 1)  # our codes are 0 … 2^b − 1; the format's are signed, −2^(b−1) … 2^(b−1) − 1
+    group = QuantizationScheme(targets=names, weights=scheme.args(fmt), format=scheme.name)
+    apply_quantization_config(model, QuantizationConfig(config_groups={"group_0": group}, format=scheme.name),
+                              show_progress=False)
     with torch.no_grad():
         for name in names:
-            m, grid = model.get_submodule(name), result.grids[name]
-            m.weight_scale.copy_(grid.scale.to(m.weight_scale.dtype))
-            m.weight_zero_point.copy_((grid.zero - offset).to(m.weight_zero_point.dtype))
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="pack-quantized")
+            scheme.fill(model.get_submodule(name), result.grids[name])
+    compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
     final = Path(out)
     with atomic_dir(final, "exported checkpoint") as tmp:
@@ -111,7 +144,26 @@ def export_compressed_tensors(model: nn.Module, result: QuantResult, out: str | 
         compressor.update_config(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        info = {"format": "compressed-tensors/pack-quantized", "spec": spec.to_dict(), "label": spec.label,
-                "layers": names, "summary": result.summary(), **(extra or {})}
+        info = _provenance(result, extra)
         (tmp / "qrobust_export.json").write_text(json.dumps(info, indent=1, sort_keys=True, default=str))
+    unshared = info.get("vllm_unshared_global_scales")
+    if unshared:
+        warnings.warn(f"'{unshared[0]}' and the linears vLLM fuses with it (q/k/v, gate/up) have their own NVFP4 "
+                      f"global scales ({len(unshared)} such groups): transformers loads the export exactly, vLLM "
+                      "takes one global scale per fused linear and would not", QrobustWarning, stacklevel=2)
     return final
+
+
+def _provenance(result: QuantResult, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """``qrobust_export.json``: the variant, its layers and error summary, how compressed-tensors
+    decompresses it, and the fused linears whose NVFP4 global scales differ (see ``VLLM_FUSED``)."""
+    spec = result.spec
+    info = {"format": export_format_name(spec), "spec": spec.to_dict(), "label": spec.label,
+            "layers": sorted(result.grids), "summary": result.summary(), **(extra or {})}
+    dense = scheme_for(spec.number_format()).dense_dtype
+    if dense is not None:
+        info["decompresses_to"] = str(dense).removeprefix("torch.")
+    unshared = unshared_global_scales(result.grids)
+    if unshared:
+        info["vllm_unshared_global_scales"] = unshared
+    return info

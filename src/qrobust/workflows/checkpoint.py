@@ -3,6 +3,7 @@ check, and the two ways out: a fake-quantized copy saved as a checkpoint (``qrob
 integer export other stacks load (``qrobust export``)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -11,7 +12,7 @@ import torch
 
 from ..data.checkpoint_blocks import calib_blocks, eval_blocks
 from ..data.tokenizer import load_tokenizer
-from ..errors import ConfigError, QrobustError
+from ..errors import QrobustError
 from ..evaluate import evaluate_loss
 from ..models import check_vocab, load_checkpoint, resolve_device, resolve_dtype, save_checkpoint
 from ..quant import QuantSpec, get_quantizer, needs_calibration, quantized
@@ -86,15 +87,21 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, spec: QuantSpec
     return report
 
 
-def _reloaded_loss(path: Path, blocks: torch.Tensor, opts: ExportOptions) -> float:
+def _reloaded_loss(path: Path, blocks: torch.Tensor, opts: ExportOptions, spec: QuantSpec) -> float:
     """The export's loss on ``blocks``, loaded back by transformers alone."""
+    import warnings
+
     from transformers import AutoModelForCausalLM
 
     from ..models import remote_code_error, remote_code_refused
+    from ..quant.export_schemes import reload_options
+    dtype = resolve_dtype(opts.dtype)
     try:
-        reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(opts.dtype),
-                                                        local_files_only=True,
-                                                        trust_remote_code=bool(opts.trust_remote_code))
+        with warnings.catch_warnings():  # "you passed quantization_config …": we pass only its dequantize flag
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            reloaded = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True,
+                                                            trust_remote_code=bool(opts.trust_remote_code),
+                                                            **reload_options(spec.number_format(), dtype))
     except ValueError as e:
         if remote_code_refused(e):
             raise remote_code_error(path) from None
@@ -105,11 +112,12 @@ def _reloaded_loss(path: Path, blocks: torch.Tensor, opts: ExportOptions) -> flo
 
 def _export_spec(opts: ExportOptions, method_options: Mapping[str, Any]) -> QuantSpec:
     """The variant to export, refused before anything is loaded when the format cannot hold it."""
-    from ..quant.export import FORMATS, check_spec, require_package
-    if opts.format not in FORMATS:
-        raise ConfigError(f"unknown export format '{opts.format}'; known: {', '.join(FORMATS)}")
+    from ..quant.export import check_spec, require_package, weight_format
+    number_format = weight_format(opts.format)
     require_package()
     spec = quant_spec(opts.method, opts.bits, opts.group_size, opts.sym, opts.include, opts.exclude, method_options)
+    if number_format:  # a number format written as compressed-tensors: it sets bits and blocks
+        spec = dataclasses.replace(spec, format=number_format)
     check_spec(spec)
     return spec
 
@@ -141,6 +149,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, opts: ExportOptio
     path = export_compressed_tensors(model, result, out, tok, extra={"source": report["source"]})
     report["out"] = str(path)
     if blocks is not None:
-        report["loss_reloaded"] = _reloaded_loss(path, blocks, opts)
+        report["loss_reloaded"] = _reloaded_loss(path, blocks, opts, spec)
         report["loss_diff"] = report["loss_reloaded"] - report["loss_fake_quant"]
     return report

@@ -99,7 +99,9 @@ class StreamOptions:
 class ExportOptions:
     """What :func:`qrobust.export` writes. ``calibration``: blocks, ``None``, ``"auto"`` (the checkpoint's own
     calibration windows when the method needs them) or :class:`CalibrationOptions` (those settings, same rule);
-    ``verify_blocks=N``: reload the export with transformers and compare the loss on N eval blocks."""
+    ``verify_blocks=N``: reload the export with transformers and compare the loss on N eval blocks.
+    ``format``: "compressed-tensors" (the integer grid of bits / group_size) or a number format written in
+    compressed-tensors, which then sets bits and blocks (``nvfp4``, ``mxfp4``, ``fp8-e4m3-channel`` …)."""
     method: str = "rtn"
     bits: int = 4
     group_size: int = 128
