@@ -118,6 +118,7 @@ class AverageConfig(Strict):
 
 
 class SweepConfig(Strict):
+    omit_if_default = ("formats",)  # added with number formats: older sweep dumps stay byte-identical
     claim_ttl_s: float = Field(default=600.0, gt=0)  # a worker silent this long loses its checkpoint claim
     # a source spec (run folder, model folder, folders:GLOB, hf:ORG/NAME@REVS, preset:NAME, with ?every=...)
     # or {source: SPEC, step_pattern: REGEX, every: N, steps: [...], max: N, run: NAME}
