@@ -33,6 +33,18 @@ def _claims_html(claims: list[dict[str, Any]]) -> str:
     return f"<div class=\"scroll\"><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
+def table_html(table: dict[str, Any] | None) -> str:
+    """A verdict kind's summary table (``{"columns", "rows"}``), status cells coloured like the claims."""
+    if not table:
+        return ""
+    head = "".join(f'<th class="l">{esc(c)}</th>' for c in table["columns"])
+    body = "".join("<tr>" + "".join(
+        f'<td class="l"' + (f' style="background:{STATUS_COLOUR[str(x)]}"><b>{esc(x)}</b>' if str(x) in STATUS_COLOUR
+                            else f">{esc(x)}") + "</td>" for x in row) + "</tr>" for row in table["rows"])
+    return (f'<div class="scroll"><table id="summary-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
+
+
 def _seeds(result: dict[str, Any]) -> str:
     items = []
     for label, r in result["runs"].items():
@@ -56,7 +68,7 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             "<h2>Verdict</h2>", f"<p id=\"summary\">{esc(result['summary'])}</p>",
             "<p class=\"meta\">A comparison is resolved when the 95 % paired-bootstrap interval of A − B excludes 0. "
             "The intervals cover evaluation noise (which text was drawn), not training noise (another seed).</p>",
-            _claims_html(result["claims"]),
+            table_html(result.get("table")), _claims_html(result["claims"]),
             "<h2>Figures</h2>" + (figures_html(figs) or "<p>No figures.</p>"),
             "<h2>Runs</h2><ul>" + "".join(
                 f"<li>{esc(lbl)}: run <code>{esc(r['train_config']['out'])}</code>, results "

@@ -16,6 +16,7 @@ from .. import steps
 from . import verdicts
 from .page import write_page, write_index
 from .claims import Stores
+from .formats import table_markdown
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
 
 
@@ -53,16 +54,25 @@ def format_claims(claims: list[dict[str, Any]]) -> str:
 
 
 def _check_groups_fit(experiment: str, run: TrainConfig, sweep: SweepConfig) -> None:
-    """Every group size of the sweep must fit the narrowest quantized linear of the run's model (its width:
-    attention and MLP-input linears read ``hidden_size`` features); checked from the config, nothing built."""
+    """Every variant's group / block size must fit the quantized linears of the run's model (attention and
+    MLP-input linears read ``hidden_size`` features, the MLP output ``intermediate_size``), and a format
+    with exact blocks (MX, NVFP4) must divide them; checked from the config, nothing built."""
     from ...models import model_config
+    from ...sweeps.prepare import variants
     _, config = model_config(run.model.arch, run.model.preset, 8, run.data.seq_len, run.model.overrides)
     width = config.hidden_size
-    too_big = sorted(g for g in sweep.group_sizes if g > width)
+    widths = sorted({width, getattr(config, "intermediate_size", None) or width})
+    specs = variants(sweep)
+    too_big = sorted(s.group_size for s in specs if s.group_size > width)
     if too_big:
         raise ConfigError(f"experiment '{experiment}': group size {too_big[0]} is larger than the "
                           f"'{run.model.preset}' model's width ({width} input features); choose a wider --model "
                           f"or set the sweep's group_sizes to at most {width} (or -1)")
+    for s in specs:
+        problem = next((p for w in widths if (p := s.number_format().problem(w))), None)
+        if problem:
+            raise ConfigError(f"experiment '{experiment}': variant {s.label} on the '{run.model.preset}' model: "
+                              f"{problem}")
 
 
 def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", scale: float = 1.0,
@@ -101,21 +111,26 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
               "figures": [str(f.path) for f in figs], "spec_yaml": text, "versions": versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     exp_dir.mkdir(parents=True, exist_ok=True)
+    if kind.table is not None:
+        result["table"] = kind.table(spec, claims)
+        write_text(exp_dir / "table.md", table_markdown(result["table"]))
     write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
     records = [r for recs, _ in stores.values() for r in recs]
     result["page"] = str(write_page(result, figs, records, trajs, exp_dir / "index.html"))
     if progress:
-        print(f"\n{spec.name}: {spec.finding}\n{format_claims(claims)}\n{result['summary']}\n"
+        table = f"\n{table_markdown(result['table'])}" if "table" in result else ""
+        print(f"\n{spec.name}: {spec.finding}\n{format_claims(claims)}\n{result['summary']}{table}\n"
               f"train {t1 - t0:.0f} s, sweep {t2 - t1:.0f} s; page: {result['page']}", flush=True)
     return result
 
 
 def expand(names: list[str]) -> list[str]:
-    """'all' -> every built-in experiment (in the order F2, F4, F3, wd: F4 reuses F2's run, wd F3's)."""
+    """'all' -> every built-in experiment (in the order F2, F4, F3, wd, formats: F4 and formats reuse F2's
+    run, wd F3's)."""
     out: list[str] = []
     for n in names:
         if n == "all":
-            order = ["f2", "f4", "f3", "wd"]
+            order = ["f2", "f4", "f3", "wd", "formats"]
             out += [x for x in order if x in builtin_names()] + [x for x in builtin_names() if x not in order]
         else:
             out.append(n)

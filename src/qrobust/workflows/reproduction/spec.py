@@ -60,7 +60,7 @@ def builtin_names() -> list[str]:
 
 
 def load_spec(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[ReproduceSpec, str]:
-    """A built-in experiment by name (``f2``, ``f3``, ``f4``, ``wd``) or a YAML file; returns the spec and
+    """A built-in experiment by name (``f2``, ``f3``, ``f4``, ``wd``, ``formats``) or a YAML file; returns the spec and
     the YAML text it came from (for the provenance section of the report)."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():

@@ -4,7 +4,8 @@ adding one is one function and one ``@register_verdict("name")``, never an edit 
 
 Built in: ``cooldown`` (F2: every cooldown's end vs the constant-LR run at the same step), ``averaging``
 (F4: LAWA vs decay and vs the constant-LR run), ``equal_fp_loss`` (F3 / weight decay: ΔQ L where the runs
-reach the same FP loss).
+reach the same FP loss), ``formats`` (F2 and F4 together, one table row per number format × method).
+A kind may also lay its claims out as one table (``table``), shown above the claims on the page.
 """
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from ...results.compare import compare_dq, compare_dq_at_fp_loss, compare_loss
 from ...results.records import VariantRecord
 from ..comparisons import stable_vs_decay
 from .claims import Records, Stores, by_variant, claim, comparison, fmt_diff, judge
-from .figures import Figures, equal_fp_loss_figures, per_run_figures
+from .figures import Figures, equal_fp_loss_figures, formats_figures, per_run_figures
+from .formats import check_formats, formats_table
 
 # (spec, stores) -> claims; spec is the experiment's ReproduceSpec (name, runs, order, levels, ...)
 ClaimsFn = Callable[[Any, Stores], list[dict[str, Any]]]
 CheckFn = Callable[[Any, str], None]
+TableFn = Callable[[Any, list[dict[str, Any]]], dict[str, Any]]
 
 
 def _no_check(spec: Any, what: str) -> None:
@@ -30,21 +33,24 @@ def _no_check(spec: Any, what: str) -> None:
 
 @dataclass(frozen=True)
 class VerdictKind:
-    """One kind of verdict: its claims from the records, its figures, and its check of the experiment file."""
+    """One kind of verdict: its claims from the records, its figures, its check of the experiment file,
+    and optionally a summary table of its claims (``{"columns": [...], "rows": [[...]]}``)."""
     claims: ClaimsFn
     figures: Figures
     check: CheckFn = _no_check
+    table: TableFn | None = None
 
 
 VERDICTS: Registry[VerdictKind] = Registry("verdict")
 
 
-def register_verdict(name: str, figures: Figures | None = None,
-                     check: CheckFn | None = None) -> Callable[[ClaimsFn], ClaimsFn]:
+def register_verdict(name: str, figures: Figures | None = None, check: CheckFn | None = None,
+                     table: TableFn | None = None) -> Callable[[ClaimsFn], ClaimsFn]:
     """Register ``fn(spec, stores) -> claims`` as verdict kind ``name`` (figures: the per-run dq/loss plots
-    unless given; ``check(spec, what)`` refuses an experiment file the kind cannot judge)."""
+    unless given; ``check(spec, what)`` refuses an experiment file the kind cannot judge; ``table(spec,
+    claims)`` lays the claims out as one table)."""
     return VERDICTS.register(name, lambda fn: VerdictKind(fn, figures or per_run_figures({"dq", "loss"}),  # type: ignore
-                                                           check or _no_check))
+                                                           check or _no_check, table))
 
 
 def get_verdict(name: str) -> VerdictKind:
@@ -74,8 +80,8 @@ def cooldown(stores: Stores) -> list[dict[str, Any]]:
                                  from_step=row["from_step"], dq_a=row["dq_decay"], dq_b=row["dq_control"],
                                  loss_fp_a=row["loss_fp_decay"], loss_fp_b=row["loss_fp_control"])
                      for row in sorted(rows, key=lambda row: row["from_step"]) if row["decay_vs_control"]]
-            claims.append(claim("ΔQ L at the end of a cooldown is above the constant-LR run's at the same step",
-                                "greater", cell, comps))
+            claims.append({**claim("ΔQ L at the end of a cooldown is above the constant-LR run's at the same step",
+                                   "greater", cell, comps), "key": "cooldown_vs_constant"})
     return claims
 
 
@@ -113,12 +119,12 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
                     dq_main.append(comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a),
                                                step=s, dq_main=c.metrics.dq_rel, dq_lawa=a.metrics.dq_rel,
                                                loss_fp_main=c.metrics.loss_fp, loss_fp_lawa=a.metrics.loss_fp))
-            claims.append(claim(f"quantized loss of {avg} matches or beats the cooldown ending at the same step",
-                                "not_worse", cell, loss_c))
-            claims.append(claim(f"ΔQ L of {avg} is below the constant-LR run's at the same step",
-                                "greater", cell, dq_main))
-            claims.append(claim(f"ΔQ L of {avg} is below the cooldown's ending at the same step",
-                                "greater", cell, dq_decay))
+            claims.append({**claim(f"quantized loss of {avg} matches or beats the cooldown ending at the same step",
+                                   "not_worse", cell, loss_c), "key": "loss_vs_cooldown"})
+            claims.append({**claim(f"ΔQ L of {avg} is below the constant-LR run's at the same step",
+                                   "greater", cell, dq_main), "key": "constant_vs_lawa"})
+            claims.append({**claim(f"ΔQ L of {avg} is below the cooldown's ending at the same step",
+                                   "greater", cell, dq_decay), "key": "cooldown_vs_lawa"})
     return claims
 
 
@@ -178,6 +184,12 @@ def check_order(spec: Any, what: str) -> None:
 @register_verdict("equal_fp_loss", figures=equal_fp_loss_figures, check=check_order)
 def equal_fp_loss_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
     return equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
+
+
+@register_verdict("formats", figures=formats_figures, check=check_formats, table=formats_table)
+def formats_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
+    """F2 and F4 for every format × method of the sweep (the table: :mod:`.formats`)."""
+    return cooldown(stores) + averaging(stores)
 
 
 __all__ = ["VERDICTS", "VerdictKind", "averaging", "by_variant", "claim", "comparison", "cooldown", "equal_fp_loss",
