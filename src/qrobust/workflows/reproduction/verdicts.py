@@ -164,14 +164,20 @@ def equal_fp_loss(stores: Stores, order: list[str], n_levels: int,
 
 
 # -- the built-in kinds -------------------------------------------------------------------------------------
+def untagged(claims: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The claims without the ``key`` tag the formats table reads: F2's and F4's own verdict files keep the
+    shape they had before formats existed."""
+    return [{k: v for k, v in c.items() if k != "key"} for c in claims]
+
+
 @register_verdict("cooldown", figures=per_run_figures({"dq", "loss", "stable_vs_decay"}))
 def cooldown_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
-    return cooldown(stores)
+    return untagged(cooldown(stores))
 
 
 @register_verdict("averaging", figures=per_run_figures({"averaging"}, keep_averaged=True))
 def averaging_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
-    return averaging(stores)
+    return untagged(averaging(stores))
 
 
 def check_order(spec: Any, what: str) -> None:
