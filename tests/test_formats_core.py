@@ -45,3 +45,8 @@ def test_general_spelling_and_refusals():
     with pytest.raises(QrobustError, match="does not divide"):
         from qrobust.quant.formats.grid import fake_quantize_format
         fake_quantize_format(torch.randn(4, 48), parse_format("mxfp4"))
+
+
+def test_stochastic_integer_format_is_refused_not_dropped():
+    with pytest.raises(ConfigError, match="stochastic rounding"):
+        QuantSpec("rtn", format="int4-g128-sr")

@@ -64,6 +64,9 @@ class NumberFormat:
         ELEMENTS.lookup(self.element)
         if self.scale not in SCALES:
             raise ConfigError(f"unknown scale type '{self.scale}'; known: {', '.join(SCALES)}")
+        if not self.elem.is_float and self.stochastic:
+            raise ConfigError(f"stochastic rounding (-sr) is for float elements; {self.element} rounds on its integer "
+                              "grid: drop -sr")
         if not self.elem.is_float and self.scale != "fp32":
             raise ConfigError(f"integer elements take fp32 scales (the integer grids'), not {self.scale}")
         if self.elem.is_float and not self.sym:
