@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from qrobust.errors import ConfigError
 from qrobust.quant import QuantSpec
@@ -164,7 +165,11 @@ def test_formats_experiment_end_to_end(tmp_path):
     import qrobust
     from qrobust.results.compare import compare_dq
     from qrobust.results.store import Store
-    (r,) = qrobust.reproduce("formats", out=tmp_path, overrides=MICRO, progress=False, threads=1)
+    before = torch.get_num_threads()
+    try:  # threads=1 sets torch's process-wide thread count; later tests compare runs made with the default
+        (r,) = qrobust.reproduce("formats", out=tmp_path, overrides=MICRO, progress=False, threads=1)
+    finally:
+        torch.set_num_threads(before)
     rows = r["table"]["rows"]
     assert [(row[0], row[1]) for row in rows] == [("int3-g16", "rtn"), ("nvfp4", "rtn"), ("w8a8-int8", "rtn")]
     assert all(s in ("reproduces", "partly", "not reproduced") for row in rows for s in row[3::2])
