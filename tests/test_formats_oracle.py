@@ -169,15 +169,14 @@ def test_fp16_scale_overflow_refused_with_the_layer():
 def test_stochastic_rounding_is_seeded_unbiased_and_picks_a_neighbour():
     """mxfp4 with -sr on a block pinned to amax 6 (E8M0 scale exactly 1, so elements = values): each of
     4000 rows is an independent draw of the same 32 values."""
-    from qrobust.quant.methods.rtn import rounding_generator
     fmt = parse_format("fp4-e2m1-g32-e8m0-sr")
     x = torch.tensor([6.0, 0.1, 0.3, -0.7, 1.1, 1.6, -2.2, 2.9, 3.3, -4.5, 5.5, 0.25, -0.75, 1.25, 4.0, -0.0]
                      + [float(v) for v in torch.linspace(-5.9, 5.9, 16)])
     n = 4000
     w = x.repeat(n, 1)
-    a, _ = fake_quantize_format(w, fmt, rounding_generator(fmt, "blocks.0.attn.q"))
-    b, _ = fake_quantize_format(w, fmt, rounding_generator(fmt, "blocks.0.attn.q"))
-    c, _ = fake_quantize_format(w, fmt, rounding_generator(fmt, "blocks.0.attn.k"))
+    a, _ = fake_quantize_format(w, fmt, fmt.generator("blocks.0.attn.q"))
+    b, _ = fake_quantize_format(w, fmt, fmt.generator("blocks.0.attn.q"))
+    c, _ = fake_quantize_format(w, fmt, fmt.generator("blocks.0.attn.k"))
     assert torch.equal(a, b) and not torch.equal(a, c)  # seeded by the layer name: reproducible, per layer
     assert torch.equal(fake_quantize_format(w, fmt)[0], fake_quantize_format(w, FORMATS["mxfp4"])[0])
     table = fo.element_table("e2m1")

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from ..errors import ConfigError
+from .formats.grid import int_format
 from .formats.number_format import NumberFormat
 from .formats.activations import act_format
 from .formats.presets import COMBOS, parse_format
@@ -106,7 +107,6 @@ class QuantSpec:
         (the method's integer grid)."""
         if self.format:
             return parse_format(self.format)
-        from .formats.grid import int_format
         return int_format(self.bits, self.group_size, self.sym, grid)
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ Integer formats delegate to the integer grids unchanged, so every integer number
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,13 @@ class NumberFormat:
         if not isinstance(self.block_size, int) or self.block_size < -2:
             raise ConfigError(f"block size must be -1 (per channel / token), 0 (per tensor), -2 (per attention head) "
                               f"or positive, got {self.block_size!r}")
+
+    def generator(self, layer: str) -> torch.Generator | None:
+        """Stochastic rounding's random stream for one layer (None for nearest rounding): seeded by the layer
+        name, so a variant gives the same numbers in memory, streamed and on every re-run."""
+        if not self.stochastic:
+            return None
+        return torch.Generator().manual_seed(zlib.crc32(layer.encode()))
 
     @property
     def elem(self) -> ElementType:

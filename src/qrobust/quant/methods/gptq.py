@@ -7,7 +7,7 @@ groups were quantized. Groups are found by watching one forward pass, so any arc
 Hessians H = 2/N · Σ xᵀx are accumulated in fp32 (one per input group, shared by its linears).
 Any weight format (``spec.format``: NVFP4, MXFP4/6/8, FP8, integers) is rounded column by column by the
 format itself; stochastic ones (``-sr``) draw from a generator seeded by the layer group's names
-(``rtn.rounding_generator``), so in-memory, streamed and repeated runs give the same numbers.
+(``NumberFormat.generator``), so in-memory, streamed and repeated runs give the same numbers.
 
 Profiles reproduce the defaults of the libraries users compare against (see README):
 - ``reference``      IST-DASLab GPTQ: damp 0.01, dynamic groups, no act-order, block-sequential.
@@ -33,7 +33,7 @@ from .gptq_core import gptq_quantize
 from ..formats.grid import GRIDS, LayerGrid
 from ..formats.number_format import NumberFormat
 from .hessian import XtX
-from .rtn import check_smoothquant, rounding_generator
+from .rtn import check_smoothquant
 from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
@@ -145,7 +145,7 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
                         damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True,
                         grid=opts.quant_grid, fmt=fmt, tensor_scale=layer_tensor_scales(fmt, weights),
-                        generator=rounding_generator(fmt, ", ".join(names)))
+                        generator=fmt.generator(", ".join(names)))
     del H
     seconds = time.perf_counter() - t0
     row = 0

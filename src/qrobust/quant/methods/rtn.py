@@ -1,26 +1,17 @@
 """Round-to-nearest (RTN): each weight group rounded on the shared grid; no calibration data."""
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..formats.number_format import FormatScaleError, NonFiniteWeightError, NumberFormat
+from ..formats.number_format import FormatScaleError, NonFiniteWeightError
 from ..formats.grid import GroupSizeError, fake_quantize_format
 from ...errors import ConfigError
 from ..base import Quantizer, typed_options
 from ..registry import QuantSpec, register_quantizer
-
-
-def rounding_generator(fmt: NumberFormat, layer: str) -> torch.Generator | None:
-    """Stochastic rounding's random stream for one layer: seeded by the layer name, so the same variant
-    gives the same numbers on every run."""
-    if not fmt.stochastic:
-        return None
-    return torch.Generator().manual_seed(zlib.crc32(layer.encode()))
 
 
 @dataclass(frozen=True)
@@ -56,7 +47,7 @@ class RTN(Quantizer):
         fmt = spec.number_format()
         for name, lin in layers.items():
             try:
-                w, grid = fake_quantize_format(lin.weight, fmt, rounding_generator(fmt, name))
+                w, grid = fake_quantize_format(lin.weight, fmt, fmt.generator(name))
             except (GroupSizeError, NonFiniteWeightError, FormatScaleError) as e:
                 raise type(e)(f"RTN: layer '{name}': {e}") from None
             lin.weight.copy_(w)
