@@ -97,16 +97,14 @@ def load_options(a: argparse.Namespace) -> LoadOptions:
 def cmd_export(a: argparse.Namespace) -> int:
     from .. import api
     from ..quant.export import weight_format
-    q = quant_settings(a)
-    given = [flag for flag, v in (("--bits", a.bits), ("--asym", a.asym or None)) if v is not None]
-    if weight_format(a.format) and given:
-        raise ConfigError(f"--format {a.format} sets the bits, block size and grid; drop {', '.join(given)}")
-    if not weight_format(a.format) and a.bits is None:
+    a.number_format = weight_format(a.number_format or "compressed-tensors")  # "compressed-tensors": the integer grid
+    if not quantizes(a):
         raise ConfigError("export needs --bits (the integer grid) or --format NAME (a number format, e.g. nvfp4)")
-    drop = ("options", "bits", "group_size") if weight_format(a.format) else ("options",)
-    rep = api.export(a.checkpoint, Path(a.out), calibration=calibration(a), format=a.format,
+    q = quant_settings(a)  # --format with --bits / --group-size / --asym is one line there
+    fmt = q.pop("format", "") or "compressed-tensors"
+    rep = api.export(a.checkpoint, Path(a.out), calibration=calibration(a), format=fmt,
                      verify_blocks=a.verify or 0, allow_pickle=a.allow_pickle, trust_remote_code=a.trust_remote_code,
-                     device=a.device, dtype=a.dtype, **{k: v for k, v in q.items() if k not in drop}, **q["options"])
+                     device=a.device, dtype=a.dtype, **{k: v for k, v in q.items() if k != "options"}, **q["options"])
     written = json.loads((Path(rep["out"]) / "qrobust_export.json").read_text())
     print(f"{rep['label']}: exported as {written['format']} -> {rep['out']}")
     if "loss_reloaded" in rep:

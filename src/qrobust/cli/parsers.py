@@ -82,13 +82,10 @@ def add_export(sub) -> None:
                                    "compressed-tensors package installed, without qrobust.")
     p.add_argument("checkpoint", help="Hugging Face model folder")
     p.add_argument("--out", required=True, help="folder for the exported checkpoint")
-    p.add_argument("--format", default="compressed-tensors", metavar="FORMAT",
-                   help="compressed-tensors (the integer grid of --bits / --group-size; default) or a number format "
-                        "written in compressed-tensors instead of --bits: nvfp4, mxfp4, mxfp6-e2m3, mxfp8-e4m3, "
-                        "fp8-e4m3-channel, int4-g128, …")
     p.add_argument("--verify", type=positive, default=None, metavar="N_BLOCKS",
                    help="reload the export with transformers and compare its loss on N eval blocks")
     add_quant_args(p, bits_required=False)
+    add_format_arg(p)  # written in the format's compressed-tensors layout (nvfp4, fp8-e4m3-channel, mxfp4, …)
     add_load_args(p)
     add_device_args(p)
 
