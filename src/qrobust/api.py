@@ -148,15 +148,15 @@ def landscape(source: str | dict, out: str | Path, plane: str = "pca", **setting
 
 
 def reproduce(experiments: str | list[str], out: str | Path = "reproduce-out", scale: float = 1.0,
-              model: str | None = None, threads: int | None = None, progress: bool = True,
-              overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+              model: str | None = None, **settings: Any) -> list[dict[str, Any]]:
     """Run the paper's controlled experiments at CPU scale: ``"f2"``, ``"f3"``, ``"f4"``, ``"wd"``,
-    ``"all"`` or YAML paths. Each trains its runs, sweeps them, computes its verdict from the records and
-    writes ``OUT/<name>/`` (verdict.json, index.html, figures/). ``scale`` multiplies every step count;
-    ``overrides`` is merged into each experiment file (e.g. ``{"base": {"model": {"preset": "micro"}}}``)."""
+    ``"formats"``, ``"all"`` or YAML paths. Each trains its runs, sweeps them, computes its verdict from the
+    records and writes ``OUT/<name>/`` (verdict.json, index.html, figures/). ``scale`` multiplies every step
+    count; ``model`` swaps the model preset. ``settings``: ``seeds`` (train every run with that many seeds and
+    pool the verdicts), ``jobs`` (worker processes for independent run folders), ``threads``, ``progress``,
+    ``overrides`` (merged into each experiment file, e.g. ``{"base": {"model": {"preset": "micro"}}}``)."""
     from .workflows.reproduction import reproduce as _reproduce
-    return _reproduce(experiments, out=out, scale=scale, model=model, threads=threads, progress=progress,
-                      overrides=overrides)
+    return _reproduce(experiments, out=out, scale=scale, model=model, **settings)
 
 
 def export(checkpoint: str | Path, out: str | Path, *, options: ExportOptions | None = None,

@@ -60,3 +60,42 @@ def crossing(losses: list[float], level: float) -> tuple[int, float] | None:
         if hi >= level >= lo and hi > lo:
             return i, (hi - level) / (hi - lo)
     return None
+
+
+def pool_seeds(points: np.ndarray | list[float], samples: np.ndarray | list[np.ndarray], n_blocks: int,
+               confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """One comparison measured on S training seeds, pooled: the mean of the per-seed differences with a t
+    interval whose variance has both sources of noise.
+
+    Seeds are evaluated on the same blocks (one held-out text), and every seed's bootstrap replicates
+    ``samples[s]`` are drawn with the same block indices, so the design is crossed: seed × block. Then
+
+    - ``between`` = var(per-seed differences) / S estimates all the noise that is independent across seeds
+      (training noise, plus each seed's own evaluation noise);
+    - ``shared`` = the bootstrap covariance of two seeds' replicates (the block noise every seed shares,
+      e.g. which text is hard), estimated as (S·v̄ − v₁)/(S − 1) from v₁ = mean per-seed bootstrap variance and
+      v̄ = bootstrap variance of the seed mean; clipped at 0;
+    - var(pooled) = between + shared, with Satterthwaite degrees of freedom (S − 1 for ``between``,
+      ``n_blocks`` − 1 for ``shared``).
+
+    A two-level percentile bootstrap (resample seeds, then blocks) would be the textbook alternative, but
+    with 3 seeds it draws from 10 seed multisets and shrinks the seed variance by (S − 1)/S: in simulation
+    its 95 % interval covered 74 % when seed noise dominates; this interval stays at its nominal rate
+    (tests/test_seed_pooling.py)."""
+    from scipy.stats import t as student_t
+    d = np.asarray(points, dtype=np.float64)
+    boot = np.vstack([np.asarray(s, dtype=np.float64) for s in samples])
+    n_seeds = d.size
+    if n_seeds < 2 or boot.shape[0] != n_seeds:
+        raise ValueError(f"pooling needs ≥ 2 seeds with one row of replicates each, got {n_seeds} and {boot.shape[0]}")
+    between = float(d.var(ddof=1) / n_seeds)
+    v1 = float(boot.var(axis=1, ddof=1).mean())
+    v_mean = float(boot.mean(axis=0).var(ddof=1))
+    shared = max((n_seeds * v_mean - v1) / (n_seeds - 1), 0.0)
+    var = between + shared
+    denom = between ** 2 / (n_seeds - 1) + shared ** 2 / max(n_blocks - 1, 1)
+    df = var ** 2 / denom if denom > 0 else float(n_seeds - 1)
+    half = float(student_t.ppf(0.5 + confidence / 2, df)) * var ** 0.5
+    mean = float(d.mean())
+    return {"diff": mean, "low": mean - half, "high": mean + half, "se": var ** 0.5, "df": df,
+            "var_between": between, "var_shared": shared, "n_seeds": n_seeds, "confidence": confidence}

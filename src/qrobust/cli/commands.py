@@ -24,7 +24,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_reproduce(a: argparse.Namespace) -> int:
     from .. import api
     results = api.reproduce(a.experiments, out=a.out, scale=a.scale, model=a.model, threads=a.threads,
-                            progress=not a.quiet)
+                            progress=not a.quiet, seeds=a.seeds, jobs=a.jobs)
     print("\n".join(["", "verdicts:"] + [r["summary"] for r in results]
                     + [f"pages: {', '.join(r['page'] for r in results)}"]))
     return 0

@@ -31,6 +31,12 @@ def add_reproduce(sub) -> None:
                    help="multiply every step count (token budget, checkpoint spacing, warmup, decays); default 1")
     p.add_argument("--model", default=None, metavar="PRESET",
                    help="model preset instead of the experiments' (e.g. pythia-14m, pythia-160m)")
+    p.add_argument("--seeds", type=positive, default=None, metavar="N",
+                   help="train every run with N seeds (init and data order: seed, seed+1, ...; calibration seed too) "
+                        "and pool the verdicts over them; finished seeds are reused (default: the file's, 1)")
+    p.add_argument("--jobs", type=positive, default=1, metavar="N",
+                   help="train and sweep N run folders at once in worker processes, --threads (default 1) "
+                        "threads each; faster on a few cores for small models (default 1: in this process)")
     p.add_argument("--threads", type=positive, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

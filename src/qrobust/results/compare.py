@@ -50,7 +50,14 @@ def _draws(a: VariantRecord, b: VariantRecord, n_boot: int, seed: int) -> tuple[
     return ia, ia if paired else indices(nb, n_boot, seed + 1), paired
 
 
-def compare_dq(a: Rec, b: Rec, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+def _with_samples(out: dict[str, Any], diff: np.ndarray, n_blocks: int, keep: bool) -> dict[str, Any]:
+    """``keep``: also return the bootstrap replicates (``samples``) and the block count, which pooling over
+    training seeds needs (:func:`qrobust.stats.pool_seeds`); plain numbers otherwise (JSON-ready)."""
+    return {**out, "samples": diff, "n_blocks": n_blocks} if keep else out
+
+
+def compare_dq(a: Rec, b: Rec, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed: int = 0,
+               samples: bool = False) -> dict[str, Any]:
     """Is ΔQ L of record ``a`` greater than of record ``b``?
 
     Returns the difference ΔQ L(a) − ΔQ L(b), its bootstrap interval, ``p_greater`` (the bootstrap
@@ -62,7 +69,7 @@ def compare_dq(a: Rec, b: Rec, n_boot: int = N_BOOT, confidence: float = CONFIDE
     ia, ib, paired = _draws(ra, rb, n_boot, seed)
     diff = dq_samples(fa, qa, ia) - dq_samples(fb, qb, ib)
     point = float((qa.sum() / fa.sum()) - (qb.sum() / fb.sum()))
-    return difference(point, diff, confidence, paired, n_boot)
+    return _with_samples(difference(point, diff, confidence, paired, n_boot), diff, fa.size, samples)
 
 
 def _loss_samples(rec: VariantRecord, which: str, idx: np.ndarray) -> tuple[float, np.ndarray]:
@@ -78,14 +85,14 @@ def _loss_samples(rec: VariantRecord, which: str, idx: np.ndarray) -> tuple[floa
 
 
 def compare_loss(a: Rec, b: Rec, which: str = "q", n_boot: int = N_BOOT, confidence: float = CONFIDENCE,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, samples: bool = False) -> dict[str, Any]:
     """Is the loss (quantized by default, ``which="fp"`` for full precision) of record ``a`` greater than
     of record ``b``? Same fields as :func:`compare_dq`; the difference is in nats per token."""
     ra, rb = _one(a), _one(b)
     ia, ib, paired = _draws(ra, rb, n_boot, seed)
     la, sa = _loss_samples(ra, which, ia)
     lb, sb = _loss_samples(rb, which, ib)
-    return difference(la - lb, sa - sb, confidence, paired, n_boot)
+    return _with_samples(difference(la - lb, sa - sb, confidence, paired, n_boot), sa - sb, ia.shape[1], samples)
 
 
 def _dq_at(recs: list[VariantRecord], level: float, idx: np.ndarray) -> tuple[float, np.ndarray, dict[str, Any]]:
@@ -104,7 +111,7 @@ def _dq_at(recs: list[VariantRecord], level: float, idx: np.ndarray) -> tuple[fl
 
 
 def compare_dq_at_fp_loss(a: Sequence[Rec], b: Sequence[Rec], level: float, n_boot: int = N_BOOT,
-                          confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
+                          confidence: float = CONFIDENCE, seed: int = 0, samples: bool = False) -> dict[str, Any]:
     """Is ΔQ L of run ``a`` greater than of run ``b`` where both reach the FP loss ``level``?
 
     ``a`` and ``b`` are one variant's records of each run in step order. Each run's ΔQ L at ``level`` is
@@ -119,5 +126,5 @@ def compare_dq_at_fp_loss(a: Sequence[Rec], b: Sequence[Rec], level: float, n_bo
     ib = ia if paired else indices(block_losses(rb[0])[0].size, n_boot, seed + 1)
     da, sa, at_a = _dq_at(ra, level, ia)
     db, sb, at_b = _dq_at(rb, level, ib)
-    out = difference(da - db, sa - sb, confidence, paired, n_boot)
+    out = _with_samples(difference(da - db, sa - sb, confidence, paired, n_boot), sa - sb, ia.shape[1], samples)
     return {**out, "level": level, "dq_a": da, "dq_b": db, "at_a": at_a, "at_b": at_b}

@@ -9,8 +9,9 @@ from ..results.compare import compare_dq
 from ..results.records import VariantRecord, variant_records
 
 
-def stable_vs_decay(records: Iterable[VariantRecord | Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """For each branch endpoint and variant: ΔQ L of the decayed model vs the constant-LR control at the same step."""
+def stable_vs_decay(records: Iterable[VariantRecord | Mapping[str, Any]], samples: bool = False) -> list[dict[str, Any]]:
+    """For each branch endpoint and variant: ΔQ L of the decayed model vs the constant-LR control at the same step
+    (``samples``: keep each comparison's bootstrap replicates, for pooling over seeds)."""
     recs = variant_records(records)
     by = {(r.checkpoint.run, r.checkpoint.step, r.variant.label): r for r in recs}
     ends: dict[str, int] = {}
@@ -31,13 +32,13 @@ def stable_vs_decay(records: Iterable[VariantRecord | Mapping[str, Any]]) -> lis
                      "loss_fp_decay": r.metrics.loss_fp, "loss_fp_control": ctrl.metrics.loss_fp,
                      "dq_decay": r.metrics.dq_rel, "dq_control": ctrl.metrics.dq_rel,
                      "dq_branch_start": start.metrics.dq_rel if start else None,
-                     "decay_vs_control": _compare(r, ctrl)})
+                     "decay_vs_control": _compare(r, ctrl, samples)})
     return rows
 
 
-def _compare(a: VariantRecord, b: VariantRecord) -> dict[str, Any] | None:
+def _compare(a: VariantRecord, b: VariantRecord, samples: bool = False) -> dict[str, Any] | None:
     """Paired bootstrap of ΔQ L(a) − ΔQ L(b) over the shared evaluation blocks; None without block losses."""
     try:
-        return compare_dq(a, b)
+        return compare_dq(a, b, samples=samples)
     except QrobustError:
         return None

@@ -9,7 +9,9 @@ A comparison is *resolved* when the 95 % interval of the difference excludes 0. 
 - ``not_worse`` claims (LAWA matches or beats decay): **reproduces** when none is resolved against;
   **not reproduced** when more than half are; **partly** otherwise.
 
-The intervals cover evaluation noise (which text was drawn), not training noise (another seed).
+With one training seed the intervals cover evaluation noise (which text was drawn) only. With several
+(``--seeds N``), :mod:`.seeds` pools each comparison over the seeds (an interval with both training and
+evaluation noise), and a comparison points "the expected way" only when it does in every seed.
 """
 from __future__ import annotations
 
@@ -40,8 +42,19 @@ def by_variant(records: Iterable[VariantRecord | Mapping[str, Any]]) -> dict[str
 
 
 def comparison(what: str, a: str, b: str, res: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"what": what, "a": a, "b": b, **{k: res[k] for k in ("diff", "low", "high", "paired")}, **extra,
-            "for": res["low"] > 0, "against": res["high"] < 0}
+    """One compared difference A − B. When ``res`` carries its bootstrap replicates (``samples``, drawn with
+    the shared block indices), they ride along under ``_boot`` for pooling over seeds, and are dropped
+    before anything is written (:func:`.seeds.pool_claims`)."""
+    out = {"what": what, "a": a, "b": b, **{k: res[k] for k in ("diff", "low", "high", "paired")}, **extra,
+           "for": res["low"] > 0, "against": res["high"] < 0}
+    if "samples" in res:
+        out["_boot"] = (res["samples"], res["n_blocks"])
+    return out
+
+
+def expected_way(c: dict[str, Any]) -> bool:
+    """The comparison points the expected way (A − B > 0): pooled, and in every seed when it has several."""
+    return c["diff"] > 0 and all(s["diff"] > 0 for s in c.get("seeds", ()))
 
 
 def fmt_diff(k: dict[str, Any]) -> str:
@@ -58,7 +71,7 @@ def judge(kind: str, comps: list[dict[str, Any]]) -> str:
     n_for, n_against = sum(c["for"] for c in comps), sum(c["against"] for c in comps)
     if kind == "not_worse":
         return "reproduces" if n_against == 0 else "not reproduced" if n_against > n / 2 else "partly"
-    if all(c["diff"] > 0 for c in comps) and n_for >= math.ceil(n / 2):
+    if all(expected_way(c) for c in comps) and n_for >= math.ceil(n / 2):
         return "reproduces"
     if n_for == 0 or n_against > n_for:
         return "not reproduced"
@@ -67,5 +80,5 @@ def judge(kind: str, comps: list[dict[str, Any]]) -> str:
 
 def claim(text: str, kind: str, cell: str, comps: list[dict[str, Any]]) -> dict[str, Any]:
     return {"claim": text, "kind": kind, "cell": cell, "status": judge(kind, comps), "n": len(comps),
-            "n_expected_direction": sum(c["diff"] > 0 for c in comps), "n_for": sum(c["for"] for c in comps),
+            "n_expected_direction": sum(expected_way(c) for c in comps), "n_for": sum(c["for"] for c in comps),
             "n_against": sum(c["against"] for c in comps), "comparisons": comps}

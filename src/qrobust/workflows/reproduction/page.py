@@ -23,14 +23,38 @@ def _claims_html(claims: list[dict[str, Any]]) -> str:
         rows.append(f'<tr class="claim" style="background:{colour}"><td class="l">{esc(c["cell"])}</td>'
                     f'<td class="l">{esc(c["claim"])}</td><td class="l"><b>{esc(c["status"])}</b></td>'
                     f'<td>{c["n_expected_direction"]}/{c["n"]}</td><td>{c["n_for"]}</td><td>{c["n_against"]}</td></tr>')
+        if c.get("seed_status"):
+            alone = ", ".join(f"seed {s}: {st}" for s, st in c["seed_status"].items())
+            rows.append(f'<tr class="seed-status"><td></td><td class="l meta" colspan="5">each seed alone: '
+                        f'{esc(alone)}</td></tr>')
         for k in c["comparisons"]:
             mark = "for" if k["for"] else "against" if k["against"] else "unresolved"
             rows.append(f'<tr class="comparison"><td></td><td class="l">{esc(k["what"])}</td>'
                         f'<td class="l">{esc(mark)}</td><td colspan="3">{esc(fmt_diff(k))}'
-                        f'{"" if k.get("paired") else " (unpaired)"}</td></tr>')
+                        f'{"" if k.get("paired") else " (unpaired)"}{_per_seed(k)}</td></tr>')
     head = ("<tr><th class=\"l\">variant</th><th class=\"l\">claim / comparison (A − B)</th><th class=\"l\">status</th>"
             "<th>expected direction</th><th>resolved for</th><th>resolved against</th></tr>")
     return f"<div class=\"scroll\"><table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table></div>"
+
+
+def _per_seed(k: dict[str, Any]) -> str:
+    """A pooled comparison's per-seed differences, shown beside the pooled one."""
+    if not k.get("seeds"):
+        return ""
+    items = "; ".join(f"seed {s['seed']}: {fmt_diff(s if 'unit' not in k else {**s, 'unit': k['unit']})}"
+                      for s in k["seeds"])
+    return f'<br><span class="meta">pooled over seeds (df {k["df"]:.1f}); {esc(items)}</span>'
+
+
+def noise_note(result: dict[str, Any]) -> str:
+    """What the intervals cover: evaluation noise only with one seed, training noise too with several."""
+    if result.get("seeds"):
+        return (f"Pooled over training seeds {', '.join(map(str, result['seeds']))}: each difference is the mean "
+                "of the seeds' differences, its 95 % interval covers training noise (another seed) and evaluation "
+                "noise (which text was drawn). A comparison counts in the expected direction only when every seed "
+                "points that way; resolved when the pooled interval excludes 0.")
+    return ("A comparison is resolved when the 95 % paired-bootstrap interval of A − B excludes 0. "
+            "The intervals cover evaluation noise (which text was drawn), not training noise (another seed).")
 
 
 def table_html(table: dict[str, Any] | None) -> str:
@@ -66,8 +90,7 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             + f"; training {result['train_s']:.0f} s, sweeps {result['sweep_s']:.0f} s (this invocation; "
             f"work already done is reused); created {esc(result['created'])}.</p>",
             "<h2>Verdict</h2>", f"<p id=\"summary\">{esc(result['summary'])}</p>",
-            "<p class=\"meta\">A comparison is resolved when the 95 % paired-bootstrap interval of A − B excludes 0. "
-            "The intervals cover evaluation noise (which text was drawn), not training noise (another seed).</p>",
+            f"<p class=\"meta\">{esc(noise_note(result))}</p>",
             table_html(result.get("table")), _claims_html(result["claims"]),
             "<h2>Figures</h2>" + (figures_html(figs) or "<p>No figures.</p>"),
             "<h2>Runs</h2><ul>" + "".join(

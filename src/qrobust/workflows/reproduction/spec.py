@@ -36,6 +36,7 @@ class ReproduceSpec(Strict):
     order: list[str] | None = None
     levels: int = Field(default=4, ge=1)  # equal_fp_loss: FP-loss levels compared per pair of runs
     minutes: float | None = None  # expected minutes at --scale 1 on 2 CPU cores (documentation)
+    seeds: int = Field(default=1, ge=1)  # training seeds per run (--seeds overrides): base seed, +1, +2, ...
 
     @field_validator("name")
     @classmethod
@@ -124,8 +125,12 @@ def config_hash(cfg: TrainConfig) -> str:
 
 
 def resolve_runs(spec: ReproduceSpec, out: Path, scale: float = 1.0, model: str | None = None,
-                 threads: int | None = None) -> dict[str, TrainConfig]:
-    """label -> the validated train config of that run, with its folder under ``out/runs``."""
+                 threads: int | None = None, seed_index: int = 0) -> dict[str, TrainConfig]:
+    """label -> the validated train config of that run, with its folder under ``out/runs``.
+
+    ``seed_index`` k > 0: the same run trained with seed (its seed + k), which sets both the initial weights
+    and the order of the training batches; its folder is ``<label>-seed<seed>-<hash>``. The data split and
+    the evaluation blocks stay those of the base seed: every seed is measured on the same held-out text."""
     if scale <= 0:
         raise ConfigError(f"--scale must be positive, got {scale}")
     runs: dict[str, TrainConfig] = {}
@@ -134,13 +139,22 @@ def resolve_runs(spec: ReproduceSpec, out: Path, scale: float = 1.0, model: str 
         if model:
             data = merge(data, {"model": {"preset": model}})
         data.update(name=label, out="unset", threads=threads)
+        if seed_index:
+            data["seed"] = int(data.get("seed", 0)) + seed_index
         cfg = parse_config(TrainConfig, data, f"run '{label}' of experiment '{spec.name}'")
-        runs[label] = cfg.model_copy(update={"out": str(out / "runs" / f"{label}-{config_hash(cfg)}")})
+        folder = f"{label}-seed{cfg.seed}-{config_hash(cfg)}" if seed_index else f"{label}-{config_hash(cfg)}"
+        runs[label] = cfg.model_copy(update={"out": str(out / "runs" / folder)})
     return runs
 
 
-def resolve_sweep(spec: ReproduceSpec, run: TrainConfig, out: Path, threads: int | None = None) -> SweepConfig:
+def resolve_sweep(spec: ReproduceSpec, run: TrainConfig, out: Path, threads: int | None = None,
+                  seed_index: int = 0) -> SweepConfig:
     """The experiment's sweep for one run; its results folder sits beside the run's (``results/<folder>``),
-    so experiments sharing a run share its records too."""
+    so experiments sharing a run share its records too. Seed k > 0 draws its own calibration windows
+    (calibration seed + k): nothing but the evaluation text is shared between seeds."""
     data = {**spec.sweep, "trajectory": run.out, "out": str(out / "results" / Path(run.out).name), "threads": threads}
+    if seed_index:
+        calib = dict(data.get("calibration") or {})
+        calib["seed"] = int(calib.get("seed", 0)) + seed_index
+        data["calibration"] = calib
     return parse_config(SweepConfig, data, f"sweep of experiment '{spec.name}'")

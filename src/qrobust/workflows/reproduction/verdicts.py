@@ -40,6 +40,16 @@ class VerdictKind:
     check: CheckFn = _no_check
     table: TableFn | None = None
 
+    def claims_per_seed(self, spec: Any, stores_by_seed: list[Stores]) -> list[list[dict[str, Any]]]:
+        """Each seed's claims. A kind whose claims take ``peers`` (the other seeds' stores) sees them, so it
+        can choose settings common to all seeds (equal_fp_loss: the same FP-loss levels)."""
+        import inspect
+        takes_peers = "peers" in inspect.signature(self.claims).parameters
+        if len(stores_by_seed) == 1 or not takes_peers:
+            return [self.claims(spec, s) for s in stores_by_seed]
+        return [self.claims(spec, s, peers=[p for p in stores_by_seed if p is not s])  # type: ignore[call-arg]
+                for s in stores_by_seed]
+
 
 VERDICTS: Registry[VerdictKind] = Registry("verdict")
 
@@ -74,7 +84,7 @@ def cooldown(stores: Stores) -> list[dict[str, Any]]:
     for run_label, (records, runs_meta) in stores.items():
         keep = set(_branches(runs_meta)) | {"main"}
         for cell, recs in by_variant(records).items():
-            rows = stable_vs_decay([r for r in recs if r.checkpoint.run in keep])
+            rows = stable_vs_decay([r for r in recs if r.checkpoint.run in keep], samples=True)
             comps = [comparison(f"cooldown from step {row['from_step']} vs constant LR at step {row['step']}",
                                  row["branch"], "main", row["decay_vs_control"], step=row["step"],
                                  from_step=row["from_step"], dq_a=row["dq_decay"], dq_b=row["dq_control"],
@@ -111,12 +121,12 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
                         "loss_fp_decay": d.metrics.loss_fp, "loss_fp_lawa": a.metrics.loss_fp,
                         "dq_decay": d.metrics.dq_rel, "dq_lawa": a.metrics.dq_rel}
                 loss_c.append(comparison(f"quantized loss, cooldown from {info['from_step']} − {avg}, step {s}",
-                                          br, avg, compare_loss(d, a, "q"), unit="nats", **info))
+                                          br, avg, compare_loss(d, a, "q", samples=True), unit="nats", **info))
                 dq_decay.append(comparison(f"ΔQ L, cooldown from {info['from_step']} − {avg}, step {s}",
-                                            br, avg, compare_dq(d, a), **info))
+                                            br, avg, compare_dq(d, a, samples=True), **info))
                 if s in main:
                     c = main[s]
-                    dq_main.append(comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a),
+                    dq_main.append(comparison(f"ΔQ L, constant LR − {avg}, step {s}", "main", avg, compare_dq(c, a, samples=True),
                                                step=s, dq_main=c.metrics.dq_rel, dq_lawa=a.metrics.dq_rel,
                                                loss_fp_main=c.metrics.loss_fp, loss_fp_lawa=a.metrics.loss_fp))
             claims.append({**claim(f"quantized loss of {avg} matches or beats the cooldown ending at the same step",
@@ -129,33 +139,40 @@ def averaging(stores: Stores) -> list[dict[str, Any]]:
 
 
 # -- F3 / weight decay: ΔQ L at equal FP loss -------------------------------------------------------------
-def fp_levels(a: Records, b: Records, n: int) -> list[float]:
-    """``n`` FP-loss levels both runs pass through: evenly spaced over the lower half of the overlap of
-    their FP-loss ranges (the upper half is the first rapid phase, where ΔQ L is ≈ 0 for every run)."""
-    la = [r.metrics.loss_fp for r in a]
-    lb = [r.metrics.loss_fp for r in b]
-    lo, hi = max(min(la), min(lb)), min(max(la), max(lb))
+def fp_levels(a: Records, b: Records, n: int, *more: Records) -> list[float]:
+    """``n`` FP-loss levels both runs (and every run in ``more``: the same runs' other seeds) pass through:
+    evenly spaced over the lower half of the overlap of their FP-loss ranges (the upper half is the first
+    rapid phase, where ΔQ L is ≈ 0 for every run)."""
+    losses = [[r.metrics.loss_fp for r in run] for run in (a, b, *more)]
+    lo, hi = max(min(x) for x in losses), min(max(x) for x in losses)
     if hi <= lo:
         return []
     top = lo + (hi - lo) / 2
     return [lo + (top - lo) * (k + 0.5) / n for k in range(n)]
 
 
-def equal_fp_loss(stores: Stores, order: list[str], n_levels: int,
-                  label_of: Callable[[str], str] = str) -> list[dict[str, Any]]:
+def _main_run(stores: Stores, label: str, cell: str) -> Records:
+    """One variant's records of a run's main trajectory, in step order."""
+    recs = by_variant(stores[label][0]).get(cell, [])
+    return sorted((r for r in recs if r.checkpoint.run == "main"), key=lambda r: r.checkpoint.step)
+
+
+def equal_fp_loss(stores: Stores, order: list[str], n_levels: int, label_of: Callable[[str], str] = str,
+                  peers: list[Stores] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
     """Per variant and pair of neighbouring runs in ``order`` (expected: ΔQ L falls along it): ΔQ L of both
     where their main runs reach the same FP loss. One claim per pair, so a finding that holds up to some
-    learning rate and breaks beyond it says so."""
+    learning rate and breaks beyond it says so. ``peers``: the other seeds' stores, so every seed is compared
+    at the same FP-loss levels (their common overlap) and the comparisons pool."""
     per_run = {lbl: by_variant(stores[lbl][0]) for lbl in order}
     cells = sorted(set.intersection(*(set(v) for v in per_run.values())))
     claims = []
     for cell in cells:
         for x, y in zip(order, order[1:]):
-            a = sorted((r for r in per_run[x][cell] if r.checkpoint.run == "main"), key=lambda r: r.checkpoint.step)
-            b = sorted((r for r in per_run[y][cell] if r.checkpoint.run == "main"), key=lambda r: r.checkpoint.step)
+            a, b = _main_run(stores, x, cell), _main_run(stores, y, cell)
+            others = [_main_run(p, lbl, cell) for p in peers for lbl in (x, y)]
             comps = []
-            for level in fp_levels(a, b, n_levels):
-                res = compare_dq_at_fp_loss(a, b, level)
+            for level in fp_levels(a, b, n_levels, *[o for o in others if o]):
+                res = compare_dq_at_fp_loss(a, b, level, samples=True)
                 comps.append(comparison(f"ΔQ L at FP loss {level:.3f}: {x} − {y}", x, y, res, level=level,
                                          dq_a=res["dq_a"], dq_b=res["dq_b"], at_a=res["at_a"], at_b=res["at_b"]))
             claims.append(claim(f"ΔQ L at equal FP loss is lower for {label_of(y)} than for {label_of(x)}",
@@ -188,8 +205,8 @@ def check_order(spec: Any, what: str) -> None:
 
 
 @register_verdict("equal_fp_loss", figures=equal_fp_loss_figures, check=check_order)
-def equal_fp_loss_verdict(spec: Any, stores: Stores) -> list[dict[str, Any]]:
-    return equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels)
+def equal_fp_loss_verdict(spec: Any, stores: Stores, peers: list[Stores] = ()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    return equal_fp_loss(stores, spec.order or list(spec.runs), spec.levels, peers=peers)
 
 
 @register_verdict("formats", figures=formats_figures, check=check_formats, table=formats_table)
