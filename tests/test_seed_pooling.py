@@ -192,3 +192,19 @@ def test_seeds_train_apart_pool_are_reused_and_run_in_workers(tmp_path):
     page = (tmp_path / "a" / "f2" / "index.html").read_text()
     assert len([f for f in r2["figures"] if "seeds_f2" in f]) == 1
     assert "each seed alone" in page and "Pooled over training seeds 0, 1" in page
+
+
+def test_summary_table_shows_status_pooled_differences_and_signs(tmp_path):
+    from qrobust.workflows.reproduction.summary import summary_markdown, write_summary
+    comp = {**_comp(0.0084, 0.0041, 0.0127, (0.009, 0.011, -0.002)), "what": "x"}
+    pooled = {"experiment": "f2", "seeds": [0, 1, 2], "claims": [
+        {"claim": "ΔQ L rises", "cell": "gptq-w2g128", "status": "partly", "comparisons": [comp, comp]}]}
+    single = {"experiment": "f4", "claims": [{"claim": "LAWA | loss", "cell": "gptq-w3g128", "status": "reproduces",
+                                              "comparisons": [{"diff": 0.0123, "low": 0.001, "high": 0.02, "unit": "nats"}]}]}
+    md = summary_markdown([pooled, single])
+    assert "| f2 | ΔQ L rises | gptq-w2g128 | **partly** | +0.84 [+0.41, +1.27]; +0.84 [+0.41, +1.27] | ++− ++− |" in md
+    assert "| f4 | LAWA \\| loss | gptq-w3g128 | **reproduces** | +0.012 [+0.001, +0.020] nats | — |" in md
+    assert md.startswith("Pooled over training seeds 0, 1, 2")
+    (tmp_path / "f2").mkdir()
+    (tmp_path / "f2" / "verdict.json").write_text(json.dumps(pooled))
+    assert write_summary(tmp_path).read_text() == summary_markdown([pooled])

@@ -20,6 +20,7 @@ from .formats import table_markdown
 from .jobs import Unit, add_units, run_units
 from .seeds import pool_claims, signs
 from .seeds_figure import seeds_figures
+from .summary import write_summary
 from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve_sweep
 
 
@@ -201,4 +202,5 @@ def reproduce(names: list[str] | str, out: str | Path = "reproduce-out", jobs: i
     for n in todo:
         results.append(reproduce_one(n, out, **kw))
         write_index(Path(out))
+        write_summary(Path(out))
     return results
