@@ -4,6 +4,7 @@ real verdict claims, and seeds reused on a re-run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,3 +209,22 @@ def test_summary_table_shows_status_pooled_differences_and_signs(tmp_path):
     (tmp_path / "f2").mkdir()
     (tmp_path / "f2" / "verdict.json").write_text(json.dumps(pooled))
     assert write_summary(tmp_path).read_text() == summary_markdown([pooled])
+
+
+def test_plan_gives_every_seed_its_own_folder_init_data_order_and_calibration(tmp_path):
+    from qrobust.errors import ConfigError
+    from qrobust.workflows.reproduction.run import plan
+    from qrobust.workflows.reproduction.spec import load_spec
+    spec, _ = load_spec("f3", {"seeds": 3})  # seeds from the experiment file
+    seeds = plan(spec, tmp_path, 1.0, None, None, None)
+    assert len(seeds) == 3
+    one = [runs["wsd-lr1e-3"] for runs, _ in seeds]
+    assert [c.seed for c in one] == [0, 1, 2] and len({c.out for c in one}) == 3
+    assert [c.data.seed for c in one] == [0, 0, 0]  # one split, one held-out text for every seed
+    assert Path(one[0].out).name == Path(plan(load_spec("f3")[0], tmp_path, 1.0, None, None, None)[0][0]["wsd-lr1e-3"].out).name
+    assert Path(one[2].out).name.startswith("wsd-lr1e-3-seed2-")
+    assert [sweeps["wsd-lr1e-3"].calibration.seed for _, sweeps in seeds] == [0, 1, 2]
+    assert [sweeps["wsd-lr1e-3"].out for _, sweeps in seeds] == [str(tmp_path / "results" / Path(c.out).name) for c in one]
+    assert len(plan(spec, tmp_path, 1.0, None, None, 1)) == 1  # --seeds overrides the file
+    with pytest.raises(ConfigError, match="--seeds must be at least 1"):
+        plan(spec, tmp_path, 1.0, None, None, 0)

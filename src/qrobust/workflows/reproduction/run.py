@@ -86,7 +86,7 @@ Plan = list[tuple[dict[str, TrainConfig], dict[str, SweepConfig]]]  # per seed: 
 def plan(spec: ReproduceSpec, out: Path, scale: float, model: str | None, threads: int | None,
          seeds: int | None) -> Plan:
     """Every seed's runs and sweeps (seed k = the runs' seed + k), checked against the model before training."""
-    n = seeds or spec.seeds
+    n = spec.seeds if seeds is None else seeds
     if n < 1:
         raise ConfigError(f"--seeds must be at least 1, got {n}")
     out_plan = []
