@@ -158,6 +158,8 @@ def test_lawa_comparisons_use_their_own_dq_names():
     assert paper.relative_sizes(comps, "a") == pytest.approx([0.25])  # 0.001 / 0.004; nats have no relative size
     assert paper.relative_sizes(comps, "b") == pytest.approx([1 / 3])
     assert paper.relative_sizes(comps, None) == []
+    # a base ΔQ L ≤ 0 (the quantized model was no worse) gives no ratio: 4-bit GPTQ at step 1200 of the README's run
+    assert paper.relative_sizes([_comp(0.00113, 0.00057, 0.00175, dq_b=-0.00046), _comp(0.1, 0, 1, dq_b=0.0)], "b") == []
 
 
 # -- output ------------------------------------------------------------------------------------------------------

@@ -166,14 +166,15 @@ def agreement(expected: str | None, comps: list[dict[str, Any]]) -> str:
 
 
 def relative_sizes(comps: list[dict[str, Any]], side: str | None) -> list[float]:
-    """Each difference as a fraction of side A's or B's ΔQ L (the comparison's own numbers); none for nats."""
+    """Each difference as a fraction of side A's or B's ΔQ L (the comparison's own numbers). None for nats,
+    nor where that ΔQ L is ≤ 0 (quantization did not hurt: a ratio to it says nothing)."""
     if side is None:
         return []
     out = []
     for k in comps:
         base = next((k[n] for n in DQ_KEYS[side] if isinstance(k.get(n), (int, float))), None)
-        if k.get("unit") != "nats" and base is not None and abs(base) > 1e-12:
-            out.append(k["diff"] / abs(base))
+        if k.get("unit") != "nats" and base is not None and base > 0:
+            out.append(k["diff"] / base)
     return out
 
 
