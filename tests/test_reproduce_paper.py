@@ -195,3 +195,16 @@ def test_markdown_table_for_the_readme():
     lines = md.strip().splitlines()
     assert lines[0].startswith("| experiment | paper: model, bits |") and len(lines) == 2 + len(paper.paper_rows(_result()))
     assert "| f2 | Pythia-160M (the paper's own runs), 3/4 |" in md and "| yes |" in md
+
+
+def test_scaling_claims_pair_with_the_shipped_entries():
+    """The scaling experiment's claims (keys cooldown_equal_dn, fit_per_size / fit_pooled) meet the paper's
+    "independent of data scale" statements; held-out error tokens − schedule > 0 is the paper's side."""
+    fit_text = "the decay term predicts held-out cooldowns better than tokens per parameter alone (pooled over sizes)"
+    result = {"experiment": "scaling", "claims": [
+        _claim("gptq-w3g32 @ micro", [_comp(0.001, 0.0002, 0.002, dq_b=0.002)], key="cooldown_equal_dn",
+               text="ΔQ L at the end of a cooldown is above the constant-LR run's at the same D/N"),
+        _claim("gptq-w3g32", [_comp(-0.0001, -0.0003, -0.00005)], key="fit_pooled", text=fit_text)]}
+    rows = {r["id"]: r for r in paper.paper_rows(result)}
+    assert rows["scaling-decay"]["same_direction"] == "yes" and rows["scaling-decay"]["relative"] == [0.5]
+    assert rows["scaling-form"]["same_direction"] == "no" and rows["scaling-form"]["relative_text"] == "–"

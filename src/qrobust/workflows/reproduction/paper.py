@@ -31,8 +31,8 @@ CLAIM_TEXT = {"cooldown_vs_constant": r"end of a cooldown is above the constant-
               "constant_vs_lawa": r"^ΔQ L of .+ is below the constant-LR run",
               "cooldown_vs_lawa": r"^ΔQ L of .+ is below the cooldown",
               "equal_fp_loss": r"at equal FP loss is lower for",
-              "decay_vs_constant": r"(?i)\b(decay|decayed|cooldown)\b.*\b(above|higher|greater)\b",
-              "step_vs_power_law": r"(?i)step.*power|power.*step"}
+              "cooldown_equal_dn": r"cooldown is above the constant-LR run's at the same D/N",
+              "schedule_vs_tokens_fit": r"decay term predicts held-out .+ better than tokens per parameter"}
 PAPER_BITS = (3, 4)  # the paper quantizes to 3 and 4 bits throughout
 DQ_KEYS = {"a": ("dq_a", "dq_decay", "dq_main"), "b": ("dq_b", "dq_control", "dq_lawa")}
 AGREE_COLOUR = {"yes": "#e6f4ea", "no": "#fde8e8", "unclear": "#fff4e5", "not measured": "#eeeeee"}
