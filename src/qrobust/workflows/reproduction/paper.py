@@ -211,7 +211,7 @@ def _row(entry: PaperNumber, claim: dict[str, Any] | None, scale: str) -> dict[s
                 "relative_text": "–", "same_direction": "not measured"}
     return {**row, "cell": claim["cell"], "claim": claim["claim"], "status": claim.get("status", ""),
             "ours": "; ".join(fmt_diff(k) for k in comps) or "no comparison",
-            "diffs": [[k["diff"], k["low"], k["high"]] for k in comps], "relative": rel,
+            "diffs": [[float(k[n]) for n in ("diff", "low", "high")] for k in comps], "relative": [float(x) for x in rel],
             "relative_text": _relative_text(rel, entry.relative, comps),
             "same_direction": agreement(entry.expected(), comps)}
 
@@ -275,5 +275,5 @@ def write_paper(result: dict[str, Any], exp_dir: Path) -> Path | None:
     if not rows:
         return None
     path = Path(exp_dir) / "paper.json"
-    write_text(path, json.dumps(rows, indent=1, ensure_ascii=False))
+    write_text(path, json.dumps(rows, indent=1, ensure_ascii=False, default=str))
     return path
