@@ -12,6 +12,7 @@ from ...reporting.html import CSS, esc, figures_html, pre, provenance_html
 from ...stats import CONFIDENCE, N_BOOT
 from ...io.atomic import write_text
 from .claims import fmt_diff
+from .paper import paper_html
 
 STATUS_COLOUR = {"reproduces": "#e6f4ea", "partly": "#fff4e5", "not reproduced": "#fde8e8", "no data": "#eeeeee"}
 
@@ -91,7 +92,7 @@ def render(result: dict[str, Any], figs: list[FigureOut], records: list[dict[str
             f"work already done is reused); created {esc(result['created'])}.</p>",
             "<h2>Verdict</h2>", f"<p id=\"summary\">{esc(result['summary'])}</p>",
             f"<p class=\"meta\">{esc(noise_note(result))}</p>",
-            table_html(result.get("table")), _claims_html(result["claims"]),
+            table_html(result.get("table")), _claims_html(result["claims"]), paper_html(result),
             "<h2>Figures</h2>" + (figures_html(figs) or "<p>No figures.</p>"),
             "<h2>Runs</h2><ul>" + "".join(
                 f"<li>{esc(lbl)}: run <code>{esc(r['train_config']['out'])}</code>, results "

@@ -15,6 +15,7 @@ from ...io.atomic import write_text
 from .. import steps
 from . import verdicts
 from .page import write_page, write_index
+from .paper import write_paper
 from .claims import Stores
 from .formats import table_markdown
 from .jobs import Unit, add_units, run_units
@@ -158,6 +159,7 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
         result["table"] = kind.table(spec, claims)
         write_text(exp_dir / "table.md", table_markdown(result["table"]))
     write_text(exp_dir / "verdict.json", json.dumps(result, indent=1, default=str))
+    write_paper(result, exp_dir)  # the paper's statements beside ours: OUT/<name>/paper.json, not verdict.json
     records = [r for stores_k, _ in read for recs, _ in stores_k.values() for r in recs]
     result["page"] = str(write_page(result, figs, records, trajs, exp_dir / "index.html"))
     if progress:
