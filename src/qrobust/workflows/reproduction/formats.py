@@ -53,9 +53,12 @@ def check_formats(spec: Any, what: str) -> None:
 
 
 def _diffs(claim: dict[str, Any]) -> str:
-    """Each comparison of a claim: its step, difference and 95 % interval."""
-    return "; ".join(f"@{k['step']}: {fmt_diff(k).replace(' points', '').replace(' nats', '')}"
-                     for k in claim["comparisons"]) or "–"
+    """Each comparison of a claim: its step, difference and 95 % interval (pooled over seeds, then each seed's
+    sign, when there are several)."""
+    def one(k: dict[str, Any]) -> str:
+        seeds = "".join("+" if s["diff"] > 0 else "−" for s in k.get("seeds", ()))
+        return f"@{k['step']}: {fmt_diff(k).replace(' points', '').replace(' nats', '')}" + (f" ({seeds})" if seeds else "")
+    return "; ".join(one(k) for k in claim["comparisons"]) or "–"
 
 
 def formats_table(spec: Any, claims: list[dict[str, Any]]) -> dict[str, Any]:
