@@ -180,7 +180,8 @@ def test_seeds_train_apart_pool_are_reused_and_run_in_workers(tmp_path):
     folders = sorted(p.name for p in (tmp_path / "a" / "runs").iterdir())
     assert len(folders) == 2 and folders[1].startswith("constant-cooldowns-seed1-") and r2["seeds"] == [0, 1]
     assert _weights(seed0) == before and before  # finished seed reused, its checkpoints untouched
-    assert len(list((tmp_path / "a" / "logs").iterdir())) == 2  # one log per worker unit
+    logs = json.loads((tmp_path / "a" / "logs" / "jobs.json").read_text())
+    assert logs["jobs"] == 2 and len(logs["units"]) == 2 == len(list((tmp_path / "a" / "logs").glob("*.log")))
     cfg1 = r2["runs"]["constant-cooldowns (seed 1)"]
     assert cfg1["train_config"]["seed"] == 1 and cfg1["sweep_config"]["calibration"]["seed"] == 1
     (c2,) = r2["claims"]

@@ -12,6 +12,7 @@ differ in the last bits, so ``--jobs 1`` (the default) gives today's numbers exa
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import SweepConfig, TrainConfig
+from ...io.atomic import write_text
 
 
 @dataclass
@@ -72,7 +74,8 @@ def run_unit(train: dict[str, Any], sweeps: list[dict[str, Any]], log: str) -> d
 
 def run_units(units: dict[str, Unit], out: Path, jobs: int, threads: int | None, progress: bool) -> dict[str, Any]:
     """Run every unit in ``jobs`` worker processes (spawned: torch's thread pools do not survive a fork),
-    ``threads`` torch threads each (default 1); returns per-folder timings and the wall time."""
+    ``threads`` torch threads each (default 1); returns (and writes to ``OUT/logs/jobs.json``) per-folder
+    timings and the wall time."""
     todo = sorted(units.values(), key=lambda u: -u.cost())
     t0 = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -92,4 +95,6 @@ def run_units(units: dict[str, Unit], out: Path, jobs: int, threads: int | None,
                 t = timings[Path(folder).name]
                 print(f"[jobs] done {Path(folder).name}: train {t['train_s']:.0f} s, sweeps {t['sweep_s']:.0f} s "
                       f"({len(timings)}/{len(futures)})", flush=True)
-    return {"jobs": jobs, "wall_s": time.perf_counter() - t0, "units": timings}
+    summary = {"jobs": jobs, "threads": threads or 1, "wall_s": time.perf_counter() - t0, "units": timings}
+    write_text(out / "logs" / "jobs.json", json.dumps(summary, indent=1))
+    return summary
