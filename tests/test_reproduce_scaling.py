@@ -231,8 +231,9 @@ def test_scaling_experiment_end_to_end(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(before)
     rows = r["table"]["rows"]
-    assert [row[:3] for row in rows] == [["rtn-w3g16", s, 6 + 2 * 2] for s in ("micro", "small", "tiny")] + [
-        ["rtn-w3g16", "pooled", 30]]
+    # per size: the constant run's checkpoints 6, 12, 18, 24 and two per cooldown (6 + 12, 12 + 12)
+    assert [row[:3] for row in rows] == [["rtn-w3g16", s, 4 + 2 * 2] for s in ("micro", "small", "tiny")] + [
+        ["rtn-w3g16", "pooled", 24]]
     # N of the micro model by hand: 2 layers × (32·96 + 32·32 + 32·128 + 128·32) quantized weights
     store = Store(r["runs"]["micro"]["sweep_config"]["out"], create=False)
     recs = [x for x in variant_records(store.records()) if x.trajectory == "micro"]
