@@ -176,6 +176,10 @@ def test_verdict_on_constructed_sizes_prefers_the_decay_term(tmp_path):
     from qrobust.results.records import variant_records
     rows = size_rows("small", variant_records(recs_a), META) + size_rows("big", variant_records(recs_b), META)
     res = scaling.gap_result(rows, None, 30)
+    # a size whose cooldowns were not swept yet has nothing to hold out: no comparison, not a nan one
+    no_cool = [r for r in recs_b if r["checkpoint"]["run"] == "main"]
+    part = scaling.scaling_claims({"small": (recs_a, META), "big": (no_cool, META)}, n_boot=5)
+    assert [k["scope"] for k in part[-2]["comparisons"]] == ["small"]
     assert res["samples"].shape == (30,) and 0 < res["low"] < res["high"] and res["diff"] == pytest.approx(pooled["diff"])
 
 

@@ -60,16 +60,18 @@ def gap_result(rows: list[dict[str, Any]], size: str | None, n_boot: int) -> dic
 def fit_claims(cell: str, rows: list[dict[str, Any]], n_boot: int) -> list[dict[str, Any]]:
     """The forms compared per size (one comparison each) and pooled over sizes."""
     per = []
-    for size in sorted({r["size"] for r in rows}):
+    for size in sorted({r["size"] for r in rows if r["decayed"]}):  # a size without a cooldown has nothing to hold out
         res = gap_result(rows, size, n_boot)
         per.append(comparison(f"held-out error, tokens − schedule form, {size}", "tokens", "schedule", res,
                               scope=size, fits=res["fits"], n_boot=res["n_boot"]))
-    res = gap_result(rows, None, n_boot)
-    pooled = comparison("held-out error, tokens − schedule form, pooled over sizes", "tokens", "schedule", res,
-                        scope="pooled", fits=res["fits"], n_boot=res["n_boot"])
+    pooled = []
+    if any(r["decayed"] for r in rows):
+        res = gap_result(rows, None, n_boot)
+        pooled.append(comparison("held-out error, tokens − schedule form, pooled over sizes", "tokens", "schedule",
+                                 res, scope="pooled", fits=res["fits"], n_boot=res["n_boot"]))
     text = "the decay term predicts held-out cooldowns better than tokens per parameter alone"
     return [{**claim(f"{text} (per size)", "greater", cell, per), "key": "fit_per_size"},
-            {**claim(f"{text} (pooled over sizes)", "greater", cell, [pooled]), "key": "fit_pooled"}]
+            {**claim(f"{text} (pooled over sizes)", "greater", cell, pooled), "key": "fit_pooled"}]
 
 
 def scaling_claims(stores: Stores, n_boot: int = N_BOOT_FITS) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ def scaling_figure(spec: Any, rows_by_size: dict[str, list[dict[str, Any]]], fit
     """One variant's points, runs and pooled fits."""
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.add_subplot(1, 1, 1)
-    for i, (size, rows) in enumerate(sorted(rows_by_size.items())):
+    for i, (size, rows) in enumerate(sorted(rows_by_size.items(), key=lambda kv: kv[1][0]["n"] if kv[1] else 0)):
         colour = COLOURS[i % len(COLOURS)]
         for run in sorted({r["run"] for r in rows}):
             rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["x"])
