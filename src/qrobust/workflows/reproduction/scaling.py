@@ -69,7 +69,7 @@ def fit_claims(cell: str, rows: list[dict[str, Any]], n_boot: int) -> list[dict[
         res = gap_result(rows, None, n_boot)
         pooled.append(comparison("held-out error, tokens − schedule form, pooled over sizes", "tokens", "schedule",
                                  res, scope="pooled", fits=res["fits"], n_boot=res["n_boot"]))
-    text = "the decay term predicts held-out cooldowns better than tokens per parameter alone"
+    text = "the decay term predicts held-out cooldowns better than tokens per parameter alone, at this small scale"
     return [{**claim(f"{text} (per size)", "greater", cell, per), "key": "fit_per_size"},
             {**claim(f"{text} (pooled over sizes)", "greater", cell, pooled), "key": "fit_pooled"}]
 
@@ -101,7 +101,8 @@ def check_scaling(spec: Any, what: str) -> None:
     """At least two model sizes, each run with a decay to compare (cooldown branches or a WSD schedule)."""
     unknown = sorted(set(spec.model_runs or []) - set(spec.runs))
     if unknown:
-        raise ConfigError(f"{what}: 'model_runs' names '{unknown[0]}', which is not one of its runs ({', '.join(spec.runs)})")
+        raise ConfigError(f"{what}: 'model_runs' names '{unknown[0]}', which is not one of its runs "
+                          f"({', '.join(spec.runs)})")
     sizes = {_size_of(spec, label) for label in spec.runs}
     if len(sizes) < MIN_SIZES:
         raise ConfigError(f"{what}: the scaling verdict fits ΔQ L across model sizes: give its runs at least "
