@@ -118,7 +118,7 @@ def test_by_variant_keeps_the_common_eval_set_and_skips_records_without_blocks()
 
 # -- experiment files ----------------------------------------------------------------------------------------
 def test_builtin_experiments_load_and_share_runs(tmp_path):
-    assert builtin_names() == ["f2", "f3", "f4", "formats", "wd"]
+    assert builtin_names() == ["f2", "f3", "f4", "formats", "scaling", "wd"]
     runs = {n: resolve_runs(load_spec(n)[0], tmp_path) for n in builtin_names()}
     assert runs["f2"]["constant-cooldowns"].out == runs["f4"]["constant-cooldowns"].out  # trained once
     assert runs["f3"]["wsd-lr3e-3"].out == runs["wd"]["wsd-lr3e-3"].out

@@ -88,6 +88,7 @@ def pool_seeds(points: np.ndarray | list[float], samples: np.ndarray | list[np.n
     n_seeds = d.size
     if n_seeds < 2 or boot.shape[0] != n_seeds:
         raise ValueError(f"pooling needs ≥ 2 seeds with one row of replicates each, got {n_seeds} and {boot.shape[0]}")
+    boot = boot[:, np.isfinite(boot).all(axis=0)]  # a replicate a seed could not compute (nan) is left out for all
     between = float(d.var(ddof=1) / n_seeds)
     v1 = float(boot.var(axis=1, ddof=1).mean())
     v_mean = float(boot.mean(axis=0).var(ddof=1))

@@ -23,14 +23,16 @@ def add_reproduce(sub) -> None:
     p = sub.add_parser("reproduce", help="the paper's controlled experiments at CPU scale, with verdicts from the data",
                        description="Train, sweep and judge one or more experiments: f2 (cooldowns at several "
                                    "token budgets), f3 (peak LR at equal FP loss), f4 (LAWA vs LR decay), wd "
-                                   "(weight decay on/off), formats (F2 and F4 per number format), all, or a YAML "
+                                   "(weight decay on/off), formats (F2 and F4 per number format), scaling (tokens per "
+                                   "parameter vs LR decay across model sizes), all, or a YAML "
                                    "file of the same shape (experiments/reproduce/). Re-running resumes; shared runs are trained once.")
-    p.add_argument("experiments", nargs="+", metavar="NAME", help="f2, f3, f4, wd, formats, all, or a YAML path")
+    p.add_argument("experiments", nargs="+", metavar="NAME", help="f2, f3, f4, wd, formats, scaling, all, or a YAML path")
     p.add_argument("--out", default="reproduce-out", help="output folder (default: reproduce-out)")
     p.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every step count (token budget, checkpoint spacing, warmup, decays); default 1")
     p.add_argument("--model", default=None, metavar="PRESET",
-                   help="model preset instead of the experiments' (e.g. pythia-14m, pythia-160m)")
+                   help="model preset instead of the experiments' (e.g. pythia-14m, pythia-160m); scaling: "
+                        "replaces its largest size only")
     p.add_argument("--seeds", type=positive, default=None, metavar="N",
                    help="train every run with N seeds (init and data order: seed, seed+1, ...; calibration seed too) "
                         "and pool the verdicts over them; finished seeds are reused (default: the file's, 1)")

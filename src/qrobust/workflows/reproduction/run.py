@@ -170,12 +170,12 @@ def reproduce_one(name_or_path: str | Path, out: str | Path = "reproduce-out", s
 
 
 def expand(names: list[str]) -> list[str]:
-    """'all' -> every built-in experiment (in the order F2, F4, F3, wd, formats: F4 and formats reuse F2's
+    """'all' -> every built-in experiment (in the order F2, F4, F3, wd, formats, scaling: F4 and formats reuse F2's
     run, wd F3's)."""
     out: list[str] = []
     for n in names:
         if n == "all":
-            order = ["f2", "f4", "f3", "wd", "formats"]
+            order = ["f2", "f4", "f3", "wd", "formats", "scaling"]
             out += [x for x in order if x in builtin_names()] + [x for x in builtin_names() if x not in order]
         else:
             out.append(n)

@@ -37,6 +37,7 @@ class ReproduceSpec(Strict):
     levels: int = Field(default=4, ge=1)  # equal_fp_loss: FP-loss levels compared per pair of runs
     minutes: float | None = None  # expected minutes at --scale 1 on 2 CPU cores (documentation)
     seeds: int = Field(default=1, ge=1)  # training seeds per run (--seeds overrides): base seed, +1, +2, ...
+    model_runs: list[str] | None = None  # the runs --model swaps the preset of (default: every run)
 
     @field_validator("name")
     @classmethod
@@ -136,7 +137,7 @@ def resolve_runs(spec: ReproduceSpec, out: Path, scale: float = 1.0, model: str 
     runs: dict[str, TrainConfig] = {}
     for label, over in spec.runs.items():
         data = scale_train(merge(spec.base, over), scale)
-        if model:
+        if model and (spec.model_runs is None or label in spec.model_runs):
             data = merge(data, {"model": {"preset": model}})
         data.update(name=label, out="unset", threads=threads)
         if seed_index:
