@@ -197,7 +197,7 @@ def test_scaling_experiment_resolves(tmp_path):
     assert (tenth.steps, tenth.checkpoint_every) == (400, 20)
     assert [(b.from_step, b.decay_steps) for b in tenth.branches] == [(80, 80), (200, 80), (320, 80)]
     from qrobust.workflows.reproduction.run import expand
-    assert expand(["all"])[-1] == "scaling"
+    assert "scaling" not in expand(["all"]) and expand(["all", "scaling"])[-1] == "scaling"  # named, not in 'all'
 
 
 def test_bad_scaling_experiments_are_one_line_errors():
