@@ -190,6 +190,12 @@ def test_f2_then_f4_share_one_run_and_write_pages(tmp_path):
     assert sorted(p.name for p in (tmp_path / "f4" / "figures").iterdir()) == ["averaging_constant-cooldowns_gptq-w3g32.png"]
     index = (tmp_path / "index.html").read_text()  # both experiments, linked
     assert 'href="f2/index.html"' in index and 'href="f4/index.html"' in index and index.count("<li") == 4
+    # another experiment adds 4-bit records to the shared results folder: F2's own verdict keeps its variants
+    wider = {**over, "sweep": {**over["sweep"], "bits": [3, 4]}}
+    (rw,) = qrobust.reproduce("f2", out=tmp_path, overrides=wider, progress=False)
+    assert [c["cell"] for c in rw["claims"]] == ["gptq-w3g32", "gptq-w4g32"]
+    (again,) = qrobust.reproduce("f2", out=tmp_path, overrides=over, progress=False)
+    assert [c["cell"] for c in again["claims"]] == ["gptq-w3g32"] and again["claims"] == r2["claims"]
 
 
 def test_equal_fp_loss_experiment_end_to_end(tmp_path):

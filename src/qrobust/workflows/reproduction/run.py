@@ -26,12 +26,17 @@ from .spec import ReproduceSpec, builtin_names, load_spec, resolve_runs, resolve
 
 
 def _stores(sweeps: dict[str, Any]) -> tuple[Stores, dict[str, dict[str, Any]]]:
-    """Per run label: (its records, its runs' metadata), and its stored trajectory; each read once."""
+    """Per run label: (its records, its runs' metadata), and its stored trajectory; each read once. Only the
+    variants of this experiment's sweep: experiments that share a run share its results folder (F2, F4 and
+    formats), and F2's verdict must not change once formats has added its records there."""
+    from ...sweeps.prepare import variants
     out, trajs = {}, {}
     for label, sc in sweeps.items():
         store = Store(sc.out, create=False)
         trajs[label] = store.trajectories().get(label) or {}
-        out[label] = ([r for r in store.records() if r.trajectory == label], trajs[label].get("runs") or {})
+        mine = {s.label for s in variants(sc)}
+        recs = [r for r in store.records() if r.trajectory == label and str(r.variant.label) in mine]
+        out[label] = (recs, trajs[label].get("runs") or {})
     return out, trajs
 
 
