@@ -13,6 +13,7 @@ from ...config import SweepConfig, parse_config
 from ...errors import ConfigError
 from ...quant import QuantSpec
 from .claims import fmt_diff
+from .seeds import signs
 
 # (claim key, column heading): the claims the table shows, in column order
 COLUMNS = [("cooldown_vs_constant", "F2: ΔQ L, cooldown end − constant LR (same step)"),
@@ -56,7 +57,7 @@ def _diffs(claim: dict[str, Any]) -> str:
     """Each comparison of a claim: its step, difference and 95 % interval (pooled over seeds, then each seed's
     sign, when there are several)."""
     def one(k: dict[str, Any]) -> str:
-        seeds = "".join("+" if s["diff"] > 0 else "−" for s in k.get("seeds", ()))
+        seeds = signs(k)
         return f"@{k['step']}: {fmt_diff(k).replace(' points', '').replace(' nats', '')}" + (f" ({seeds})" if seeds else "")
     return "; ".join(one(k) for k in claim["comparisons"]) or "–"
 

@@ -197,7 +197,7 @@ def expand(names: list[str]) -> list[str]:
 
 def reproduce(names: list[str] | str, out: str | Path = "reproduce-out", jobs: int = 1,
               **kw: Any) -> list[dict[str, Any]]:
-    """Run experiments in turn (``all`` = every built-in one); each writes ``OUT/<name>/``. ``jobs`` > 1: first
+    """Run experiments in turn (``all`` = every built-in one but :data:`NOT_IN_ALL`); each writes ``OUT/<name>/``. ``jobs`` > 1: first
     train and sweep every run folder of every experiment and seed in that many worker processes (:mod:`.jobs`)."""
     names = [names] if isinstance(names, str) else names
     todo = expand(names)
