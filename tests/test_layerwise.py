@@ -111,6 +111,24 @@ def test_gptq_stream_equals_in_memory_sequential_gptq(tmp_path, tiny_run):
                         blocks, calibration=calib)
 
 
+def test_streamed_gptq_takes_the_next_inputs_from_its_own_last_pass(tiny_run, monkeypatch):
+    """The calibration stream is never advanced by the pipeline: GPTQ's staged pass that finishes a block
+    hands its outputs over (one block forward per block saved), and the numbers stay those of the block
+    re-run (the in-memory test above compares them bit for bit)."""
+    import qrobust
+    from qrobust.quant.pipelines.streamed import hidden_states, stream_checkpoint
+    ck = tiny_run / "checkpoints" / "main" / "step-0000012"
+    blocks, calib = qrobust.eval_blocks(ck, n_blocks=3), qrobust.calib_blocks(ck, n_samples=4)
+    advanced = []
+    real = hidden_states.HiddenStates.advance
+    monkeypatch.setattr(hidden_states.HiddenStates, "advance", lambda self, block: advanced.append(self) or real(self, block))
+    spec = QuantSpec(method="gptq", bits=3, group_size=16)
+    run = stream_checkpoint(ck, [spec], blocks, batch_size=2, calibration={spec: calib})
+    n_layers = len(run.block_seconds)
+    assert len(advanced) == 2 * n_layers  # the FP and the quantized evaluation streams, once per block
+    assert len({id(s) for s in advanced}) == 2
+
+
 def _in_memory_q(path: Path, specs, blocks: torch.Tensor, batch_size: int, calib: torch.Tensor):
     model = load_checkpoint(path)
     out = {}

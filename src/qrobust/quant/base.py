@@ -35,15 +35,20 @@ class BlockJob:
     prefix: str  # the block's own name in the model, with the trailing "."
     inputs: BlockInputs | None  # calibration inputs of this block (None when the flow is "none")
     original: Callable[[str], torch.Tensor]  # a selected linear's FP weight by full name (read again, not held)
+    # flow "quantized": where the quantizer may hand each batch's output of the quantized block (batch index,
+    # output) when its own last pass computes them anyway; None: the pipeline runs the block itself
+    outputs: Callable[[int, Any], None] | None = None
 
 
 @dataclass
 class BlockDone:
     """What quantizing one block gives back: per-layer info, and for flow "fp" the block's FP outputs
-    (the next block's calibration inputs, computed while the FP weights were still there)."""
+    (the next block's calibration inputs, computed while the FP weights were still there); for flow
+    "quantized", ``sent_outputs`` says the quantized outputs already went to ``BlockJob.outputs``."""
 
     info: dict[str, dict[str, Any]]
     fp_outputs: list[Any] | None = None
+    sent_outputs: bool = False
 
 
 class Quantizer:

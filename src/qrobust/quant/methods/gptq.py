@@ -38,7 +38,7 @@ from ..calibration import memoised, tokens_of
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
 from ..pipelines.staged import BlockProbe, StagedBlock, probe_block
-from ..base import BlockDone, BlockJob, Flow, Quantizer, typed_options
+from ..base import BlockDone, BlockInputs, BlockJob, Flow, Quantizer, typed_options
 from ..registry import QuantSpec, register_quantizer
 
 
@@ -197,13 +197,14 @@ class GPTQ(Quantizer):
         return None
 
     def quantize_block(self, job: BlockJob, spec: QuantSpec) -> BlockDone:
-        """One block from its calibration inputs (the quantized earlier blocks' outputs); the pipeline
-        moves the calibration stream on through the quantized block."""
+        """One block from its calibration inputs (the quantized earlier blocks' outputs). The next block's
+        inputs go to ``job.outputs`` from the staged pass that finishes the block (its kept activations make
+        that pass little more than the last linear), so the pipeline need not run the block again."""
         info: dict[str, dict[str, Any]] = {}
         with ieee_fp32():
             gptq_block(job.module, job.linears, job.inputs, spec, gptq_options(dict(spec.options)), info,
-                       propagate=False)
-        return BlockDone(info)
+                       propagate=job.outputs or False)
+        return BlockDone(info, sent_outputs=job.outputs is not None)
 
     def implied(self, options: dict[str, Any]) -> dict[str, Any]:
         """The grid when a profile (not the options) picks a non-reference one: the llmcompressor profile
@@ -261,13 +262,14 @@ class GPTQ(Quantizer):
                                     calibration if bi == 0 else None, propagate=bi < last)
 
 
-def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tuple[tuple, dict]], spec: QuantSpec,
-                   opts: GPTQOptions, info: dict[str, dict[str, float]], first_of: Any = None,
-                   propagate: bool = True) -> list[tuple[tuple, dict]] | None:
+def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInputs, spec: QuantSpec,
+               opts: GPTQOptions, info: dict[str, dict[str, float]], first_of: Any = None,
+               propagate: bool | Callable[[int, Any], None] = True) -> list[tuple[tuple, dict]] | None:
     """GPTQ on one decoder block, in place, from its calibration inputs (the previous quantized block's
-    outputs); returns the next block's inputs when ``propagate``. Shared by the in-memory sequential
-    path and layer streaming. ``first_of``: the calibration of the whole model when this is block 0,
-    whose first Hessians see only FP weights and are shared by every variant."""
+    outputs); returns the next block's inputs when ``propagate`` is True, or hands each batch's output to
+    ``propagate(batch, output)`` as it is computed (layer streaming: no list of them is held). Shared by the
+    in-memory sequential path and layer streaming. ``first_of``: the calibration of the whole model when
+    this is block 0, whose first Hessians see only FP weights and are shared by every variant."""
     args0, kwargs0 = first_sample(*inputs[0])
     probe = probe_block(block, linears, lambda: block(*args0, **kwargs0)) if linears else None
     staged = StagedBlock(block, inputs, linears, probe or BlockProbe(groups=[]), replay=opts.replay)
@@ -286,6 +288,10 @@ def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: list[tup
         for g in step:
             _quantize_group(g, linears, hessians, spec, opts, info)
             staged.mark_quantized(g)
-    nxt = next_inputs(staged.run({}, stop_at=None), inputs) if propagate else None
+    nxt = None
+    if callable(propagate):
+        staged.run({}, stop_at=None, sink=propagate)
+    elif propagate:
+        nxt = next_inputs(staged.run({}, stop_at=None), inputs)
     staged.release()
     return nxt

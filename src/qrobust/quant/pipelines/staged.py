@@ -140,10 +140,12 @@ class StagedBlock:
     def mark_quantized(self, names: list[str]) -> None:
         self.quantized.update(self.linears[n] for n in names)
 
-    def run(self, collect: dict[str, Callable[[torch.Tensor], None]], stop_at: str | None) -> list[Any]:
+    def run(self, collect: dict[str, Callable[[torch.Tensor], None]], stop_at: str | None,
+            sink: Callable[[int, Any], None] | None = None) -> list[Any]:
         """Forward every batch; ``collect[name](x)`` sees each input of that linear; stop at ``stop_at``'s input.
 
-        Returns the block outputs (``None`` for batches that stopped early).
+        Returns the block outputs (``None`` for batches that stopped early); with ``sink``, each output is
+        handed to ``sink(batch, output)`` instead and not kept (``None`` in the list).
         """
         state = {"b": 0, "dirty": False}
         handles, patched = self._install(*self._hooks(collect, stop_at, state), state)
@@ -152,9 +154,13 @@ class StagedBlock:
             for b, (args, kwargs) in enumerate(self.inputs):
                 state["b"], state["dirty"] = b, False
                 try:
-                    outs.append(self.block(*args, **kwargs))
+                    out = self.block(*args, **kwargs)
                 except StopForward:
-                    outs.append(None)
+                    out = None
+                if sink is not None and out is not None:
+                    sink(b, out)
+                    out = None
+                outs.append(out)
         finally:
             for h in handles:
                 h.remove()

@@ -140,10 +140,12 @@ class _Variant:
 
 
 def _carry_calibration(v: _Variant, block: nn.Module, done: BlockDone) -> None:
-    """Move ``v``'s calibration stream past ``block`` as its flow says."""
+    """Move ``v``'s calibration stream past ``block`` as its flow says (unless the quantizer already sent
+    the quantized block's outputs)."""
     assert v.calib is not None
     if v.flow == "quantized":
-        v.calib.advance(block)
+        if not done.sent_outputs:
+            v.calib.advance(block)
     elif done.fp_outputs is not None:
         v.calib.put_all(done.fp_outputs)
     else:
@@ -161,7 +163,12 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
     with torch.no_grad():
         smoothed = v.act.before_quantize(block, prefix, layers) if v.act is not None else None
     original = smoothed.__getitem__ if smoothed else lambda n: source.get(f"{n}.weight").to(dtypes[n])
-    job = BlockJob(block, layers, prefix + ".", v.calib, original=original)
+    calib = v.calib
+    sink = None
+    if calib is not None and v.flow == "quantized" and i < v.last:
+        def sink(j: int, out: Any) -> None:
+            calib.put(j, out[0] if isinstance(out, (tuple, list)) else out)
+    job = BlockJob(block, layers, prefix + ".", calib, original=original, outputs=sink)
     with torch.no_grad():
         done = v.quantizer.quantize_block(job, spec)
         if i < v.last and v.flow != "none":
