@@ -37,6 +37,7 @@ browser: venv
 bench: venv
 	$(BIN)/python bench/bench_demo.py
 	$(BIN)/python bench/bench_gptq.py
+	$(BIN)/python bench/bench_eval.py --json bench/results/eval_vs_lm_eval.json
 	$(BIN)/python bench/bench_hvp.py --repeats 15 --json bench/results/hvp_cpu.json
 	$(BIN)/python bench/bench_layerwise.py --json bench/results/layerwise_cpu.json
 	$(BIN)/python bench/bench_states.py --json bench/results/states_cpu.json

@@ -50,6 +50,9 @@ run = stream_checkpoint(path, specs, blocks, batch_size=batch, states=states,
 wall = time.perf_counter() - t0
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 print(json.dumps({"loss_fp": run.fp.loss, "loss_q": {v.spec.method: v.q.loss for v in run.variants},
+                  "quantize_s": {v.spec.method: v.quantize_seconds for v in run.variants},
+                  "calibration_s": {v.spec.method: v.calibration_seconds for v in run.variants},
+                  "eval_s": {v.spec.method: v.eval_seconds for v in run.variants}, "load_s": run.load_seconds,
                   "block_seconds": run.block_seconds, "seconds": wall, "peak_rss": hwm, "states": run.tier}))
 """
 
@@ -122,7 +125,9 @@ def main() -> None:
                         "meets_goal": m["peak_rss"] <= goal, "block_seconds_median": med,
                         "block_seconds": m["block_seconds"], "floor_seconds_per_block": flops / rate,
                         "ratio_to_floor": med / (flops / rate), "total_seconds": m["seconds"],
-                        "loss_fp": m["loss_fp"], "loss_q": m["loss_q"], "states": m["states"]}
+                        "loss_fp": m["loss_fp"], "loss_q": m["loss_q"], "states": m["states"],
+                        "quantize_s": m["quantize_s"], "calibration_s": m["calibration_s"], "eval_s": m["eval_s"],
+                        "load_s": m["load_s"]}
         print(case, json.dumps({k: v for k, v in result[case].items() if k != "block_seconds"}), flush=True)
     print(json.dumps(result, indent=1))
     if a.json:

@@ -87,6 +87,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     busy += f", geometry of {s.geometry} checkpoints" if s.geometry else ""
     print(f"sweep{part}: {s.checkpoints} checkpoints, {s.records_written} new records, {s.records_skipped} already "
           f"done{busy}, {s.model_loads} model loads, {s.fp_evals} FP evaluations, {s.seconds:.1f} s -> {s.out}")
+    for line in s.time_lines():
+        print(line)
     if s.left_groups:  # another worker still holds them: exiting 0 would hide missing work
         raise QrobustError(f"{s.left_groups} checkpoint group(s) ({s.left_records} records) are not done: another "
                            "worker still holds them; re-run the sweep to finish them (a dead worker's claims are "

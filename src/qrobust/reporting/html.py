@@ -21,6 +21,7 @@ from ..results.records import variant_records
 from .markup import CSS, esc, figures_html, fmt, pre
 from .monitor_curves import monitor_section, training_folders
 from .predictors import predictors_section
+from .timings import timings_section
 from .provenance import provenance_html
 from .style import FigureOut, num
 
@@ -97,6 +98,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     figs = make_figures(records, trajs, out, store.geometry(), store.side_records("tasks"))
     extra = [monitor_section(folder, out, name) for name, folder in sorted(training_folders(records).items())]
     extra.append(predictors_section(Path(results_dir) / "predictors"))  # written by `qrobust predictors`
+    extra.append(timings_section(variant_records(records)))
     page = render_page(records, trajs, figs, str(results_dir), datetime.now(timezone.utc), store.configs(),
                        [x for x in extra if x])
     index = out / "index.html"

@@ -82,6 +82,7 @@ class InMemoryGroup:
             check_layers(spec, select_linears(self.model, spec.include, spec.exclude, required=False))
         self.load_s = time.perf_counter() - t0
         self.ctx.summary.model_loads += 1
+        self.ctx.summary.add_phase("load", self.load_s)
 
     def fp_loss(self) -> FPRecord:
         fp = stored_fp(self.ctx, self.job)
@@ -90,6 +91,7 @@ class InMemoryGroup:
             r = evaluate_loss(self.model, self.es.blocks, self.ctx.cfg.eval.batch_size, self.ctx.progress,
                               desc=f"FP {ck.name}", name=f"checkpoint {ck.name} ('{ck.path}')")
             self.ctx.summary.fp_evals += 1
+            self.ctx.summary.add_phase("fp_eval", r.seconds)
             fp = FPRecord.new(self.job.keys.fp, ck, self.es, r)
             self.ctx.store.put(fp)
         return fp
@@ -103,16 +105,18 @@ class InMemoryGroup:
                                          time.perf_counter() - t0))
         ctx.summary.geometry += 1
 
-    def calibration(self, spec: QuantSpec) -> tuple[CalibrationSet | None, dict[str, Any] | None]:
-        """The calibration set ``spec`` needs (built once per tokenizer, shared by the group's variants)."""
+    def calibration(self, spec: QuantSpec) -> tuple[CalibrationSet | None, dict[str, Any] | None, float]:
+        """The calibration set ``spec`` needs (built once per tokenizer, shared by the group's variants), and
+        the seconds it took to get it (about 0 when it was built before)."""
         if not needs_calibration(spec):
-            return None, None
+            return None, None, 0.0
         job = self.job
+        t0 = time.perf_counter()
         tokens, info = self.ctx.sets.calibration(job.data_cfg, self.tok, job.tok_fp,
                                                  default_calibration_length(job.data_cfg, self.model.config))
         if self.shared is None or self.shared.tokens is not tokens:
             self.shared = CalibrationSet(tokens)
-        return self.shared, info
+        return self.shared, info, time.perf_counter() - t0
 
     def variant(self, spec: QuantSpec) -> None:
         ctx, job, ck = self.ctx, self.job, self.job.ck
@@ -121,7 +125,7 @@ class InMemoryGroup:
         if not need_rec and not need_tasks:
             ctx.bar.update(1)
             return
-        calib, calib_info = self.calibration(spec)
+        calib, calib_info, calib_tokens_s = self.calibration(spec)
         if need_tasks:
             self.tasks.fp()  # before quantizing: the FP accuracy comes from the FP model
         with quantized(self.model, spec, calib) as qr:
@@ -135,8 +139,10 @@ class InMemoryGroup:
         if not need_rec:
             ctx.bar.update(1)
             return
-        timings = {"load_s": self.load_s, "fp_eval_s": self.fp.seconds, "quantize_s": qr.seconds, "eval_s": rq.seconds}
+        timings = {"load_s": self.load_s, "fp_eval_s": self.fp.seconds, "calib_tokens_s": calib_tokens_s,
+                   "calibration_s": qr.calibration_seconds, "quantize_s": qr.seconds, "eval_s": rq.seconds}
         run = RunInfo(timings, str(next(self.model.parameters()).device), ctx.cfg.dtype)
+        ctx.summary.add_variant(spec.label, timings)
         key = job.keys.variants[spec]
         ctx.store.put(VariantRecord.new(key, job.subject(ctx.traj.name), spec, self.es,
                                         outcome(self.fp, rq, qr.summary(), qr.layers, calib_info), run))
@@ -153,26 +159,32 @@ def run_streamed(job: Job, ctx: Context, tok: Any, todo: list[QuantSpec]) -> Non
     fp = stored_fp(ctx, job)
     todo = [s for s in todo if not store.has(job.keys.variants[s])]
     check_lengths(cfg, config, ck, es, todo, job.data_cfg)
-    calibs, infos = {}, {}
+    calibs, infos, tokens_s = {}, {}, {}
     for spec in todo:
         if needs_calibration(spec):
+            t0 = time.perf_counter()
             calibs[spec], infos[spec] = ctx.sets.calibration(job.data_cfg, tok, job.tok_fp,
                                                              default_calibration_length(job.data_cfg, config))
+            tokens_s[spec] = time.perf_counter() - t0
     run = stream_checkpoint(ck.path, todo, es.blocks, cfg.eval.batch_size, calibs, fp=fp is None, device=cfg.device,
                             dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code, progress=ctx.progress,
                             states=cfg.states, states_dir=Path(cfg.states_dir) if cfg.states_dir else None)
     ctx.summary.model_loads += 1  # one streamed pass: every block read once per variant, the model never whole
+    ctx.summary.add_phase("load", run.load_seconds)
     if fp is None:
         assert run.fp is not None
         fp = FPRecord.new(job.keys.fp, ck, es, run.fp)
         store.put(fp)
         ctx.summary.fp_evals += 1
+        ctx.summary.add_phase("fp_eval", run.fp.seconds)
     # the records are written even if the claim lapsed meanwhile: a worker that took over computes the
     # same numbers under the same keys, and the writes are atomic
     device = str(resolve_device(cfg.device))
     streamed = {"states": run.tier, "seconds": run.seconds, "block_seconds": run.block_seconds}
     for v in run.variants:
-        timings = {"fp_eval_s": fp.seconds, "quantize_s": v.quantize_seconds, "eval_s": v.eval_seconds}
+        timings = {"load_s": run.load_seconds, "fp_eval_s": fp.seconds, "calib_tokens_s": tokens_s.get(v.spec, 0.0),
+                   "calibration_s": v.calibration_seconds, "quantize_s": v.quantize_seconds, "eval_s": v.eval_seconds}
+        ctx.summary.add_variant(v.spec.label, timings)
         key = job.keys.variants[v.spec]
         store.put(VariantRecord.new(key, job.subject(ctx.traj.name), v.spec, es,
                                     outcome(fp, v.q, v.summary(), v.layers, infos.get(v.spec)),

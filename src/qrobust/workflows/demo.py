@@ -109,7 +109,8 @@ def run_demo(out: str | Path = "demo-out", quick: bool = False, threads: int | N
     text = format_summary(rows)
     ver = verdict(rows)
     summary = {"rows": rows, "verdict": ver, "checkpoints": len(traj), "records": s.records_written + s.records_skipped,
-               "train_s": t1 - t0, "sweep_s": t2 - t1, "report": str(html), "quick": quick}
+               "train_s": t1 - t0, "sweep_s": t2 - t1, "report": str(html), "quick": quick,
+               "sweep_phase_s": s.phase_seconds, "sweep_variant_s": s.variant_seconds}  # where the sweep's time went
     write_text(out / "summary.json", json.dumps(summary, indent=1))
     print(f"\nqrobust demo{' (quick)' if quick else ''}: {len(traj)} checkpoints, "
           f"{summary['records']} records; train {t1 - t0:.0f} s, sweep {t2 - t1:.0f} s")

@@ -47,6 +47,7 @@ from ...errors import QrobustError
 from ..base import BlockDone, BlockInputs, BlockJob, Flow, Quantizer
 from ..calibration import tokens_of
 from ..formats.grid import group_bounds
+from ..timing import calibrating
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                                 split_by_block)
 from ..registry import QuantSpec, register_quantizer
@@ -127,7 +128,8 @@ class AWQ(Quantizer):
             raise QrobustError(f"AWQ: no decoder blocks found in architecture '{_architecture(model)}'; use gptq "
                                "or rtn for this model")
         in_blocks, rest = split_by_block(model, blocks, layers)
-        inputs = first_block_inputs(model, blocks[0], calibration_batches(model, calibration, opts.calib_batch_size))
+        with calibrating():
+            inputs = first_block_inputs(model, blocks[0], calibration_batches(model, calibration, opts.calib_batch_size))
         info: dict[str, dict[str, float]] = {}
         prefix = {id(m): n for n, m in model.named_modules()}
         last = max((bi for bi, lin in in_blocks.items() if lin), default=-1)
@@ -176,7 +178,8 @@ def awq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInpu
     if maps is None:
         maps = generic_mappings(block, linears, lambda: block(*args0, **kwargs0))
     clip_names = {n for n in linears if opts.clip and not any(a in n for a in AVOID_CLIP)}
-    cap = Capture(block, inputs, linears, maps, opts.clip_tokens, clip_names)
+    with calibrating():  # the block's FP inputs of every linear and its FP outputs
+        cap = Capture(block, inputs, linears, maps, opts.clip_tokens, clip_names)
     fp_outputs = [first_output(o) for o in cap.outputs]
     if original is None:
         originals = {n: lin.weight.detach().float().clone() for n, lin in linears.items()}

@@ -35,6 +35,7 @@ from ..formats.number_format import NumberFormat
 from .hessian import XtX
 from .rtn import check_smoothquant
 from ..calibration import memoised, tokens_of
+from ..timing import calibrating
 from ..pipelines.blocks import (calibration_batches, decoder_layers, first_block_inputs, first_sample, next_inputs,
                      split_by_block)
 from ..pipelines.staged import BlockProbe, StagedBlock, probe_block
@@ -243,8 +244,9 @@ class GPTQ(Quantizer):
             handles = [linears[g[0]].register_forward_pre_hook(lambda m, a, add=hessians.adder(g[0]): add(a[0]))
                        for g in groups]
             try:
-                for b in batches:
-                    model(input_ids=b, use_cache=False)
+                with calibrating():
+                    for b in batches:
+                        model(input_ids=b, use_cache=False)
             finally:
                 for h in handles:
                     h.remove()
@@ -255,7 +257,8 @@ class GPTQ(Quantizer):
 
     def _sequential(self, model, blocks, in_blocks, batches, spec, opts, info, calibration=None) -> None:
         """Block by block; each block's inputs are the previous (quantized) block's outputs."""
-        inputs = first_block_inputs(model, blocks[0], batches)
+        with calibrating():
+            inputs = first_block_inputs(model, blocks[0], batches)
         last = max(bi for bi, lin in in_blocks.items() if lin)
         for bi in range(last + 1):
             inputs = gptq_block(blocks[bi], in_blocks.get(bi, {}), inputs, spec, opts, info,
@@ -278,7 +281,8 @@ def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInp
     for si, step in enumerate(steps):
         def collect(step=step) -> _Hessians:
             hessians = _Hessians(groups)
-            staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
+            with calibrating():
+                staged.run({g[0]: hessians.adder(g[0]) for g in step}, stop_at=step[-1][0])
             return hessians
         if first_of is not None and si == 0:
             key = ("gptq-block0-step0", tuple(map(tuple, step)), opts.calib_batch_size)
@@ -289,9 +293,10 @@ def gptq_block(block: nn.Module, linears: dict[str, nn.Linear], inputs: BlockInp
             _quantize_group(g, linears, hessians, spec, opts, info)
             staged.mark_quantized(g)
     nxt = None
-    if callable(propagate):
-        staged.run({}, stop_at=None, sink=propagate)
-    elif propagate:
-        nxt = next_inputs(staged.run({}, stop_at=None), inputs)
+    with calibrating():
+        if callable(propagate):
+            staged.run({}, stop_at=None, sink=propagate)
+        elif propagate:
+            nxt = next_inputs(staged.run({}, stop_at=None), inputs)
     staged.release()
     return nxt

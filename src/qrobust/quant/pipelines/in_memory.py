@@ -18,6 +18,7 @@ from torch import nn
 
 from ...errors import QrobustError
 from ..calibration import CalibrationSet, tokens_of
+from ..timing import calibrating, calibration_clock
 from ..formats.grid import GroupSizeError, LayerGrid
 from ..registry import QuantSpec, get_quantizer
 from .act_hooks import act_calibration_batch, activations_quantized, check_act, needs_calibration, smooth_alpha
@@ -29,6 +30,7 @@ class QuantResult:
     spec: QuantSpec
     layers: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {rel_err, mse, numel, ...}
     seconds: float = 0.0
+    calibration_seconds: float = 0.0  # the part of ``seconds`` spent on calibration forwards (``timing.py``)
     # name -> the grid the quantizer used (quantizers that record one, ``records_grid``), for export
     grids: dict[str, LayerGrid] = field(default_factory=dict, repr=False)
 
@@ -114,17 +116,18 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
     others = {n: t.detach().clone() for n, t in touched.items()}
     t0 = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), calibration_clock() as clock:
             if alpha:
                 assert tokens is not None
-                smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
+                with calibrating():
+                    smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
             before = {n: lin.weight.detach().clone() for n, lin in layers.items()} if alpha else originals
             # a smoothed model is not the FP model a CalibrationSet's memo belongs to: share nothing
             info = quantizer.quantize_layers(model, layers, spec, tokens if alpha else calibration)
     except BaseException:
         _restore(layers, originals, touched, others)
         raise
-    result = QuantResult(spec=spec, seconds=time.perf_counter() - t0)
+    result = QuantResult(spec=spec, seconds=time.perf_counter() - t0, calibration_seconds=clock.seconds)
     for n, lin in layers.items():
         grid = info.get(n, {}).pop("grid", None)
         if grid is not None:
@@ -169,7 +172,12 @@ def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Cal
     variants of this model."""
     result, saved, layers = _apply(model, spec, calibration)
     try:
+        t0 = time.perf_counter()
         with activations_quantized(model, layers, spec, tokens_of(calibration)):
+            if spec.act or spec.kv:  # entering observed the static activation / KV scales (a calibration pass)
+                static = time.perf_counter() - t0
+                result.seconds += static
+                result.calibration_seconds += static
             yield result
     finally:
         _restore(layers, *saved)

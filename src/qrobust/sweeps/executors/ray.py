@@ -59,10 +59,7 @@ def run_ray(cfg: SweepConfig, progress: bool = True, address: str | None = None,
         bar = tqdm(total=len(pending), desc="sweep (ray)", unit="ckpt", disable=not progress)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            part = ray.get(done[0])
-            for k, v in part.items():
-                if k != "checkpoints":
-                    setattr(total, k, getattr(total, k) + v)
+            total.merge(ray.get(done[0]))
             bar.update(1)
         bar.close()
     finally:

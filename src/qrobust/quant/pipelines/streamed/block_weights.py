@@ -3,6 +3,7 @@ the safetensors files one module at a time, by the names the model gives them, a
 (``StreamedModel``: everything but the decoder blocks loaded, one block loaded at a time)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -121,9 +122,11 @@ class StreamedModel:
     dt: torch.dtype
     layers: nn.ModuleList | None = None
     prefixes: list[str] = field(default_factory=list)
+    read_seconds: float = 0.0  # time spent reading blocks' weights from the files
 
     def load_block(self, i: int) -> nn.Module:
         """Block ``i`` with its FP weights from the files, replacing whatever it holds."""
+        t0 = time.perf_counter()
         block, prefix = self.layers[i], self.prefixes[i]
         if any(p.device.type != "meta" for p in block.parameters()):
             block.to_empty(device="meta")
@@ -132,6 +135,7 @@ class StreamedModel:
         if missing:
             raise CheckpointError(f"'{self.folder}': parameter '{prefix}.{missing[0]}' is missing from the safetensors "
                                   "files")
+        self.read_seconds += time.perf_counter() - t0
         return block
 
     def stream_of(self, tokens: torch.Tensor, size: int, tier: Tier, states_dir: Path | None) -> HiddenStates:

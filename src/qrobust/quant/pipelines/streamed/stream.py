@@ -32,6 +32,7 @@ from torch import nn
 from ....errors import QrobustError
 from ....evaluate import LossResult, evaluate_loss
 from ...base import BlockDone, BlockJob, Flow, Quantizer
+from ...timing import calibrating, calibration_clock
 from ...registry import QuantSpec, get_quantizer, quantizer_names
 from ..act_hooks import check_act, needs_calibration
 from ..in_memory import check_layers, select_linears, weight_error
@@ -81,6 +82,7 @@ class VariantLosses:
     layers: dict[str, dict[str, float]] = field(default_factory=dict)  # per quantized linear: rel_err, mse, numel
     quantize_seconds: float = 0.0
     eval_seconds: float = 0.0
+    calibration_seconds: float = 0.0  # the part of quantize_seconds spent on calibration forwards
 
     def summary(self) -> dict[str, float]:
         from ..in_memory import QuantResult
@@ -95,6 +97,7 @@ class StreamedRun:
     tier: Tier
     block_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    load_seconds: float = 0.0  # reading the blocks' weights from the files (every read, all streams)
 
 
 @dataclass
@@ -135,6 +138,7 @@ class _Variant:
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
     quantize_seconds: float = 0.0
     eval_seconds: float = 0.0
+    calibration_seconds: float = 0.0
     as_tuple: bool = False
     act: ActStream | None = None  # activation / KV quantization and SmoothQuant (act_stream.py)
 
@@ -145,7 +149,8 @@ def _carry_calibration(v: _Variant, block: nn.Module, done: BlockDone) -> None:
     assert v.calib is not None
     if v.flow == "quantized":
         if not done.sent_outputs:
-            v.calib.advance(block)
+            with calibrating():
+                v.calib.advance(block)
     elif done.fp_outputs is not None:
         v.calib.put_all(done.fp_outputs)
     else:
@@ -160,7 +165,7 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
     spec = v.spec
     layers = _selected(block, prefix, spec)
     dtypes = {n: lin.weight.dtype for n, lin in layers.items()}
-    with torch.no_grad():
+    with torch.no_grad(), calibrating() if v.act is not None else nullcontext():
         smoothed = v.act.before_quantize(block, prefix, layers) if v.act is not None else None
     original = smoothed.__getitem__ if smoothed else lambda n: source.get(f"{n}.weight").to(dtypes[n])
     calib = v.calib
@@ -174,7 +179,8 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
         if i < v.last and v.flow != "none":
             _carry_calibration(v, block, done)
         if v.act is not None:
-            v.act.after_quantize(block, prefix, layers)
+            with calibrating():
+                v.act.after_quantize(block, prefix, layers)
     for n, m in layers.items():
         w0 = original(n)  # as the in-memory path saw it (after SmoothQuant's fold, when there is one)
         v.layers[n] = {**weight_error(w0, m.weight), **{k: x for k, x in done.info.get(n, {}).items() if k != "grid"}}
@@ -219,8 +225,10 @@ def _variant_step(m: StreamedModel, i: int, v: _Variant, dirty: bool) -> None:
     block = m.layers[i]
     if i <= v.last:  # past the last selected linear the quantized model runs FP blocks
         tq = time.perf_counter()
-        _quantize_block(block, m.prefixes[i], v, i, m.source)
+        with calibration_clock() as clock:
+            _quantize_block(block, m.prefixes[i], v, i, m.source)
         v.quantize_seconds += time.perf_counter() - tq
+        v.calibration_seconds += clock.seconds
     te = time.perf_counter()
     with v.act.live(block, m.prefixes[i], _selected(block, m.prefixes[i], v.spec)) if v.act else nullcontext():
         v.as_tuple = v.states.advance(block)
@@ -234,18 +242,21 @@ def _variant_step(m: StreamedModel, i: int, v: _Variant, dirty: bool) -> None:
 
 
 def _run_blocks(m: StreamedModel, fp_states: HiddenStates | None, variants: list[_Variant], progress: bool
-                ) -> tuple[list[float], bool]:
+                ) -> tuple[list[float], bool, float]:
     """Every block once: FP stream first, then each variant quantizes and runs its own stream; the time
-    per block, and whether blocks answer with tuples."""
+    per block, whether blocks answer with tuples, and the FP stream's time."""
     from tqdm.auto import tqdm
 
     block_seconds: list[float] = []
-    fp_tuple = False
+    fp_tuple, fp_seconds = False, 0.0
     for i in tqdm(range(len(m.layers)), desc="blocks", disable=not progress, leave=False):
         t0 = time.perf_counter()
         dirty = True  # the block as held is not (yet) the FP block
         if fp_states is not None:
-            fp_tuple = fp_states.advance(m.load_block(i))
+            block = m.load_block(i)
+            tf = time.perf_counter()
+            fp_tuple = fp_states.advance(block)
+            fp_seconds += time.perf_counter() - tf
             dirty = False
         for v in variants:
             _variant_step(m, i, v, dirty)
@@ -253,7 +264,7 @@ def _run_blocks(m: StreamedModel, fp_states: HiddenStates | None, variants: list
         m.layers[i] = m.layers[i].to_empty(device="meta")  # drop this block's weights
         _return_freed_memory()
         block_seconds.append(time.perf_counter() - t0)
-    return block_seconds, fp_tuple
+    return block_seconds, fp_tuple, fp_seconds
 
 
 def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: torch.Tensor, batch_size: int = 8,
@@ -298,14 +309,16 @@ def stream_checkpoint(checkpoint: str | Path, specs: list[QuantSpec], blocks: to
                 variants.append(_Variant(spec, quantizer, quantizer.calibration_flow(dict(spec.options)), states_k,
                                          calib, lasts[spec]))
                 variants[-1].act = ActStream.start(m, spec, calibration.get(spec), tier, s.states_dir)
-            block_seconds, fp_tuple = _run_blocks(m, fp_states, variants, s.progress)
+            block_seconds, fp_tuple, fp_seconds = _run_blocks(m, fp_states, variants, s.progress)
             fp_loss, out = _losses(m, fp_states, fp_tuple, variants, blocks, batch_size)
+            if fp_loss is not None:
+                fp_loss.seconds += fp_seconds  # the FP stream through the blocks, besides its head
     finally:
         for st in [fp_states] + [v.states for v in variants] + [v.calib for v in variants] + [v.act for v in variants]:
             if st is not None:
                 st.close()
     return StreamedRun(fp=fp_loss, variants=out, tier=tier, block_seconds=block_seconds,
-                       seconds=time.perf_counter() - t_all)
+                       seconds=time.perf_counter() - t_all, load_seconds=m.read_seconds)
 
 
 def _losses(m: StreamedModel, fp_states: HiddenStates | None, fp_tuple: bool, variants: list[_Variant],
@@ -319,7 +332,8 @@ def _losses(m: StreamedModel, fp_states: HiddenStates | None, fp_tuple: bool, va
         te = time.perf_counter()
         q = _head_losses(m.model, m.layers, v.states, v.as_tuple, blocks, batch_size,
                          f"checkpoint '{folder}' quantized as {v.spec.label}")
-        out.append(VariantLosses(v.spec, q, v.layers, v.quantize_seconds, v.eval_seconds + time.perf_counter() - te))
+        out.append(VariantLosses(v.spec, q, v.layers, v.quantize_seconds, v.eval_seconds + time.perf_counter() - te,
+                                 v.calibration_seconds))
     return fp_loss, out
 
 
