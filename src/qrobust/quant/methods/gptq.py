@@ -145,6 +145,7 @@ def _quantize_group(names: list[str], linears: dict[str, nn.Linear], hessians: _
     res = gptq_quantize(stacked, H, spec.bits, spec.group_size, spec.sym, damp=opts.damp,
                         block_size=opts.block_size, act_order=opts.act_order, static_groups=opts.static_groups,
                         damp_step=opts.damp_step, damp_max=opts.damp_max, name=", ".join(names), own_h=True,
+                        own_w=len(names) > 1,  # the stacked copy is ours; a lone layer's weight is the parameter
                         grid=opts.quant_grid, fmt=fmt, tensor_scale=layer_tensor_scales(fmt, weights),
                         generator=fmt.generator(", ".join(names)))
     del H
