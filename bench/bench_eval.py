@@ -17,13 +17,12 @@ Usage: python bench/bench_eval.py [--n-blocks 64] [--seq-len 512] [--batch-size 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
 
-from bench_gptq import VOCAB, build
+from bench_gptq import VOCAB, build, report
 
 
 def word_tokenizer(vocab: int = VOCAB):
@@ -84,11 +83,7 @@ def main() -> None:
         out["lm_eval"] = getattr(lm_eval, "__version__", "?")
     except ImportError:
         pass
-    for k, v in out.items():
-        print(f"{k:24s} {v}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    report(out, a.json, 24)
 
 
 if __name__ == "__main__":

@@ -163,10 +163,15 @@ def main() -> None:
                                 "dq_rel": theirs["dq_rel"], "ours_llmcompressor_profile_wall_s": same["wall_s_median"],
                                 "ours_llmcompressor_profile_dq_rel": same["dq_rel"],
                                 "bit_identical_fraction_min_per_block": agreement(same["weights"], theirs["weights"])}
+    report(out, a.json)
+
+
+def report(out: dict, path: str | None, width: int = 28) -> None:
+    """Print the results one per line, and write them as JSON to ``path`` when given."""
     for k, v in out.items():
-        print(f"{k:28s} {v}")
-    if a.json:
-        with open(a.json, "w") as f:
+        print(f"{k:{width}s} {v}")
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=1)
 
 
