@@ -103,3 +103,37 @@ def test_the_report_shows_where_the_time_went(tmp_path):
     assert "<td class=\"l\">gptq-w4g16</td><td>2</td><td>2.00</td><td>1.50</td><td>1.50</td><td>10.0</td>" in html
     assert "<td class=\"l\">rtn-w4g16</td><td>1</td><td>0.00</td><td>0.50</td><td>1.00</td><td>1.5</td>" in html
     assert timings_section([rec("a", "x", {})]) is None
+
+
+def test_static_scales_and_smoothquant_passes_count_as_calibration(tmp_path, monkeypatch):
+    """The passes that observe static activation scales or SmoothQuant's amax are calibration (in memory and
+    streamed); a weight-only RTN variant has none, exactly."""
+    import torch
+
+    from qrobust.models import build_model, load_checkpoint
+    from qrobust.quant import QuantSpec, quantized
+    from qrobust.quant.pipelines.streamed import stream_checkpoint
+    build_model("llama", "micro", vocab_size=96, max_positions=64, seed=3).save_pretrained(tmp_path / "m")
+    model = load_checkpoint(tmp_path / "m")
+    calib = torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(0))
+    silu = torch.nn.functional.silu
+
+    def slow_silu(*a, **k):  # every MLP activation sleeps 20 ms, so any forward inside a clock is unmistakable
+        time.sleep(0.02)
+        return silu(*a, **k)
+    monkeypatch.setattr(torch.nn.functional, "silu", slow_silu)
+    static = QuantSpec(method="rtn", format="int8-channel+a-int8-tensor")
+    smooth = QuantSpec(method="rtn", format="w8a8-int8", options=(("smoothquant", 0.5),))
+    plain = QuantSpec(method="rtn", bits=4, group_size=16)
+    for spec in (static, smooth):
+        with quantized(model, spec, calib) as qr:
+            assert 0.02 <= qr.calibration_seconds <= qr.seconds
+    with quantized(model, plain) as qr:
+        assert qr.calibration_seconds == 0 and qr.seconds > 0
+    blocks = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(1))
+    run = stream_checkpoint(tmp_path / "m", [static, smooth, plain], blocks, 2,
+                            {static: calib, smooth: calib})
+    got = {v.spec: v.calibration_seconds for v in run.variants}
+    n_blocks = len(run.block_seconds)
+    assert got[static] >= 0.02 * n_blocks and got[smooth] >= 0.02 * n_blocks and got[plain] == 0
+    assert all(v.calibration_seconds <= v.quantize_seconds for v in run.variants)

@@ -25,8 +25,8 @@ _CLOCK: ContextVar[Clock | None] = ContextVar("qrobust_calibration_clock", defau
 
 @contextmanager
 def calibration_clock() -> Iterator[Clock]:
-    """A fresh clock for the calibration forwards made inside this block (the outer clock, if any, is
-    paused: each variant is measured on its own)."""
+    """A fresh clock for the calibration forwards made inside this block; an outer clock does not see
+    the ``calibrating()`` blocks opened meanwhile (each variant is measured on its own)."""
     clock = Clock()
     token = _CLOCK.set(clock)
     try:

@@ -22,6 +22,7 @@ from ...errors import ConfigError, QrobustError
 from ..formats.activations import act_format, fake_quantize_act, is_static, merge, observe, static_params
 from ..formats.number_format import NumberFormat
 from ..registry import QuantSpec, get_quantizer
+from ..timing import calibrating
 from .kv_cache import attention_modules, check_kv_model, hook_cache
 
 
@@ -163,7 +164,7 @@ def activations_quantized(model: nn.Module, linears: dict[str, nn.Linear], spec:
     if plan.static:
         assert tokens is not None
         device = next(model.parameters()).device
-        with observing(plan, linears, attns), torch.no_grad():
+        with observing(plan, linears, attns), torch.no_grad(), calibrating():
             for b in torch.split(tokens, act_calibration_batch(spec)):
                 model(input_ids=b.to(device), use_cache=False)
     with fake_quantizing(plan, linears, attns):

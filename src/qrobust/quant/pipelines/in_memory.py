@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import QrobustError
 from ..calibration import CalibrationSet, tokens_of
-from ..timing import calibrating, calibration_clock
+from ..timing import calibration_clock
 from ..formats.grid import GroupSizeError, LayerGrid
 from ..registry import QuantSpec, get_quantizer
 from .act_hooks import act_calibration_batch, activations_quantized, check_act, needs_calibration, smooth_alpha
@@ -119,8 +119,7 @@ def _apply(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Calibr
         with torch.no_grad(), calibration_clock() as clock:
             if alpha:
                 assert tokens is not None
-                with calibrating():
-                    smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
+                smooth_model(model, layers, tokens, alpha, act_calibration_batch(spec))
             before = {n: lin.weight.detach().clone() for n, lin in layers.items()} if alpha else originals
             # a smoothed model is not the FP model a CalibrationSet's memo belongs to: share nothing
             info = quantizer.quantize_layers(model, layers, spec, tokens if alpha else calibration)
@@ -172,12 +171,9 @@ def quantized(model: nn.Module, spec: QuantSpec, calibration: torch.Tensor | Cal
     variants of this model."""
     result, saved, layers = _apply(model, spec, calibration)
     try:
-        t0 = time.perf_counter()
-        with activations_quantized(model, layers, spec, tokens_of(calibration)):
-            if spec.act or spec.kv:  # entering observed the static activation / KV scales (a calibration pass)
-                static = time.perf_counter() - t0
-                result.seconds += static
-                result.calibration_seconds += static
+        with calibration_clock() as clock, activations_quantized(model, layers, spec, tokens_of(calibration)):
+            result.seconds += clock.seconds  # entering observed any static activation / KV scales
+            result.calibration_seconds += clock.seconds
             yield result
     finally:
         _restore(layers, *saved)

@@ -19,6 +19,7 @@ from torch import nn
 from ...errors import ConfigError
 from ..methods.awq import fold
 from ..methods.awq_mappings import Mapping, known_mappings
+from ..timing import calibrating
 from .blocks import decoder_layers
 
 FLOOR = 1e-5
@@ -92,8 +93,9 @@ def smooth_model(model: nn.Module, layers: dict[str, nn.Linear], tokens: torch.T
     handles = [h for _, local, maps in plan for h in amax_hooks(maps, local, amax)]
     device = next(model.parameters()).device
     try:
-        for b in torch.split(tokens, batch_size):
-            model(input_ids=b.to(device), use_cache=False)
+        with calibrating():
+            for b in torch.split(tokens, batch_size):
+                model(input_ids=b.to(device), use_cache=False)
     finally:
         for h in handles:
             h.remove()

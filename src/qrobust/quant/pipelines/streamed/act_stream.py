@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...registry import QuantSpec
+from ...timing import calibrating
 from ..act_hooks import ActPlan, act_calibration_batch, act_plan, block_attentions, fake_quantizing, observing, \
     smooth_alpha
 from ..smoothquant import amax_hooks, block_mappings, smooth_block
@@ -69,7 +70,8 @@ class ActStream:
         amax: dict[int, torch.Tensor] = {}
         handles = amax_hooks(maps, local, amax)
         try:
-            self.fp_calib.advance(block)
+            with calibrating():
+                self.fp_calib.advance(block)
         finally:
             for h in handles:
                 h.remove()
@@ -80,7 +82,7 @@ class ActStream:
         """Static ranges of this block, observed while the calibration stream passes its quantized weights."""
         if self.calib is None or self.plan is None:
             return
-        with observing(self.plan, linears, block_attentions(block, prefix + ".", self.plan)):
+        with observing(self.plan, linears, block_attentions(block, prefix + ".", self.plan)), calibrating():
             self.calib.advance(block)
 
     @contextmanager

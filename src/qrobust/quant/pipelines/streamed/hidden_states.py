@@ -157,12 +157,16 @@ class HiddenStates:
             args, kwargs = self[j]
             out = block(*args, **kwargs)
             as_tuple = isinstance(out, (tuple, list))
-            self.put(j, out[0] if as_tuple else out)
+            self.put_output(j, out)
         return as_tuple
+
+    def put_output(self, j: int, out: Any) -> None:
+        """Batch ``j``'s hidden states from a block's output (a tensor, or a tuple led by one)."""
+        self.put(j, out[0] if isinstance(out, (tuple, list)) else out)
 
     def put_all(self, outs: list[Any]) -> None:
         for j, o in enumerate(outs):
-            self.put(j, o[0] if isinstance(o, (tuple, list)) else o)
+            self.put_output(j, o)
 
     def close(self) -> None:
         """Drop the states (and their folder)."""

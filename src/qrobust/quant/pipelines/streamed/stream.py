@@ -165,22 +165,20 @@ def _quantize_block(block: nn.Module, prefix: str, v: _Variant, i: int, source: 
     spec = v.spec
     layers = _selected(block, prefix, spec)
     dtypes = {n: lin.weight.dtype for n, lin in layers.items()}
-    with torch.no_grad(), calibrating() if v.act is not None else nullcontext():
+    with torch.no_grad():
         smoothed = v.act.before_quantize(block, prefix, layers) if v.act is not None else None
     original = smoothed.__getitem__ if smoothed else lambda n: source.get(f"{n}.weight").to(dtypes[n])
     calib = v.calib
     sink = None
     if calib is not None and v.flow == "quantized" and i < v.last:
-        def sink(j: int, out: Any) -> None:
-            calib.put(j, out[0] if isinstance(out, (tuple, list)) else out)
+        sink = calib.put_output
     job = BlockJob(block, layers, prefix + ".", calib, original=original, outputs=sink)
     with torch.no_grad():
         done = v.quantizer.quantize_block(job, spec)
         if i < v.last and v.flow != "none":
             _carry_calibration(v, block, done)
         if v.act is not None:
-            with calibrating():
-                v.act.after_quantize(block, prefix, layers)
+            v.act.after_quantize(block, prefix, layers)
     for n, m in layers.items():
         w0 = original(n)  # as the in-memory path saw it (after SmoothQuant's fold, when there is one)
         v.layers[n] = {**weight_error(w0, m.weight), **{k: x for k, x in done.info.get(n, {}).items() if k != "grid"}}
